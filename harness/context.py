@@ -1,0 +1,118 @@
+"""What a plugin gets from the runner: device, cache, registry, seed, and for a task
+cell the dataset it runs on, a cached embedding helper and a Result builder."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from harness import __version__
+from harness.cache import cache_root, cached_arrays
+from harness.kinds import Encoder, Task, stable_hash
+
+if TYPE_CHECKING:
+    from harness.registry import Registry
+    from harness.results import Result
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class RunContext:
+    registry: Registry
+    device: str = "cpu"
+    seed: int = 0
+    out_dir: Path = Path("leaderboard")
+    cache_dir: Path = field(default_factory=cache_root)
+    progress: bool = True
+
+    def cache_path(self, *parts: str) -> Path:
+        return self.cache_dir.joinpath(*parts)
+
+
+@dataclass
+class CellContext:
+    """One cell of the cross product: (encoder, task, dataset)."""
+
+    run: RunContext
+    task: Task
+    encoder: Encoder
+    dataset: str
+    cell_key: str
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def registry(self) -> Registry:
+        return self.run.registry
+
+    @property
+    def device(self) -> str:
+        return self.run.device
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    def open_dataset(self, name: str | None = None) -> Any:
+        from harness.datasets import open_dataset
+
+        name = name or self.dataset
+        return open_dataset(name, self.registry.dataset(name))
+
+    def embed_split(self, split: Any, split_name: str, batch_size: int = 256) -> np.ndarray:
+        """Global features of every image of `split`, cached per (encoder, dataset, split)."""
+        spec = self.registry.dataset(self.dataset).model_dump()
+        key = stable_hash([self.encoder.key, self.dataset, spec, split_name, len(split)])
+        path = self.run.cache_path("embeddings", self.encoder.name, f"{self.dataset}-{split_name}-{key}.npz")
+
+        def compute() -> dict[str, np.ndarray]:
+            from tqdm import tqdm
+
+            chunks = []
+            total = (len(split) + batch_size - 1) // batch_size
+            desc = f"embed {self.encoder.name} {self.dataset}/{split_name}"
+            for batch in tqdm(split.batches(batch_size), total=total, desc=desc, leave=False, disable=not self.run.progress):
+                chunks.append(self.encoder.embed(batch).float().cpu().numpy())
+            return {"features": np.concatenate(chunks).astype(np.float32)}
+
+        return cached_arrays(path, compute)["features"]
+
+    def result(self, metric: str, value: float | None, n: int = 0, headline: bool = False, **params: Any) -> Result:
+        from harness.registry import EncoderSpec
+        from harness.results import Result
+
+        spec = self.registry.spec("encoder", self.encoder.name)
+        group = (spec.group if isinstance(spec, EncoderSpec) and spec.group else None) or self.encoder.group
+        paper_row = spec.paper_row if isinstance(spec, EncoderSpec) else None
+        return Result(
+            task=self.task.name,
+            dataset=self.dataset,
+            encoder=self.encoder.name,
+            metric=metric,
+            value=None if value is None else float(value),
+            n=int(n),
+            headline=headline,
+            params=params,
+            encoder_group=group,
+            paper_row=paper_row,
+            task_plugin=self.task.plugin_name,
+            cell_key=self.cell_key,
+            seconds=round(time.perf_counter() - self.started, 3),
+            keys={
+                "encoder": self.encoder.key,
+                "task": self.task.key,
+                "code_version": __version__,
+                "seed": self.seed,
+                "device": self.device,
+            },
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )

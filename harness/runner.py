@@ -1,0 +1,165 @@
+"""The runner: the cross product of encoders x tasks x each task's datasets.
+
+Each cell is keyed by everything that determines it (encoder key, task key, dataset
+spec). A cell already in results.jsonl (ok or skipped) is not recomputed unless
+`force`; a cell that raises is recorded as `error` with its traceback saved under
+`<out>/errors/`, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.context import CellContext, RunContext, default_device
+from harness.errors import DatasetUnavailable, HarnessError
+from harness.kinds import Encoder, Task, stable_hash
+from harness.registry import Registry
+from harness.results import Result, ResultStore, exclusive_run
+
+
+@dataclass
+class Plan:
+    profile: str
+    encoders: list[str]
+    tasks: list[str]
+    generators: list[str]
+
+
+def _names(option: list[str] | str | None, known: list[str], kind: str) -> list[str] | None:
+    """Expand `all` and comma-separated lists; None when the option was not given."""
+    if option is None:
+        return None
+    items = option.split(",") if isinstance(option, str) else [x for part in option for x in part.split(",")]
+    items = [x.strip() for x in items if x.strip()]
+    if items == ["all"]:
+        return list(known)
+    return items
+
+
+class Runner:
+    def __init__(
+        self,
+        registry: Registry,
+        out_dir: Path = Path("leaderboard"),
+        device: str | None = None,
+        force: bool = False,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.registry = registry
+        self.store = ResultStore(out_dir)
+        self.force = force
+        self.ctx = RunContext(
+            registry=registry,
+            device=device or default_device(),
+            seed=seed,
+            out_dir=Path(out_dir),
+            progress=progress,
+        )
+
+    def select(
+        self,
+        profile: str | None = None,
+        encoders: list[str] | str | None = None,
+        tasks: list[str] | str | None = None,
+        generators: list[str] | str | None = None,
+    ) -> Plan:
+        name = profile or "default"
+        chosen = self.registry.profile(name) if (profile or not (encoders and tasks)) else None
+        picked = {}
+        for kind, option in (("encoder", encoders), ("task", tasks), ("generator", generators)):
+            names = _names(option, self.registry.instance_names(kind), kind)
+            if names is None:
+                names = list(getattr(chosen, kind + "s")) if chosen else []
+            for item in names:  # fail before any work on a misspelt name
+                self.registry.create(kind, item)
+            picked[kind] = names
+        return Plan(name, picked["encoder"], picked["task"], picked["generator"])
+
+    def cell_key(self, encoder: Encoder, task: Task, dataset: str) -> str:
+        spec = self.registry.config.datasets.get(dataset)
+        return stable_hash([encoder.key, task.key, dataset, spec.model_dump() if spec else None])
+
+    def run(self, plan: Plan) -> list[Result]:
+        from tabulate import tabulate
+        from tqdm import tqdm
+
+        from harness.leaderboard import render_leaderboard, write_generator_grids
+
+        with exclusive_run(self.store.out_dir):
+            done = set() if self.force else self.store.done_cells()
+            encoders = [self.registry.create("encoder", name) for name in plan.encoders]
+            tasks = [self.registry.create("task", name) for name in plan.tasks]
+            cells = [(e, t, d) for e in encoders for t in tasks for d in t.datasets]
+            produced: list[Result] = []
+            reused = 0
+            prepared: dict[str, BaseException | None] = {}
+            bar = tqdm(cells, desc="cells", unit="cell", disable=not self.ctx.progress)
+            for encoder, task, dataset in bar:
+                key = self.cell_key(encoder, task, dataset)
+                if key in done:
+                    reused += 1
+                    continue
+                bar.set_postfix_str(f"{encoder.name} / {task.name} / {dataset}")
+                records = self._run_cell(encoder, task, dataset, key, prepared)
+                self.store.append(records)
+                produced.extend(records)
+            write_generator_grids(self.registry, plan.generators, self.store.out_dir, self.ctx.seed)
+            render_leaderboard(self.store.out_dir, registry=self.registry)
+        if self.ctx.progress:
+            print(summary_table(produced, reused, tabulate))
+        return produced
+
+    def _run_cell(
+        self, encoder: Encoder, task: Task, dataset: str, key: str, prepared: dict[str, BaseException | None]
+    ) -> list[Result]:
+        cell = CellContext(run=self.ctx, task=task, encoder=encoder, dataset=dataset, cell_key=key)
+        try:
+            if task.needs_patches and not encoder.supports_patches:
+                raise DatasetUnavailable(f"encoder {encoder.name!r} has no patch features; task {task.name!r} needs them")
+            if encoder.name not in prepared:
+                try:
+                    encoder.prepare(self.ctx)
+                    prepared[encoder.name] = None
+                except BaseException as exc:
+                    prepared[encoder.name] = exc
+                    raise
+            elif prepared[encoder.name] is not None:
+                raise prepared[encoder.name]  # type: ignore[misc]
+            records = task.run(encoder, cell)
+            if not records:
+                raise HarnessError(f"task {task.name!r} returned no results for {encoder.name!r} on {dataset!r}")
+            return records
+        except DatasetUnavailable as exc:
+            record = cell.result("skipped", None)
+            record.status, record.message = "skipped", str(exc)
+            return [record]
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            trace_path = self.store.out_dir / "errors" / f"{task.name}__{dataset}__{encoder.name}.txt"
+            trace_path.parent.mkdir(parents=True, exist_ok=True)
+            trace_path.write_text(traceback.format_exc())
+            record = cell.result("error", None)
+            record.status = "error"
+            record.message = f"{type(exc).__name__}: {exc} (traceback: {trace_path.relative_to(self.store.out_dir)})"
+            return [record]
+
+
+def summary_table(produced: list[Result], reused: int, tabulate: object) -> str:
+    rows = [
+        (r.encoder, r.task, r.dataset, r.metric, "" if r.value is None else f"{r.value:.4g}", r.status, f"{r.seconds:.1f}")
+        for r in produced
+        if r.headline or r.status != "ok"
+    ]
+    counts = {s: sum(r.status == s for r in produced) for s in ("ok", "skipped", "error")}
+    table = tabulate(rows, headers=["encoder", "task", "dataset", "metric", "value", "status", "s"])  # type: ignore[operator]
+    return (
+        f"{table}\n\n{len({r.cell_key for r in produced})} cells computed, {reused} reused from results.jsonl; "
+        f"records: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} error "
+        f"({platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')})"
+    )

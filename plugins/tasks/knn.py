@@ -1,0 +1,106 @@
+"""kNN classification through the visual memory (the paper's Table 1).
+
+Memory = the train split's embeddings, queries = the test split's. Every k in
+{1, 2, 3, 4, 5, 10, 20, 100, 200} is reported with both votes (DINO's weighted rule and
+the majority count), top-1 and top-5 (top-5 over min(5, k) classes, as DINO does).
+The headline is fixed in advance: weighted vote, k = 20. The released scripts report
+the best k on the test split; that is selection on test, so it is never the headline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.hookspecs import hookimpl
+from harness.kinds import Task
+
+KS = (1, 2, 3, 4, 5, 10, 20, 100, 200)
+VOTES = ("weighted", "majority")
+
+
+def topk_accuracies(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float]:
+    """Top-1 and top-5 (over min(5, k) classes) accuracy in percent from class scores."""
+    top1 = scores.argmax(axis=1)
+    # stable descending order: ties go to the lower class index, as argmax does
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, : min(5, k)]
+    top5 = (ranked == labels[:, None]).any(axis=1)
+    return 100.0 * float((top1 == labels).mean()), 100.0 * float(top5.mean())
+
+
+class KNNTask(Task):
+    """Params: datasets, ks, temperature (0.07), headline_k (20)."""
+
+    default_datasets = ("digits",)
+    title = "kNN classification (top-1 %)"
+
+    def run(self, encoder: Any, ctx: Any) -> list:
+        from harness.memory import VisualMemory, vote_mass
+
+        ks = [int(k) for k in self.params.get("ks", KS)]
+        temperature = float(self.params.get("temperature", 0.07))
+        headline_k = int(self.params.get("headline_k", 20))
+        data = ctx.open_dataset()
+        train = ctx.embed_split(data.train, "train")
+        test = ctx.embed_split(data.test, "test")
+        memory = VisualMemory(train.shape[1], device=ctx.device)
+        memory.add(train, data.train.labels)
+        test_labels = np.asarray(data.test.labels)
+        widest = min(max(ks), len(memory))
+        sims, ids = memory.search(test, widest)
+        neighbour_labels = memory.labels_of(ids)
+        records = []
+        for vote in VOTES:
+            for k in ks:
+                used = min(k, len(memory))
+                scores = vote_mass(sims[:, :used].astype(np.float64), neighbour_labels[:, :used], vote, temperature, data.num_classes)
+                top1, top5 = topk_accuracies(scores, test_labels, used)
+                is_headline = vote == "weighted" and k == headline_k
+                records.append(ctx.result("top1", top1, n=len(test_labels), headline=is_headline, k=k, vote=vote))
+                records.append(ctx.result("top5", top5, n=len(test_labels), k=k, vote=vote))
+        return records
+
+    @classmethod
+    def paper_numbers(cls) -> Any:
+        from harness_plugins.tasks._paper import paper_numbers
+
+        return paper_numbers("knn")
+
+    @classmethod
+    def figures(cls, results: Any, out_dir: Path) -> list[Path]:
+        """Top-1 against k (weighted vote), one panel per dataset, one line per encoder."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ok = results[(results.status == "ok") & (results.metric == "top1")]
+        ok = ok[ok.params.map(lambda p: p.get("vote") == "weighted")]
+        if ok.empty:
+            return []
+        datasets = sorted(ok.dataset.unique())
+        fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.4), squeeze=False)
+        for ax, dataset in zip(axes[0], datasets):
+            subset = ok[ok.dataset == dataset]
+            for encoder, rows in subset.groupby("encoder"):
+                ks = rows.params.map(lambda p: p["k"]).to_numpy()
+                order = np.argsort(ks)
+                ax.plot(ks[order], rows.value.to_numpy()[order], marker="o", label=encoder)
+            ax.set_xscale("log")
+            ax.set_xlabel("k")
+            ax.set_ylabel("top-1 %")
+            ax.set_title(dataset)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"{results.task.iloc[0]}_top1_vs_k.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return [path]
+
+
+@hookimpl
+def register_tasks(register: Any) -> None:
+    register("knn", KNNTask)
