@@ -1,0 +1,166 @@
+"""`harness bench`: throughput of each stage on this machine, written to PERFORMANCE.md.
+
+Stages: generators (images/s per generator instance and size), embed (images/s per
+encoder), train (training images/s of trainable encoders), memory (kNN classification
+and privacy-audit queries/s against memory size). Each stage's rows are kept in
+`performance.json` beside the report, so benchmarking one stage keeps the others'.
+Ratios are always measured side by side in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from harness import __version__
+from harness.context import RunContext, default_device
+from harness.registry import Registry
+
+Rows = list[dict[str, Any]]
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> float:
+    """Best wall time of `repeats` calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_generators(registry: Registry, quick: bool) -> Rows:
+    rows = []
+    sizes = (64,) if quick else (64, 128, 224)
+    for name in registry.instance_names("generator"):
+        try:
+            generator = registry.create("generator", name)
+        except Exception as exc:
+            rows.append({"generator": name, "error": str(exc)})
+            continue
+        for size in sizes:
+            n = max(8, (64 if quick else 256) * 64 * 64 // (size * size))
+            try:
+                seconds = _timed(lambda: generator.sample(seed=1, n=n, size=size), repeats=1 if quick else 2)
+                rows.append({"generator": name, "size": size, "images": n, "images_per_s": round(n / seconds, 1)})
+            except Exception as exc:
+                rows.append({"generator": name, "size": size, "error": f"{type(exc).__name__}: {exc}"})
+        generator.close()
+    return rows
+
+
+def bench_embed(registry: Registry, quick: bool, device: str, encoders: list[str] | None = None) -> Rows:
+    import torch
+
+    rows = []
+    names = encoders or registry.config.profiles["default"].encoders
+    for name in names:
+        encoder = registry.create("encoder", name)
+        try:
+            encoder.prepare(RunContext(registry=registry, device=device))
+        except Exception as exc:
+            rows.append({"encoder": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        size = int(getattr(encoder, "img_size", 224) or 224)
+        n = 64 if quick else 512
+        images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+        seconds = _timed(lambda: encoder.embed(images), repeats=1 if quick else 3)
+        rows.append({"encoder": name, "input": size, "images": n, "images_per_s": round(n / seconds, 1)})
+    return rows
+
+
+def bench_train(registry: Registry, quick: bool, device: str, encoders: list[str] | None = None) -> Rows:
+    rows = []
+    names = encoders or [
+        n for n in registry.config.profiles["default"].encoders if registry.plugins.get("encoder", registry.spec("encoder", n).plugin).trainable
+    ]
+    for name in names:
+        encoder = registry.create("encoder", name)
+        measure = getattr(encoder, "training_throughput", None)
+        if measure is None:
+            continue
+        try:
+            rows.append({"encoder": name, **measure(RunContext(registry=registry, device=device), steps=2 if quick else 10)})
+        except Exception as exc:
+            rows.append({"encoder": name, "error": f"{type(exc).__name__}: {exc}"})
+    return rows
+
+
+def bench_memory(registry: Registry, quick: bool, device: str) -> Rows:
+    from harness.unlearning import bench_memory as measure
+
+    return measure(device=device, quick=quick)
+
+
+STAGES: dict[str, Callable[..., Rows]] = {
+    "generators": lambda reg, quick, device: bench_generators(reg, quick),
+    "embed": bench_embed,
+    "train": bench_train,
+    "memory": bench_memory,
+}
+
+
+def machine_description(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        accelerator = torch.cuda.get_device_name(0)
+    else:
+        accelerator = f"CPU only, {torch.get_num_threads()} torch threads"
+    return (
+        f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores; {accelerator}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, harness {__version__}"
+    )
+
+
+def render_report(state: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    lines = [
+        "# Performance",
+        "",
+        "Written by `harness bench`. Each section lists the machine it was measured on; ratios",
+        "compare implementations measured side by side in the same run.",
+        "",
+    ]
+    for stage, entry in state.items():
+        lines += [f"## {stage}", "", f"_measured {entry['date']} on {entry['machine']}_", ""]
+        rows = entry["rows"]
+        if rows:
+            headers = list(dict.fromkeys(k for row in rows for k in row))
+            lines.append(tabulate([[row.get(h, "") for h in headers] for row in rows], headers=headers, tablefmt="github"))
+        else:
+            lines.append("(nothing to measure in this registry)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_benchmarks(registry: Registry, stages: list[str], report: Path, quick: bool = False, device: str | None = None) -> Path:
+    from harness.errors import UnknownNameError
+
+    device = device or default_device()
+    chosen = stages or list(STAGES)
+    for stage in chosen:
+        if stage not in STAGES:
+            raise UnknownNameError("benchmark stage", stage, list(STAGES))
+    state_path = report.with_name("performance.json")
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    for stage in chosen:
+        rows = STAGES[stage](registry, quick, device)
+        state[stage] = {
+            "rows": rows,
+            "machine": machine_description(device),
+            "date": _dt.date.today().isoformat(),
+            "quick": quick,
+        }
+        print(f"{stage}: {len(rows)} rows")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(state, indent=1))
+    report.write_text(render_report(state))
+    return report

@@ -1,0 +1,66 @@
+"""Plugins used by the tests: registered through registry.yaml's `plugins:` list."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from harness import Encoder, Task, hookimpl
+
+
+class SleepyTask(Task):
+    """Sleeps, logs the call, and reports a value fixed by the dataset name."""
+
+    default_datasets = ("a", "b", "c")
+
+    def run(self, encoder, ctx):
+        log = os.environ.get("FAKE_CALL_LOG")
+        if log:
+            with open(log, "a") as handle:
+                handle.write(f"{encoder.name} {ctx.dataset}\n")
+        time.sleep(float(self.params.get("seconds", 0.0)))
+        value = float(sum(map(ord, ctx.dataset)) % 97)
+        return [ctx.result("score", value, n=1, headline=True)]
+
+
+class ExplodingTask(Task):
+    """Raises on the dataset named 'boom', works on the others."""
+
+    default_datasets = ("fine", "boom")
+
+    def run(self, encoder, ctx):
+        if ctx.dataset == "boom":
+            raise RuntimeError("the task exploded on purpose")
+        return [ctx.result("score", 1.0, n=1, headline=True)]
+
+
+class NeedsDataTask(Task):
+    """Opens its dataset (so a missing root becomes a skipped cell)."""
+
+    default_datasets = ("missing-data",)
+
+    def run(self, encoder, ctx):
+        ctx.open_dataset()
+        return [ctx.result("score", 1.0, headline=True)]
+
+
+class ConstantEncoder(Encoder):
+    """Every image maps to the same feature vector."""
+
+    def embed(self, images):
+        import torch
+
+        return torch.ones(len(images), 4)
+
+
+@hookimpl
+def register_tasks(register):
+    register("sleepy", SleepyTask)
+    register("exploding", ExplodingTask)
+    register("needs-data", NeedsDataTask)
+
+
+@hookimpl
+def register_encoders(register):
+    register("constant", ConstantEncoder)
+
