@@ -49,9 +49,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import Runner
 
     registry = use_registry(args.registry)
+    for option in ("partition", "train_gpus", "eval_gpus", "mem_gb"):
+        if getattr(args, option) is not None:
+            setattr(registry.config.slurm, option, getattr(args, option))
     runner = Runner(registry, out_dir=Path(args.out), device=args.device, force=args.force, seed=args.seed)
     plan = runner.select(args.profile, args.encoders, args.tasks, args.generators)
-    produced = runner.run(plan)
+    if args.dry_run:
+        from harness.dryrun import describe_plan
+
+        print(describe_plan(runner, plan, args.launcher, embed_images_per_s=args.embed_rate, train_images_per_s=args.train_rate))
+        return 0
+    if args.launcher == "slurm":
+        from harness.launch import SlurmLauncher
+
+        produced = SlurmLauncher(runner, registry.config.slurm, cluster=args.cluster).run(plan)
+    else:
+        produced = runner.run(plan)
     return 1 if any(r.status == "error" for r in produced) else 0
 
 
@@ -122,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute cells already in results.jsonl")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="run cells here, or as Slurm jobs via submitit")
+    p.add_argument("--dry-run", action="store_true", help="print the cells, jobs, datasets and expected GPU-hours; run nothing")
+    slurm = p.add_argument_group("slurm (override registry.yaml's slurm section)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--train-gpus", type=int)
+    slurm.add_argument("--eval-gpus", type=int)
+    slurm.add_argument("--mem-gb", type=int)
+    slurm.add_argument("--cluster", choices=["slurm", "local", "debug"], help="submitit executor (default: slurm when sbatch exists)")
+    slurm.add_argument("--embed-rate", type=float, help="images/s per GPU for embedding, for --dry-run (default: harness bench's)")
+    slurm.add_argument("--train-rate", type=float, help="images/s per GPU for training, for --dry-run (default: harness bench's)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("generate", help="write a sample grid (and optionally a dataset) of a generator")

@@ -67,8 +67,23 @@ class ProfileSpec(_Strict):
     generators: list[str] = Field(default_factory=list, description="generators shown as sample grids")
 
 
+class SlurmSpec(_Strict):
+    """Resources of the jobs `harness run --launcher slurm` submits (CLI flags override)."""
+
+    partition: str | None = None
+    account: str | None = None
+    train_gpus: int = Field(8, ge=0, description="GPUs of one encoder's training job (one node)")
+    eval_gpus: int = Field(1, ge=0, description="GPUs of one evaluation cell's job")
+    cpus_per_gpu: int = Field(10, ge=1)
+    mem_gb: int = Field(64, ge=1, description="memory per job")
+    train_time_min: int = Field(72 * 60, ge=1)
+    eval_time_min: int = Field(4 * 60, ge=1)
+    setup: list[str] = Field(default_factory=list, description="shell lines run before each job (module load, conda activate)")
+
+
 class RegistryFile(_Strict):
     plugins: list[str] = Field(default_factory=list)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
     generators: dict[str, InstanceSpec] = Field(default_factory=dict)
     encoders: dict[str, EncoderSpec] = Field(default_factory=dict)
@@ -119,6 +134,8 @@ def merge(base: RegistryFile, override: RegistryFile) -> RegistryFile:
     """Lay `override` over `base`, entry by entry."""
     merged = base.model_copy(deep=True)
     merged.plugins = list(dict.fromkeys(base.plugins + override.plugins))
+    if "slurm" in override.model_fields_set:
+        merged.slurm = base.slurm.model_copy(update=override.slurm.model_dump(exclude_unset=True))
     for section in ("datasets", "generators", "encoders", "tasks", "profiles"):
         getattr(merged, section).update(getattr(override, section))
     return merged

@@ -3,7 +3,8 @@
 Each cell is keyed by everything that determines it (encoder key, task key, dataset
 spec). A cell already in results.jsonl (ok or skipped) is not recomputed unless
 `force`; a cell that raises is recorded as `error` with its traceback saved under
-`<out>/errors/`, and the run goes on.
+`<out>/errors/`, and the run goes on. `harness.launch` runs the same cells as cluster
+jobs.
 """
 
 from __future__ import annotations
@@ -29,15 +30,25 @@ class Plan:
     generators: list[str]
 
 
-def _names(option: list[str] | str | None, known: list[str], kind: str) -> list[str] | None:
+@dataclass
+class Cell:
+    encoder: Encoder
+    task: Task
+    dataset: str
+    key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.encoder.name} / {self.task.name} / {self.dataset}"
+
+
+def _names(option: list[str] | str | None, known: list[str]) -> list[str] | None:
     """Expand `all` and comma-separated lists; None when the option was not given."""
     if option is None:
         return None
     items = option.split(",") if isinstance(option, str) else [x for part in option for x in part.split(",")]
     items = [x.strip() for x in items if x.strip()]
-    if items == ["all"]:
-        return list(known)
-    return items
+    return list(known) if items == ["all"] else items
 
 
 class Runner:
@@ -68,11 +79,12 @@ class Runner:
         tasks: list[str] | str | None = None,
         generators: list[str] | str | None = None,
     ) -> Plan:
+        """The profile's selection, with any of encoders/tasks/generators given explicitly."""
         name = profile or "default"
         chosen = self.registry.profile(name) if (profile or not (encoders and tasks)) else None
         picked = {}
         for kind, option in (("encoder", encoders), ("task", tasks), ("generator", generators)):
-            names = _names(option, self.registry.instance_names(kind), kind)
+            names = _names(option, self.registry.instance_names(kind))
             if names is None:
                 names = list(getattr(chosen, kind + "s")) if chosen else []
             for item in names:  # fail before any work on a misspelt name
@@ -84,80 +96,93 @@ class Runner:
         spec = self.registry.config.datasets.get(dataset)
         return stable_hash([encoder.key, task.key, dataset, spec.model_dump() if spec else None])
 
+    def cells(self, plan: Plan) -> list[Cell]:
+        encoders = [self.registry.create("encoder", name) for name in plan.encoders]
+        tasks = [self.registry.create("task", name) for name in plan.tasks]
+        return [Cell(e, t, d, self.cell_key(e, t, d)) for e in encoders for t in tasks for d in t.datasets]
+
+    def pending(self, plan: Plan) -> tuple[list[Cell], int]:
+        """Cells still to compute, and how many are already in results.jsonl."""
+        cells = self.cells(plan)
+        done = set() if self.force else self.store.done_cells()
+        todo = [c for c in cells if c.key not in done]
+        return todo, len(cells) - len(todo)
+
     def run(self, plan: Plan) -> list[Result]:
-        from tabulate import tabulate
         from tqdm import tqdm
 
-        from harness.leaderboard import render_leaderboard, write_generator_grids
-
         with exclusive_run(self.store.out_dir):
-            done = set() if self.force else self.store.done_cells()
-            encoders = [self.registry.create("encoder", name) for name in plan.encoders]
-            tasks = [self.registry.create("task", name) for name in plan.tasks]
-            cells = [(e, t, d) for e in encoders for t in tasks for d in t.datasets]
+            todo, reused = self.pending(plan)
             produced: list[Result] = []
-            reused = 0
             prepared: dict[str, BaseException | None] = {}
-            bar = tqdm(cells, desc="cells", unit="cell", disable=not self.ctx.progress)
-            for encoder, task, dataset in bar:
-                key = self.cell_key(encoder, task, dataset)
-                if key in done:
-                    reused += 1
-                    continue
-                bar.set_postfix_str(f"{encoder.name} / {task.name} / {dataset}")
-                records = self._run_cell(encoder, task, dataset, key, prepared)
+            bar = tqdm(todo, desc="cells", unit="cell", disable=not self.ctx.progress)
+            for cell in bar:
+                bar.set_postfix_str(cell.label)
+                records = run_cell(self.ctx, cell, prepared)
                 self.store.append(records)
                 produced.extend(records)
-            write_generator_grids(self.registry, plan.generators, self.store.out_dir, self.ctx.seed)
-            render_leaderboard(self.store.out_dir, registry=self.registry)
-        if self.ctx.progress:
-            print(summary_table(produced, reused, tabulate))
+            self.finish(plan, produced, reused)
         return produced
 
-    def _run_cell(
-        self, encoder: Encoder, task: Task, dataset: str, key: str, prepared: dict[str, BaseException | None]
-    ) -> list[Result]:
-        cell = CellContext(run=self.ctx, task=task, encoder=encoder, dataset=dataset, cell_key=key)
-        try:
-            if task.needs_patches and not encoder.supports_patches:
-                raise DatasetUnavailable(f"encoder {encoder.name!r} has no patch features; task {task.name!r} needs them")
-            if encoder.name not in prepared:
-                try:
-                    encoder.prepare(self.ctx)
-                    prepared[encoder.name] = None
-                except BaseException as exc:
-                    prepared[encoder.name] = exc
-                    raise
-            elif prepared[encoder.name] is not None:
-                raise prepared[encoder.name]  # type: ignore[misc]
-            records = task.run(encoder, cell)
-            if not records:
-                raise HarnessError(f"task {task.name!r} returned no results for {encoder.name!r} on {dataset!r}")
-            return records
-        except DatasetUnavailable as exc:
-            record = cell.result("skipped", None)
-            record.status, record.message = "skipped", str(exc)
-            return [record]
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            trace_path = self.store.out_dir / "errors" / f"{task.name}__{dataset}__{encoder.name}.txt"
-            trace_path.parent.mkdir(parents=True, exist_ok=True)
-            trace_path.write_text(traceback.format_exc())
-            record = cell.result("error", None)
-            record.status = "error"
-            record.message = f"{type(exc).__name__}: {exc} (traceback: {trace_path.relative_to(self.store.out_dir)})"
-            return [record]
+    def finish(self, plan: Plan, produced: list[Result], reused: int) -> None:
+        """Generator grids, the leaderboard and the summary table."""
+        from harness.leaderboard import render_leaderboard, write_generator_grids
+
+        write_generator_grids(self.registry, plan.generators, self.store.out_dir, self.ctx.seed)
+        render_leaderboard(self.store.out_dir, registry=self.registry)
+        if self.ctx.progress:
+            print(summary_table(produced, reused))
 
 
-def summary_table(produced: list[Result], reused: int, tabulate: object) -> str:
+def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | None] | None = None) -> list[Result]:
+    """Compute one cell; every outcome (ok, skipped, error) becomes records.
+
+    `prepared` remembers which encoders were prepared in this process (and how that
+    failed), so an encoder is trained or loaded once per run.
+    """
+    prepared = {} if prepared is None else prepared
+    encoder, task = cell.encoder, cell.task
+    cell_ctx = CellContext(run=ctx, task=task, encoder=encoder, dataset=cell.dataset, cell_key=cell.key)
+    try:
+        if task.needs_patches and not encoder.supports_patches:
+            raise DatasetUnavailable(f"encoder {encoder.name!r} has no patch features; task {task.name!r} needs them")
+        if encoder.name not in prepared:
+            try:
+                encoder.prepare(ctx)
+                prepared[encoder.name] = None
+            except Exception as exc:
+                prepared[encoder.name] = exc
+                raise
+        elif prepared[encoder.name] is not None:
+            raise prepared[encoder.name]  # type: ignore[misc]
+        records = task.run(encoder, cell_ctx)
+        if not records:
+            raise HarnessError(f"task {task.name!r} returned no results for {encoder.name!r} on {cell.dataset!r}")
+        return records
+    except DatasetUnavailable as exc:
+        record = cell_ctx.result("skipped", None)
+        record.status, record.message = "skipped", str(exc)
+        return [record]
+    except Exception as exc:
+        trace_path = ctx.out_dir / "errors" / f"{task.name}__{cell.dataset}__{encoder.name}.txt"
+        trace_path.parent.mkdir(parents=True, exist_ok=True)
+        trace_path.write_text(traceback.format_exc())
+        record = cell_ctx.result("error", None)
+        record.status = "error"
+        record.message = f"{type(exc).__name__}: {exc} (traceback: {trace_path.relative_to(ctx.out_dir)})"
+        return [record]
+
+
+def summary_table(produced: list[Result], reused: int) -> str:
+    from tabulate import tabulate
+
     rows = [
         (r.encoder, r.task, r.dataset, r.metric, "" if r.value is None else f"{r.value:.4g}", r.status, f"{r.seconds:.1f}")
         for r in produced
         if r.headline or r.status != "ok"
     ]
     counts = {s: sum(r.status == s for r in produced) for s in ("ok", "skipped", "error")}
-    table = tabulate(rows, headers=["encoder", "task", "dataset", "metric", "value", "status", "s"])  # type: ignore[operator]
+    table = tabulate(rows, headers=["encoder", "task", "dataset", "metric", "value", "status", "s"])
     return (
         f"{table}\n\n{len({r.cell_key for r in produced})} cells computed, {reused} reused from results.jsonl; "
         f"records: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} error "

@@ -1,0 +1,109 @@
+"""`harness run --dry-run`: the plan, the jobs, the data it reads, and what it will cost.
+
+Costs come from the throughputs that `harness bench` measured on this machine
+(`performance.json` beside the report) or that the user gives; image counts of real
+datasets are their published sizes (train + evaluation splits).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.errors import DatasetUnavailable
+from harness.runner import Plan, Runner
+
+# Images embedded per dataset (memory + queries) at the published split sizes.
+PUBLISHED_IMAGES = {
+    "imagenet": 1_281_167 + 50_000,
+    "flowers102": 1_020 + 1_020,
+    "cub200": 5_994 + 5_794,
+    "food101": 75_750 + 25_250,
+    "nights": 3 * 20_019,
+    "coco": 5_000,
+    "voc": 1_464 + 1_449,
+    "ade20k": 20_210 + 2_000,
+    "medmnist": 100_000,
+}
+
+
+def _throughputs(report: Path) -> dict[str, dict[str, float]]:
+    """images/s by stage and encoder name, from performance.json."""
+    state_path = report.with_name("performance.json")
+    if not state_path.exists():
+        return {}
+    state = json.loads(state_path.read_text())
+    out: dict[str, dict[str, float]] = {}
+    for stage in ("embed", "train"):
+        for row in state.get(stage, {}).get("rows", []):
+            if "images_per_s" in row:
+                out.setdefault(stage, {})[row["encoder"]] = float(row["images_per_s"])
+    return out
+
+
+def describe_plan(
+    runner: Runner,
+    plan: Plan,
+    launcher: str,
+    report: Path = Path("leaderboard/PERFORMANCE.md"),
+    embed_images_per_s: float | None = None,
+    train_images_per_s: float | None = None,
+) -> str:
+    from tabulate import tabulate
+
+    registry = runner.registry
+    todo, reused = runner.pending(plan)
+    measured = _throughputs(report)
+    lines = [f"profile {plan.profile}: {len(todo) + reused} cells, {reused} already in {runner.store.path}, {len(todo)} to run", ""]
+
+    datasets: dict[str, str] = {}
+    for cell in todo:
+        spec = registry.config.datasets.get(cell.dataset)
+        if spec is None:
+            datasets[cell.dataset] = "built by the task"
+        elif not (spec.root or spec.env):
+            datasets[cell.dataset] = f"bundled ({spec.format})"
+        else:
+            try:
+                datasets[cell.dataset] = f"present at {spec.resolved_root(cell.dataset)}"
+            except DatasetUnavailable as exc:
+                datasets[cell.dataset] = f"MISSING: {exc}"
+    lines += ["datasets:"] + [f"  {name}: {status}" for name, status in sorted(datasets.items())] + [""]
+
+    rows: list[list[Any]] = []
+    gpu_hours = 0.0
+    unknown = 0
+    trained: set[str] = set()
+    gpus = registry.config.slurm
+    for cell in todo:
+        encoder = cell.encoder
+        if encoder.trainable and encoder.name not in trained:
+            trained.add(encoder.name)
+            images = getattr(encoder, "training_images", None)
+            rate = train_images_per_s or measured.get("train", {}).get(encoder.name)
+            hours = images / (rate * max(1, gpus.train_gpus)) / 3600 if images and rate else None  # wall time
+            rows.append([f"train {encoder.name}", gpus.train_gpus if launcher == "slurm" else "local", images or "?", rate or "?", _hours(hours)])
+            gpu_hours, unknown = _add(gpu_hours, unknown, hours, gpus.train_gpus)
+        spec = registry.config.datasets.get(cell.dataset)
+        images = PUBLISHED_IMAGES.get(spec.format) if spec else None
+        rate = embed_images_per_s or measured.get("embed", {}).get(encoder.name)
+        hours = images / rate / 3600 if images and rate else None
+        rows.append([f"eval {cell.label}", gpus.eval_gpus if launcher == "slurm" else "local", images or "?", rate or "?", _hours(hours)])
+        gpu_hours, unknown = _add(gpu_hours, unknown, hours, gpus.eval_gpus)
+    lines.append(tabulate(rows, headers=["job", "GPUs", "images", "images/s per GPU", "wall hours"]))
+    lines += [
+        "",
+        f"expected GPU-hours: {gpu_hours:.1f}" + (f" (+ {unknown} jobs whose image count or throughput is unknown; `harness bench` measures throughputs)" if unknown else ""),
+    ]
+    return "\n".join(lines)
+
+
+def _hours(hours: float | None) -> str:
+    return "?" if hours is None else f"{hours:.2f}"
+
+
+def _add(total: float, unknown: int, hours: float | None, gpus: int) -> tuple[float, int]:
+    if hours is None:
+        return total, unknown + 1
+    return total + hours * max(1, gpus), unknown

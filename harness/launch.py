@@ -1,0 +1,187 @@
+"""Running the cross product as Slurm jobs through submitit (what DINO's own scripts use).
+
+Each encoder's training is one job on one node with `train_gpus` GPUs (one task per
+GPU; submitit exports the torch.distributed environment, so `prepare` sets up DDP as
+under torchrun). Each evaluation cell is one job that depends on its encoder's
+training. A cell job writes its records to `<out>/cells/<cell key>.jsonl` (atomically);
+the submitting process merges finished cell files into results.jsonl under its lock,
+so two jobs never write the same file. Running `harness run --launcher slurm` again
+merges what finished, leaves queued or running jobs alone, and resubmits the cells
+whose jobs died; finished cells are never resubmitted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.cache import atomic_write
+from harness.registry import SlurmSpec, load_registry, use_registry
+from harness.results import Result, exclusive_run
+from harness.runner import Cell, Plan, Runner, run_cell
+
+ALIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN"}
+
+
+@dataclass
+class JobSpec:
+    """What one submitted job needs to rebuild its world in a fresh process."""
+
+    registry_path: str
+    out_dir: str
+    seed: int
+    encoder: str
+    task: str | None = None
+    dataset: str | None = None
+
+
+def _runner(spec: JobSpec) -> Runner:
+    registry = use_registry(load_registry(spec.registry_path))
+    return Runner(registry, out_dir=Path(spec.out_dir), seed=spec.seed, progress=False)
+
+
+def train_job(spec: JobSpec) -> str:
+    """Prepare (train) one encoder; under Slurm with several tasks, as DDP ranks."""
+    import os
+
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    runner = _runner(spec)
+    encoder = runner.registry.create("encoder", spec.encoder)
+    encoder.prepare(runner.ctx)
+    return encoder.key
+
+
+def cell_job(spec: JobSpec) -> str:
+    """Compute one cell and write its records to its own file."""
+    runner = _runner(spec)
+    encoder = runner.registry.create("encoder", spec.encoder)
+    task = runner.registry.create("task", spec.task)
+    cell = Cell(encoder, task, spec.dataset, runner.cell_key(encoder, task, spec.dataset))
+    records = run_cell(runner.ctx, cell)
+    write_cell_file(Path(spec.out_dir), cell.key, records)
+    return cell.key
+
+
+def write_cell_file(out_dir: Path, key: str, records: list[Result]) -> Path:
+    payload = "".join(r.model_dump_json() + "\n" for r in records)
+    return atomic_write(out_dir / "cells" / f"{key}.jsonl", lambda tmp: tmp.write_text(payload))
+
+
+def merge_cell_files(runner: Runner) -> int:
+    """Move finished cell files into results.jsonl (once each); returns how many."""
+    cells_dir = runner.store.out_dir / "cells"
+    merged = 0
+    for path in sorted(cells_dir.glob("*.jsonl")) if cells_dir.exists() else []:
+        if path.stem not in runner.store.done_cells():  # also guards a crash between append and unlink
+            records = [Result.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+            runner.store.append(records)
+            merged += 1
+        path.unlink()
+    return merged
+
+
+class SlurmLauncher:
+    """Submits training and cell jobs; `cluster="local"` runs them as local processes (tests)."""
+
+    def __init__(self, runner: Runner, slurm: SlurmSpec, cluster: str | None = None, poll_s: float = 5.0) -> None:
+        self.runner = runner
+        self.slurm = slurm
+        self.cluster = cluster
+        self.poll_s = poll_s
+        self.folder = runner.store.out_dir / "jobs"
+        self.state_path = self.folder / "submitted.json"
+
+    def _executor(self, gpus: int, minutes: int, name: str, dependency: str | None = None) -> Any:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
+        params: dict[str, Any] = {"timeout_min": minutes, "name": name, "tasks_per_node": max(1, gpus), "nodes": 1}
+        if executor.cluster == "slurm":
+            params.update(
+                slurm_partition=self.slurm.partition,
+                gpus_per_node=gpus,
+                cpus_per_task=self.slurm.cpus_per_gpu,
+                slurm_mem=f"{self.slurm.mem_gb}G",
+                slurm_setup=self.slurm.setup,
+            )
+            if self.slurm.account:
+                params["slurm_account"] = self.slurm.account
+            if dependency:
+                params["slurm_additional_parameters"] = {"dependency": dependency}
+        else:
+            params["tasks_per_node"] = 1
+        executor.update_parameters(**params)
+        return executor
+
+    def _load_state(self) -> dict[str, str]:
+        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    def _save_state(self, state: dict[str, str]) -> None:
+        atomic_write(self.state_path, lambda tmp: tmp.write_text(json.dumps(state, indent=1)))
+
+    def _alive(self, job_id: str) -> bool:
+        """Is a previously submitted job still queued or running?"""
+        if self.cluster not in (None, "slurm"):
+            return False  # local jobs die with the process that submitted them
+        import submitit
+
+        try:
+            return submitit.SlurmJob(self.folder / job_id, job_id).state in ALIVE_STATES
+        except Exception:
+            return False
+
+    def run(self, plan: Plan) -> list[Result]:
+        runner = self.runner
+        with exclusive_run(runner.store.out_dir):
+            merge_cell_files(runner)
+            todo, reused = runner.pending(plan)
+            state = self._load_state()
+            base = dict(registry_path=str(runner.registry.path.resolve()), out_dir=str(runner.store.out_dir.resolve()), seed=runner.ctx.seed)
+            jobs: list[Any] = []
+            by_encoder: dict[str, list[Cell]] = {}
+            for cell in todo:
+                by_encoder.setdefault(cell.encoder.name, []).append(cell)
+            for encoder_name, cells in by_encoder.items():
+                waiting = [c for c in cells if not (c.key in state and self._alive(state[c.key]))]
+                if not waiting:
+                    continue
+                encoder = cells[0].encoder
+                dependency = None
+                if encoder.trainable:
+                    train = self._executor(self.slurm.train_gpus, self.slurm.train_time_min, f"train-{encoder_name}")
+                    train_job_handle = train.submit(train_job, JobSpec(**base, encoder=encoder_name))
+                    jobs.append(train_job_handle)
+                    if train.cluster == "slurm":
+                        dependency = f"afterok:{train_job_handle.job_id}"
+                    else:
+                        train_job_handle.result()  # the local executor has no dependencies: wait
+                for cell in waiting:
+                    executor = self._executor(self.slurm.eval_gpus, self.slurm.eval_time_min, f"eval-{cell.task.name}", dependency)
+                    job = executor.submit(cell_job, JobSpec(**base, encoder=encoder_name, task=cell.task.name, dataset=cell.dataset))
+                    state[cell.key] = str(job.job_id)
+                    jobs.append(job)
+                self._save_state(state)
+            self._wait(jobs)
+            merge_cell_files(runner)
+            keys = {c.key for c in todo}
+            produced = [r for r in runner.store.read() if r.cell_key in keys]
+            runner.finish(plan, produced, reused)
+        return produced
+
+    def _wait(self, jobs: list[Any]) -> None:
+        """Wait for every job, merging cell files as they land."""
+        while any(not job.done() for job in jobs):
+            time.sleep(self.poll_s)
+            merge_cell_files(self.runner)
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as exc:  # a dead job's cell is resubmitted by the next run
+                print(f"job {job.job_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+

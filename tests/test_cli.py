@@ -1,0 +1,71 @@
+"""The command line as a new user meets it: the default run, a third-party plugin, the docs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.results import ResultStore
+from helpers import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_default_run_writes_a_leaderboard_above_chance(tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", "--out", str(out), cwd=tmp_path, timeout=1500)  # no ./registry.yaml: the installed copy
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = ResultStore(out).read()
+    headline = {(r.task, r.dataset, r.encoder): r.value for r in records if r.headline and r.status == "ok"}
+    for encoder in ("random-init", "rgb"):
+        assert headline[("knn", "digits", encoder)] > 10.0 * 2  # chance is 10 %
+    board = (out / "LEADERBOARD.md").read_text()
+    assert "## knn" in board and "random-init" in board and "rgb" in board
+    for link in re.findall(r"\]\((figures/[^)]+)\)", board):
+        assert (out / link).is_file(), link
+
+
+def test_third_party_generator_plugin(tmp_path):
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(ROOT / "examples" / "third_party_generator")],
+        check=True, capture_output=True,
+    )
+    env = {"PYTHONPATH": str(site)}
+    listing = cli("list", env=env)
+    assert listing.returncode == 0
+    assert re.search(r"plugin\s+stripes\s", listing.stdout)
+    out = tmp_path / "grid"
+    generated = cli("generate", "stripes", "--n", "4", "--size", "32", "--out", str(out), "--dataset", env=env)
+    assert generated.returncode == 0, generated.stderr
+    assert (out / "stripes_grid.png").is_file()
+    assert len(list((out / "stripes").rglob("*.png"))) == 4
+
+
+def test_readme_documents_every_command_and_hook():
+    from harness.cli import build_parser
+    from harness import hookspecs
+
+    readme = (ROOT / "README.md").read_text()
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    for command in commands:
+        assert f"harness {command}" in readme or f"harness [--registry PATH] {command}" in readme, command
+    for hook in ("register_generators", "register_encoders", "register_tasks"):
+        assert f"{hook}(register)" in readme
+        assert callable(getattr(hookspecs, hook))
+    first_lines = readme.splitlines()[:6]
+    assert any("harness run" in line for line in first_lines)
+    assert any("pytest" in line for line in first_lines)
+    assert "pytest" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_help_lists_commands_without_torch():
+    code = "import sys\nfrom harness.cli import build_parser\nbuild_parser().format_help()\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
