@@ -65,7 +65,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         produced = SlurmLauncher(runner, registry.config.slurm, cluster=args.cluster).run(plan)
     else:
         produced = runner.run(plan)
-    return 1 if any(r.status == "error" for r in produced) else 0
+    from harness.runner import exit_status
+
+    return exit_status(produced)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from harness.results import Result
 
 
+# Plugin and instance names: letters, digits, '.', '_', '+', '-'; no path separators.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+
+
 def stable_hash(value: Any, length: int = 16) -> str:
     """A short hash of a JSON-serialisable value, identical across runs and machines."""
     text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))

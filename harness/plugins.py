@@ -13,6 +13,7 @@ Plugin modules keep heavy imports (torch, timm, moderngl) inside functions, so t
 from __future__ import annotations
 
 import importlib
+import re
 import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -21,7 +22,7 @@ import pluggy
 
 from harness import hookspecs
 from harness.errors import PluginError, UnknownNameError
-from harness.kinds import KINDS, Plugin
+from harness.kinds import KINDS, NAME_PATTERN, Plugin
 
 ENTRY_POINT_GROUP = "harness.plugins"
 HOOKS = {"generator": "register_generators", "encoder": "register_encoders", "task": "register_tasks"}
@@ -68,8 +69,10 @@ def _register_from(registry: PluginRegistry, module: object, source: str) -> Non
         base = KINDS[kind]
 
         def register(name: str, cls: type, kind: str = kind, base: type = base) -> None:
-            if not isinstance(name, str) or not name:
-                raise PluginError(f"{source}: {kind} names must be non-empty strings, got {name!r}")
+            if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+                raise PluginError(
+                    f"{source}: invalid {kind} name {name!r}: use letters, digits, '.', '_', '+', '-'"
+                )
             if not (isinstance(cls, type) and issubclass(cls, base)):
                 raise PluginError(
                     f"{source}: {kind} {name!r} must be a subclass of harness.{base.__name__}, got {cls!r}"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from harness.errors import DatasetUnavailable, RegistryError, UnknownNameError
-from harness.kinds import Plugin
+from harness.kinds import NAME_PATTERN, Plugin
 from harness.plugins import PluginRegistry, load_plugins
 
 INSTALLED_REGISTRY = Path(__file__).with_name("default_registry.yaml")
@@ -81,14 +81,18 @@ class SlurmSpec(_Strict):
     setup: list[str] = Field(default_factory=list, description="shell lines run before each job (module load, conda activate)")
 
 
+# Names become parts of file names (caches, tracebacks, figures): no separators, no "..".
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
 class RegistryFile(_Strict):
     plugins: list[str] = Field(default_factory=list)
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
-    datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
-    generators: dict[str, InstanceSpec] = Field(default_factory=dict)
-    encoders: dict[str, EncoderSpec] = Field(default_factory=dict)
-    tasks: dict[str, InstanceSpec] = Field(default_factory=dict)
-    profiles: dict[str, ProfileSpec] = Field(default_factory=dict)
+    datasets: dict[Name, DatasetSpec] = Field(default_factory=dict)
+    generators: dict[Name, InstanceSpec] = Field(default_factory=dict)
+    encoders: dict[Name, EncoderSpec] = Field(default_factory=dict)
+    tasks: dict[Name, InstanceSpec] = Field(default_factory=dict)
+    profiles: dict[Name, ProfileSpec] = Field(default_factory=dict)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

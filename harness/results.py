@@ -28,6 +28,9 @@ class Result(BaseModel):
     n: int = 0
     status: Literal["ok", "skipped", "error"] = "ok"
     message: str = ""
+    error_kind: Literal["input", "internal"] | None = Field(
+        None, description="for errors: bad input (a HarnessError: file, key or plugin at fault) or a bug"
+    )
     seconds: float = 0.0
     headline: bool = Field(False, description="the number the leaderboard's main table shows")
     params: dict[str, Any] = Field(default_factory=dict, description="variant of the metric, e.g. k and vote")

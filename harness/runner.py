@@ -169,8 +169,17 @@ def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | No
         trace_path.write_text(traceback.format_exc())
         record = cell_ctx.result("error", None)
         record.status = "error"
+        record.error_kind = "input" if isinstance(exc, HarnessError) else "internal"
         record.message = f"{type(exc).__name__}: {exc} (traceback: {trace_path.relative_to(ctx.out_dir)})"
         return [record]
+
+
+def exit_status(produced: list[Result]) -> int:
+    """0 when every cell finished, 2 when a cell failed on bad input, 1 for other errors."""
+    errors = [r for r in produced if r.status == "error"]
+    if any(r.error_kind == "input" for r in errors):
+        return 2
+    return 1 if errors else 0
 
 
 def summary_table(produced: list[Result], reused: int) -> str:

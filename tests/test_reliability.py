@@ -1,0 +1,111 @@
+"""Runs survive kills, caches survive torn files, and the same command gives the same numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from harness.cache import cached_arrays, save_arrays
+from harness.results import ResultStore
+from helpers import TESTS, cli
+
+REGISTRY = """
+plugins: [fake_plugins]
+encoders:
+  const-a: {plugin: constant}
+  const-b: {plugin: constant, params: {variant: 2}}
+  rgb-small: {plugin: rgb, params: {size: 8}}
+tasks:
+  sleepy: {plugin: sleepy, params: {datasets: [a, b, c, d, e, f, g, h], seconds: 0.15}}
+  knn-digits: {plugin: knn, params: {datasets: [digits], ks: [1, 5, 20]}}
+profiles:
+  default: {encoders: [const-a, const-b, rgb-small], tasks: [sleepy, knn-digits]}
+"""
+
+
+def comparable(out):
+    """Cells and values, without timings."""
+    rows = ResultStore(out).read()
+    return sorted(
+        (r.cell_key, r.task, r.dataset, r.encoder, r.metric, json.dumps(r.params, sort_keys=True), r.status, r.value)
+        for r in rows
+    )
+
+
+@pytest.mark.slow
+def test_random_sigkills_lose_nothing(tmp_path):
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY)
+    reference = tmp_path / "reference"
+    assert cli("--registry", str(registry), "run", "--out", str(reference), env={"HARNESS_CACHE": str(tmp_path / "c1")}).returncode == 0
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "HARNESS_CACHE": str(tmp_path / "c2")}
+    args = [sys.executable, "-m", "harness", "--registry", str(registry), "run", "--out", str(out)]
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(30):
+        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=rng.uniform(1.0, 4.0))
+            break  # finished before the kill
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+            ResultStore(out).read()  # readable after every kill
+    else:
+        pytest.fail("the run never finished")
+    assert process.returncode == 0
+    assert kills >= 3
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # valid line by line
+    assert comparable(out) == comparable(reference)  # same cells, same values, nothing twice
+
+
+def test_same_command_same_numbers(tmp_path):
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY)
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        result = cli("--registry", str(registry), "run", "--out", str(out), "--encoders", "rgb-small",
+                     "--tasks", "knn-digits", env={"HARNESS_CACHE": str(tmp_path / f"cache{i}")})
+        assert result.returncode == 0, result.stderr
+        outs.append(out)
+    assert comparable(outs[0]) == comparable(outs[1])
+    record = next(r for r in ResultStore(outs[0]).read() if r.headline)
+    assert {"seed", "code_version", "encoder", "task", "device"} <= set(record.keys)
+
+
+def test_torn_cache_file_is_recomputed(tmp_path):
+    path = tmp_path / "features.npz"
+    save_arrays(path, features=np.arange(6.0).reshape(2, 3))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # torn by a crash of another writer
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"features": np.ones((2, 3))}
+
+    assert np.array_equal(cached_arrays(path, compute)["features"], np.ones((2, 3)))
+    assert calls == [1]
+    assert np.array_equal(cached_arrays(path, compute)["features"], np.ones((2, 3)))
+    assert calls == [1]  # now valid: read, not recomputed
+
+
+def test_names_cannot_escape_the_output_directory(tmp_path):
+    registry = tmp_path / "registry.yaml"
+    registry.write_text("encoders:\n  ../../escape: {plugin: rgb}\n")
+    result = cli("--registry", str(registry), "list")
+    assert result.returncode == 2
+    assert "encoders" in result.stderr and "../../escape" in result.stderr
