@@ -35,9 +35,36 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
+# Dense bf16 tensor-core peaks (FLOP/s), for the physical limit of GPU figures.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "V100": 125e12, "L40S": 362e12, "A10": 125e12}
+
+
+def jpeg_decode_rate(images: Any) -> float:
+    """images/s of decoding these images from JPEG (quality 95) into uint8 arrays: the
+    reference pipeline's cost per image when a dataset is pre-rendered (disk reads excluded)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    blobs = []
+    for image in images.permute(0, 2, 3, 1).numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+        blobs.append(buffer.getvalue())
+
+    def decode() -> None:
+        for blob in blobs:
+            np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+
+    return len(blobs) / _timed(decode, repeats=2)
+
+
 def bench_generators(registry: Registry, quick: bool) -> Rows:
+    """images/s per generator instance and size, beside decoding the same images from JPEG."""
     rows = []
     sizes = (64,) if quick else (64, 128, 224)
+    reference: dict[int, float] = {}
     for name in registry.instance_names("generator"):
         try:
             generator = registry.create("generator", name)
@@ -48,11 +75,42 @@ def bench_generators(registry: Registry, quick: bool) -> Rows:
             n = max(8, (64 if quick else 256) * 64 * 64 // (size * size))
             try:
                 seconds = _timed(lambda: generator.sample(seed=1, n=n, size=size), repeats=1 if quick else 2)
-                rows.append({"generator": name, "size": size, "images": n, "images_per_s": round(n / seconds, 1)})
+                if size not in reference:
+                    reference[size] = jpeg_decode_rate(generator.sample(seed=2, n=min(n, 64), size=size))
+                rate = n / seconds
+                rows.append({
+                    "generator": name, "size": size, "images": n, "images_per_s": round(rate, 1),
+                    "jpeg_decode_images_per_s": round(reference[size], 1),
+                    "ratio_to_jpeg_decode": round(rate / reference[size], 3),
+                })
             except Exception as exc:
                 rows.append({"generator": name, "size": size, "error": f"{type(exc).__name__}: {exc}"})
         generator.close()
     return rows
+
+
+def flops_per_image(encoder: Any, size: int) -> float | None:
+    """Forward FLOPs of one image through the encoder's model (None without a torch model)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = getattr(encoder, "model", None)
+    if model is None:
+        return None
+    parameter = next(model.parameters())
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, 3, size, size, device=parameter.device, dtype=parameter.dtype))
+    return float(counter.get_total_flops())
+
+
+def peak_flops(device: str) -> float | None:
+    import torch
+
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
 
 
 def bench_embed(registry: Registry, quick: bool, device: str, encoders: list[str] | None = None) -> Rows:
@@ -71,7 +129,15 @@ def bench_embed(registry: Registry, quick: bool, device: str, encoders: list[str
         n = 64 if quick else 512
         images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
         seconds = _timed(lambda: encoder.embed(images), repeats=1 if quick else 3)
-        rows.append({"encoder": name, "input": size, "images": n, "images_per_s": round(n / seconds, 1)})
+        row: dict[str, Any] = {"encoder": name, "input": size, "images": n, "images_per_s": round(n / seconds, 1)}
+        flops = flops_per_image(encoder, size)
+        if flops:
+            row["gflops_per_image"] = round(flops / 1e9, 3)
+            peak = peak_flops(device)
+            if peak:
+                row["bf16_limit_images_per_s"] = round(peak / flops, 0)
+                row["fraction_of_limit"] = round(n / seconds * flops / peak, 3)
+        rows.append(row)
     return rows
 
 
