@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="leaderboard/PERFORMANCE.md")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.set_defaults(func=cmd_bench)
+
+    from harness.unlearning import add_memory_parser
+
+    add_memory_parser(sub)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""Privacy of the visual memory (the paper's section 6 and Figure 12).
+
+Memory = the train split's embeddings, queries = the test split's. A memory row is
+non-private when removing it changes the prediction of at least one query; the count
+is exact (`VisualMemory.privacy_report` equals brute-force leave-one-out). Reported per
+encoder and dataset: kNN top-1 with the same rule, the number of non-private rows and
+their percentage of the memory (the headline), plus the queries whose prediction some
+single removal changes. Params: datasets, k (20), vote ("weighted"), temperature (0.07).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.hookspecs import hookimpl
+from harness.kinds import Task
+
+
+class PrivacyTask(Task):
+    """Params: datasets ([digits]), k (20), vote (weighted), temperature (0.07)."""
+
+    default_datasets = ("digits",)
+    title = "Privacy: non-private memory rows (count and % of the memory)"
+
+    def run(self, encoder: Any, ctx: Any) -> list:
+        from harness.errors import HarnessError
+        from harness.memory import VisualMemory
+
+        k = int(self.params.get("k", 20))
+        vote = str(self.params.get("vote", "weighted"))
+        temperature = float(self.params.get("temperature", 0.07))
+        data = ctx.open_dataset()
+        if np.asarray(data.train.labels).ndim != 1:
+            raise HarnessError(f"dataset {ctx.dataset!r} is multi-label; the privacy audit needs one class per memory row")
+        train = ctx.embed_split(data.train, "train")
+        test = ctx.embed_split(data.test, "test")
+        memory = VisualMemory(train.shape[1], device=ctx.device)
+        memory.add(train, data.train.labels)
+        test_labels = np.asarray(data.test.labels)
+        predictions = memory.classify(test, k=k, vote=vote, temperature=temperature)  # type: ignore[arg-type]
+        report = memory.privacy_report(test, k=k, vote=vote, temperature=temperature)  # type: ignore[arg-type]
+        top1 = 100.0 * float((predictions == test_labels).mean())
+        params = {"k": k, "vote": vote, "temperature": temperature}
+        n_memory, n_queries = report.memory_size, report.num_queries
+        return [
+            ctx.result("top1", top1, n=n_queries, **params),
+            ctx.result("non_private_count", report.count, n=n_memory, headline=True, **params),
+            ctx.result("non_private_fraction", report.fraction, n=n_memory, headline=True, **params),
+            ctx.result("changed_query_fraction", 100.0 * report.changed_queries / max(1, n_queries), n=n_queries, **params),
+        ]
+
+    @classmethod
+    def paper_numbers(cls) -> Any:
+        from harness_plugins.tasks._paper import paper_numbers
+
+        return paper_numbers("privacy")
+
+    @classmethod
+    def figures(cls, results: Any, out_dir: Path) -> list[Path]:
+        """The paper's Figure 12: non-private % against kNN top-1, one labelled point per
+        encoder, one panel per dataset."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ok = results[(results.status == "ok") & results.metric.isin(["top1", "non_private_fraction"])]
+        if ok.empty:
+            return []
+        table = ok.pivot_table(index=["dataset", "encoder"], columns="metric", values="value", aggfunc="last")
+        if not {"top1", "non_private_fraction"} <= set(table.columns):
+            return []
+        table = table.dropna(subset=["top1", "non_private_fraction"]).reset_index()
+        if table.empty:
+            return []
+        datasets = sorted(table.dataset.unique())
+        fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 3.8), squeeze=False)
+        for ax, dataset in zip(axes[0], datasets):
+            rows = table[table.dataset == dataset]
+            ax.scatter(rows.top1, rows.non_private_fraction, color="tab:blue", zorder=3)
+            for row in rows.itertuples():
+                point = (row.top1, row.non_private_fraction)
+                ax.annotate(row.encoder, point, textcoords="offset points", xytext=(4, 3), fontsize=7)
+            if len(rows) >= 2 and rows.top1.nunique() >= 2:
+                slope, intercept = np.polyfit(rows.top1, rows.non_private_fraction, 1)
+                xs = np.linspace(rows.top1.min(), rows.top1.max(), 2)
+                ax.plot(xs, slope * xs + intercept, color="tab:gray", linestyle="--", linewidth=1, label="linear fit")
+                ax.legend(fontsize=7)
+            ax.set_xlabel("kNN top-1 %")
+            ax.set_ylabel("non-private memory rows %")
+            ax.set_title(dataset)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / f"{results.task.iloc[0]}_nonprivate_vs_accuracy.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return [path]
+
+
+@hookimpl
+def register_tasks(register: Any) -> None:
+    register("privacy", PrivacyTask)
