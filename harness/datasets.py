@@ -29,7 +29,6 @@ Bundled formats need no root: they read data that installed packages ship
 
 from __future__ import annotations
 
-import math
 import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -181,12 +180,17 @@ class ImageFileSplit:
 
         starts = range(0, len(self), batch_size)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+
+        def submit(position: int) -> list[Any]:
+            if position >= len(starts):
+                return []
+            start = starts[position]
+            return [pool.submit(self.load, i) for i in range(start, min(start + batch_size, len(self)))]
+
         try:
-            submit = lambda s: [pool.submit(self.load, i) for i in range(s, min(s + batch_size, len(self)))]  # noqa: E731
-            ahead = submit(starts[0]) if len(starts) else []
+            ahead = submit(0)
             for position in range(len(starts)):
-                current = ahead
-                ahead = submit(starts[position + 1]) if position + 1 < len(starts) else []
+                current, ahead = ahead, submit(position + 1)
                 yield torch.from_numpy(np.stack([future.result() for future in current]))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -24,6 +24,7 @@ encoders:
 tasks:
   sleepy: {plugin: sleepy, params: {datasets: [a, b, c, d, e, f], seconds: 0.4}}
   quick: {plugin: sleepy, params: {datasets: [a, b]}}
+  slow: {plugin: sleepy, params: {datasets: [a, b, c, d], seconds: 2.5}}
   exploding: {plugin: exploding}
   needs-data: {plugin: needs-data}
 profiles:
@@ -112,19 +113,19 @@ def test_missing_dataset_is_skipped_with_the_key_to_set(tmp_path, registry):
 def test_second_concurrent_run_is_refused(tmp_path, registry):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    args = [sys.executable, "-m", "harness", "--registry", str(registry), "run", "--tasks", "sleepy",
+    args = [sys.executable, "-m", "harness", "--registry", str(registry), "run", "--tasks", "slow",
             "--encoders", "const-a", "--out", str(out)]
     first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not (out / "results.jsonl").exists():
             time.sleep(0.05)
-        second = cli("--registry", str(registry), "run", "--tasks", "sleepy", "--encoders", "const-a", "--out", str(out))
+        second = cli("--registry", str(registry), "run", "--tasks", "slow", "--encoders", "const-a", "--out", str(out))
         assert second.returncode == 2
         assert "another harness run" in second.stderr
     finally:
         first.wait(timeout=120)
-    assert len(read_lines(out / "results.jsonl")) == 6
+    assert len(read_lines(out / "results.jsonl")) == 4
 
 
 def test_unknown_encoder_exits_2_before_any_work(tmp_path, registry):

@@ -43,6 +43,10 @@ class KNNTask(Task):
         temperature = float(self.params.get("temperature", 0.07))
         headline_k = int(self.params.get("headline_k", 20))
         data = ctx.open_dataset()
+        if np.asarray(data.train.labels).ndim != 1:
+            from harness.errors import HarnessError
+
+            raise HarnessError(f"dataset {ctx.dataset!r} is multi-label; use the medmnist task, which scores each label")
         train = ctx.embed_split(data.train, "train")
         test = ctx.embed_split(data.test, "test")
         memory = VisualMemory(train.shape[1], device=ctx.device)
