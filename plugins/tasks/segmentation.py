@@ -1,0 +1,337 @@
+"""Segmentation from patch features (the paper's Table 2 and Figures 8-10).
+
+* `coco-r2` — zero-shot segmentation R^2 (`harness.metrics.segmentation_r2`) of each
+  image's 3-component feature PCA against its human labels: COCO val2017, first 5000
+  images at 448 x 448. Also draws the feature-PCA figure (Figures 8 and 11): a few
+  fixed photographs (scikit-image's astronaut, coffee, chelsea) and the dataset's
+  first images, every encoder side by side.
+* `knn-seg` — kNN segmentation on Pascal VOC 2012: the patch features and patch
+  labels of 512 random train images form the memory; each val patch takes the
+  attention-weighted vote softmax(q . k^T / sqrt(C)) of all memory patches. Pixel
+  accuracy, foreground accuracy and mIoU at the patch grid.
+* `incontext-seg` — in-context segmentation on ADE20k: for drawn (prompt, query)
+  pairs sharing a class, the query's mask is the prompt's class mask transferred by
+  attention softmax(q . k^T / C); IoU at 0.5 and soft IoU.
+
+All three read any `SegmentationData` dataset, so they also run on the procedural
+`synthetic-scenes` (no download). See docs/segmentation.md for the exact protocols.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.hookspecs import hookimpl
+from harness.kinds import Task, stable_hash
+
+# registers the coco, voc, ade20k and synthetic-scenes dataset formats
+from harness_plugins.tasks import _seg_data  # noqa: F401
+from harness_plugins.tasks._seg_data import SegmentationData
+
+PHOTOGRAPHS = ("astronaut", "coffee", "chelsea")
+
+
+def _percent(x: float) -> float:
+    return 100.0 * x if np.isfinite(x) else float("nan")
+
+
+class SegmentationTask(Task):
+    """Shared plumbing: the dataset, its input size, batches of patch features."""
+
+    needs_patches = True
+
+    def data(self, ctx: Any) -> SegmentationData:
+        data = ctx.open_dataset()
+        if not isinstance(data, SegmentationData):
+            spec = ctx.registry.dataset(ctx.dataset)
+            raise HarnessError(
+                f"task {self.name!r} needs a segmentation dataset (formats coco, voc, ade20k, synthetic-scenes); "
+                f"dataset {ctx.dataset!r} has format {spec.format!r}"
+            )
+        return data
+
+    def image_size(self, data: SegmentationData) -> int | None:
+        size = self.params.get("image_size")
+        return int(size) if size else data.image_size
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.params.get("batch_size", 32))
+
+    def progress(self, ctx: Any, total: int, desc: str) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"{desc} {ctx.encoder.name} {ctx.dataset}", leave=False, disable=not ctx.run.progress)
+
+
+# ---------------------------------------------------------------------------- coco-r2
+class CocoR2Task(SegmentationTask):
+    """Params: datasets ([coco]), n_images (5000), split (val), image_size (dataset's:
+    448 for COCO), size (112), batch_size (32), figure_images (2 dataset images in the
+    PCA figure), photographs (astronaut, coffee, chelsea)."""
+
+    default_datasets = ("coco",)
+    title = "Zero-shot segmentation R^2 of feature PCA vs human labels (%, Table 2)"
+
+    def run(self, encoder: Any, ctx: Any) -> list:
+        from harness.leaderboard import FIGURES
+        from harness.metrics import SEGMENTATION_SIZE, segmentation_inertia
+        from harness_plugins.tasks._seg_ops import embed_patches, photographs, write_pca_parts
+        from harness_plugins.tasks._seg_data import resize_image
+
+        data = self.data(ctx)
+        split = data.split(self.params.get("split", "val"))
+        count = min(int(self.params.get("n_images", 5000)), len(split))
+        size = int(self.params.get("size", SEGMENTATION_SIZE))
+        image_size = self.image_size(data)
+        means = ("scalar", "per_component")
+        inertia = np.empty((count, len(means)))
+        figure_items: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        figure_feats: list[Any] = []
+        n_figure = int(self.params.get("figure_images", 2))
+        bar = self.progress(ctx, count, "r2")
+        for start in range(0, count, self.batch_size):
+            indices = list(range(start, min(start + self.batch_size, count)))
+            images, labels = split.batch(indices, image_size, size)
+            feats = embed_patches(encoder, images)
+            inertia[indices] = segmentation_inertia(feats, labels, size=size, mean=means, device=ctx.device)
+            for j, index in enumerate(indices):
+                if index < n_figure:
+                    figure_items.append((f"{data.name}-{index}", images[j].numpy(), labels[j]))
+                    figure_feats.append(feats[j])
+            bar.update(len(indices))
+        bar.close()
+        # the feature-PCA figure: fixed photographs, then the dataset's first images
+        photos = photographs(self.params.get("photographs", PHOTOGRAPHS))
+        if photos:
+            import torch
+
+            side = image_size or split.load(0, None, None)[0].shape[-1]
+            batch = torch.from_numpy(np.stack([resize_image(photo, side, "bilinear-aa") for _, photo in photos]))
+            feats = embed_patches(encoder, batch)
+            figure_items = [(name, batch[i].numpy(), None) for i, (name, _) in enumerate(photos)] + figure_items
+            figure_feats = list(feats) + figure_feats
+        if figure_items:
+            write_pca_parts(ctx.run.out_dir / FIGURES, self.name, ctx.dataset, encoder.name, figure_items, figure_feats, size)
+        records = []
+        for j, mean in enumerate(means):
+            values = inertia[:, j]
+            valid = values[~np.isnan(values)]
+            r2 = 1.0 - float(valid.mean()) if len(valid) else float("nan")
+            records.append(ctx.result(
+                "r2", _percent(r2), n=len(valid), headline=(mean == "scalar"), mean=mean, images=count,
+                nan_images=int(np.isnan(values).sum()), size=size, image_size=image_size,
+            ))
+        return records
+
+    @classmethod
+    def paper_numbers(cls) -> Any:
+        from harness_plugins.tasks._paper import paper_numbers
+
+        return paper_numbers("coco-r2")
+
+    @classmethod
+    def figures(cls, results: Any, out_dir: Path) -> list[Path]:
+        """Feature PCAs (3 components as RGB), every encoder side by side (Figures 8, 11)."""
+        from harness_plugins.tasks._seg_ops import compose_pca_grid, encoder_order, pca_dir
+
+        ok = results[results.status == "ok"]
+        paths = []
+        for (task, dataset), rows in ok.groupby(["task", "dataset"]):
+            path = compose_pca_grid(
+                pca_dir(out_dir, task, dataset), encoder_order(rows), out_dir / f"{task}_{dataset}_pca.png",
+                title=f"{task}: feature PCA (3 components as RGB), {dataset}",
+            )
+            if path is not None:
+                paths.append(path)
+        return paths
+
+
+# ---------------------------------------------------------------------------- knn-seg
+class KnnSegTask(SegmentationTask):
+    """Params: datasets ([voc2012]), memory_images (512), seed (0), queries (all of val),
+    train_split (train), val_split (val), image_size (dataset's: 448), batch_size (32),
+    query_chunk (1024), key_chunk (65536)."""
+
+    default_datasets = ("voc2012",)
+    title = "kNN segmentation: attention over a memory of patch labels (%, Figure 10)"
+
+    def run(self, encoder: Any, ctx: Any) -> list:
+        import torch
+
+        from harness_plugins.tasks._seg_data import resize_labels
+        from harness_plugins.tasks._seg_ops import attention_transfer, confusion_matrix, embed_patches, segmentation_scores
+
+        data = self.data(ctx)
+        train = data.split(self.params.get("train_split", "train"))
+        val = data.split(self.params.get("val_split", "val"))
+        image_size = self.image_size(data)
+        seed = int(self.params.get("seed", 0))
+        n_memory = min(int(self.params.get("memory_images", 512)), len(train))
+        memory_ids = np.sort(np.random.default_rng(seed).choice(len(train), size=n_memory, replace=False))
+        n_queries = min(int(self.params.get("queries") or len(val)), len(val))
+        num_classes = data.num_classes
+
+        def patch_batches(split: Any, indices: Any, desc: str) -> Any:
+            bar = self.progress(ctx, len(indices), desc)
+            for start in range(0, len(indices), self.batch_size):
+                chunk = [int(i) for i in indices[start : start + self.batch_size]]
+                images, native = split.batch(chunk, image_size, None)
+                feats = embed_patches(encoder, images)
+                labels = np.stack([resize_labels(x, tuple(feats.shape[1:3]), split.label_mode) for x in native])
+                yield feats, self.clean(labels, data)
+                bar.update(len(chunk))
+            bar.close()
+
+        keys, values = [], []
+        for feats, labels in patch_batches(train, memory_ids, "memory"):
+            keys.append(feats.reshape(-1, feats.shape[-1]))
+            values.append(labels.reshape(-1))
+        keys_t = torch.cat(keys).to(ctx.device)  # moved once: every query block attends to all of it
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(np.concatenate(values)), num_classes).float().to(ctx.device)
+        scale = float(np.sqrt(keys_t.shape[1]))
+        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        for feats, labels in patch_batches(val, np.arange(n_queries), "queries"):
+            soft = attention_transfer(
+                feats.reshape(-1, feats.shape[-1]), keys_t, onehot, scale,
+                query_chunk=int(self.params.get("query_chunk", 1024)), key_chunk=int(self.params.get("key_chunk", 65536)),
+                device=ctx.device,
+            )
+            predicted = soft.argmax(dim=1).numpy()
+            confusion += confusion_matrix(labels.reshape(-1), predicted, num_classes)
+        scores = segmentation_scores(confusion)
+        extra = {"memory_images": n_memory, "memory_patches": int(keys_t.shape[0]), "queries": n_queries, "seed": seed}
+        return [ctx.result(metric, value, n=n_queries, headline=True, **extra) for metric, value in scores.items()]
+
+    @staticmethod
+    def clean(labels: np.ndarray, data: SegmentationData) -> np.ndarray:
+        """Patch labels with the ignore label (VOC's 255 boundary) as background, as the
+        released code does; labels outside the class list are an error."""
+        labels = labels.copy()
+        if data.ignore_index is not None:
+            labels[labels == data.ignore_index] = 0
+        if labels.size and (labels.max() >= data.num_classes or labels.min() < 0):
+            raise HarnessError(f"dataset {data.name!r}: label {int(labels.max())} outside its {data.num_classes} classes")
+        return labels
+
+
+# ----------------------------------------------------------------------- incontext-seg
+def draw_pairs(
+    split: Any, count: int, seed: int, min_fraction: float, exclude: tuple[int, ...], progress: Any = None
+) -> list[tuple[int, int, int]]:
+    """(class, prompt index, query index) pairs, reproducible from `seed`.
+
+    A class counts as present in an image when it covers at least `min_fraction` of
+    its pixels (native label map). Each pair draws a class uniformly among the classes
+    present in at least two images, then two distinct such images: prompt and query.
+    """
+    present: dict[int, list[int]] = {}
+    for index in range(len(split)):
+        labels = split.read_labels(index)
+        values, counts = np.unique(labels, return_counts=True)
+        for value, n in zip(values.tolist(), counts.tolist()):
+            if value not in exclude and n >= min_fraction * labels.size:
+                present.setdefault(int(value), []).append(index)
+        if progress is not None:
+            progress.update(1)
+    classes = sorted(c for c, images in present.items() if len(images) >= 2)
+    if not classes:
+        raise HarnessError(f"{split.name}: no class covers {min_fraction:.0%} of two or more images; lower min_fraction")
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(count):
+        cls = classes[int(rng.integers(len(classes)))]
+        prompt, query = rng.choice(present[cls], size=2, replace=False)
+        pairs.append((cls, int(prompt), int(query)))
+    return pairs
+
+
+class InContextSegTask(SegmentationTask):
+    """Params: datasets ([ade20k]), pairs (500), seed (0), split (val), min_fraction
+    (0.05), exclude ([0]: ADE's "other" / background), image_size (dataset's),
+    eval_size (112), threshold (0.5), batch_size (32)."""
+
+    default_datasets = ("ade20k",)
+    title = "In-context segmentation: prompt mask transferred by attention (%, Figure 9)"
+
+    def pairs(self, ctx: Any, split: Any, data: SegmentationData) -> list[tuple[int, int, int]]:
+        from harness.cache import cached_arrays
+
+        count = int(self.params.get("pairs", 500))
+        seed = int(self.params.get("seed", 0))
+        min_fraction = float(self.params.get("min_fraction", 0.05))
+        exclude = tuple(int(x) for x in self.params.get("exclude", [0])) + ((data.ignore_index,) if data.ignore_index is not None else ())
+        spec = ctx.registry.dataset(ctx.dataset).model_dump()
+        key = stable_hash([ctx.dataset, spec, split.name, len(split), count, seed, min_fraction, exclude])
+        path = ctx.run.cache_path("segmentation", f"pairs-{ctx.dataset}-{key}.npz")
+
+        def compute() -> dict[str, np.ndarray]:
+            bar = self.progress(ctx, len(split), "pairs")
+            pairs = draw_pairs(split, count, seed, min_fraction, exclude, bar)
+            bar.close()
+            return {"pairs": np.asarray(pairs, dtype=np.int64).reshape(-1, 3)}
+
+        return [tuple(int(v) for v in row) for row in cached_arrays(path, compute)["pairs"]]
+
+    def run(self, encoder: Any, ctx: Any) -> list:
+        import torch
+        import torch.nn.functional as F
+
+        from harness_plugins.tasks._seg_data import resize_labels
+        from harness_plugins.tasks._seg_ops import attention_transfer, binary_ious, embed_patches
+
+        data = self.data(ctx)
+        split = data.split(self.params.get("split", "val"))
+        pairs = self.pairs(ctx, split, data)
+        image_size = self.image_size(data)
+        eval_size = int(self.params.get("eval_size", 112))
+        threshold = float(self.params.get("threshold", 0.5))
+        needed = sorted({i for _, p, q in pairs for i in (p, q)})
+        feats: dict[int, torch.Tensor] = {}
+        labels: dict[int, np.ndarray] = {}
+        bar = self.progress(ctx, len(needed), "embed")
+        for start in range(0, len(needed), self.batch_size):
+            chunk = needed[start : start + self.batch_size]
+            images, native = split.batch(chunk, image_size, None)
+            out = embed_patches(encoder, images)
+            for j, index in enumerate(chunk):
+                feats[index] = out[j]
+                labels[index] = native[j]
+            bar.update(len(chunk))
+        bar.close()
+        ious, soft_ious = [], []
+        for cls, prompt, query in pairs:
+            key, q = feats[prompt], feats[query]
+            h, w, c = key.shape
+            # the prompt's class mask at the patch grid: the fraction of each patch it covers
+            side = image_size or tuple(labels[prompt].shape)
+            mask = (resize_labels(labels[prompt], side, split.label_mode) == cls).astype(np.float32)
+            grid = F.interpolate(torch.from_numpy(mask)[None, None], size=(h, w), mode="area")[0, 0]
+            soft = attention_transfer(
+                q.reshape(-1, c), key.reshape(-1, c), grid.reshape(-1, 1), float(c), device=ctx.device, dtype=torch.float64
+            )
+            soft_map = F.interpolate(soft.reshape(1, 1, q.shape[0], q.shape[1]).double(), size=(eval_size, eval_size),
+                                     mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+            truth = resize_labels(labels[query], eval_size, split.label_mode) == cls
+            iou, soft_iou = binary_ious(soft_map, truth, threshold)
+            ious.append(iou)
+            soft_ious.append(soft_iou)
+        extra = {"pairs": len(pairs), "eval_size": eval_size, "seed": int(self.params.get("seed", 0))}
+        records = []
+        for metric, values in (("iou50", np.asarray(ious)), ("soft_iou", np.asarray(soft_ious))):
+            valid = values[~np.isnan(values)]
+            value = 100.0 * float(valid.mean()) if len(valid) else float("nan")
+            params = {**extra, "threshold": threshold} if metric == "iou50" else extra
+            records.append(ctx.result(metric, value, n=len(valid), headline=True, **params))
+        return records
+
+
+@hookimpl
+def register_tasks(register: Any) -> None:
+    register("coco-r2", CocoR2Task)
+    register("knn-seg", KnnSegTask)
+    register("incontext-seg", InContextSegTask)
