@@ -23,9 +23,9 @@ def test_default_run_writes_a_leaderboard_above_chance(tmp_path):
     records = ResultStore(out).read()
     headline = {(r.task, r.dataset, r.encoder): r.value for r in records if r.headline and r.status == "ok"}
     for encoder in ("random-init", "rgb"):
-        assert headline[("knn", "digits", encoder)] > 10.0 * 2  # chance is 10 %
+        assert headline[("knn-default", "digits", encoder)] > 10.0 * 2  # chance is 10 %
     board = (out / "LEADERBOARD.md").read_text()
-    assert "## knn" in board and "random-init" in board and "rgb" in board
+    assert "## knn-default" in board and "random-init" in board and "rgb" in board
     for link in re.findall(r"\]\((figures/[^)]+)\)", board):
         assert (out / link).is_file(), link
 
