@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -130,7 +132,7 @@ def decode_image(path: str | os.PathLike, where: str = "") -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise DataFormatError(f"{path}: image file not found{suffix}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataFormatError(f"{path}: cannot decode image: {exc}{suffix}") from None
 
 
@@ -241,7 +243,8 @@ class NpzImageSplit:
     def to_rgb(images: np.ndarray) -> np.ndarray:
         if images.ndim == 3:
             return np.ascontiguousarray(np.repeat(images[:, None], 3, axis=1))
-        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        rgb = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        return rgb if rgb.flags.writeable else rgb.copy()  # 1-px rows stay a view of the read-only file buffer
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         import torch
@@ -253,11 +256,14 @@ class NpzImageSplit:
             return
         row_shape = tuple(self.shape[1:])
         row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
-        with zipfile.ZipFile(self.path) as archive, archive.open(self.key + ".npy") as handle:
+        with _npz_member(self.path, self.key) as handle:
             _read_npy_header(handle, self.path, self.key)
             for start in range(0, len(self), batch_size):
                 count = min(batch_size, len(self) - start)
-                data = handle.read(count * row_bytes)
+                try:
+                    data = handle.read(count * row_bytes)
+                except _NPZ_READ_ERRORS as exc:  # a corrupt member shows up only when it is read
+                    raise DataFormatError(f"{self.path}: key {self.key!r} is corrupt near row {start} ({exc})") from None
                 if len(data) != count * row_bytes:
                     raise DataFormatError(f"{self.path}: key {self.key!r} is truncated (ends before row {start + len(data) // max(row_bytes, 1)})")
                 rows = np.frombuffer(data, dtype=self.dtype).reshape((count, *row_shape))
@@ -282,6 +288,29 @@ class NpzImageSplit:
 
         array = self.array()
         return [fn(torch.from_numpy(self.to_rgb(array[i : i + 1])[0]), int(i)) for i in indices]
+
+
+_NPZ_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError)
+"""What reading a damaged `.npz` member raises (bad CRC, bad deflate stream, cut-off data,
+unsupported compression or encryption)."""
+
+
+@contextmanager
+def _npz_member(path: Path, key: str) -> Iterator[Any]:
+    """The open member `<key>.npy` of a `.npz` file; a damaged archive raises DataFormatError."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except _NPZ_READ_ERRORS as exc:
+        raise DataFormatError(f"{path}: not a valid .npz file ({exc})") from None
+    with archive:
+        try:
+            handle = archive.open(key + ".npy")
+        except KeyError:
+            raise DataFormatError(f"{path}: missing key {key!r}") from None
+        except _NPZ_READ_ERRORS as exc:
+            raise DataFormatError(f"{path}: key {key!r} cannot be read ({exc})") from None
+        with handle:
+            yield handle
 
 
 def _read_npy_header(handle: Any, path: Path, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -679,6 +708,9 @@ MEDMNIST_LABEL_TYPES = {
     "breastmnist": "binary-class", "bloodmnist": "multi-class", "tissuemnist": "multi-class",
     "organamnist": "multi-class", "organcmnist": "multi-class", "organsmnist": "multi-class",
 }
+MEDMNIST_MAX_CLASSES = 100_000
+"""Labels at or above this are refused as corrupt (MedMNIST has at most 14 label columns
+or 11 classes); one class name is made per index, so a stray huge label would exhaust memory."""
 MEDMNIST_PAPER = (
     "pathmnist", "dermamnist", "octmnist", "pneumoniamnist", "breastmnist",
     "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
@@ -716,7 +748,7 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
         flag = options["flag"] or path.stem.split("_")[0]
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except _NPZ_READ_ERRORS as exc:
         raise DataFormatError(f"{path}: not a valid .npz file ({exc})") from None
     headers = {}
     with archive:
@@ -724,8 +756,9 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
         for key in MEDMNIST_KEYS:
             if key not in members:
                 raise DataFormatError(f"{path}: missing key {key!r} (found: {', '.join(sorted(members)) or 'none'})")
-            with archive.open(key + ".npy") as handle:
-                headers[key] = _read_npy_header(handle, path, key)
+    for key in MEDMNIST_KEYS:
+        with _npz_member(path, key) as handle:
+            headers[key] = _read_npy_header(handle, path, key)
     try:
         with np.load(path, allow_pickle=False) as data:
             raw_labels = {split: np.asarray(data[f"{split}_labels"]) for split in ("train", "val", "test")}
@@ -735,17 +768,21 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
     for split, values in raw_labels.items():
         key = f"{split}_labels"
         shape, _, dtype = headers[f"{split}_images"]
+        if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 3) or shape[1] != shape[2] or shape[1] < 1:
+            raise DataFormatError(
+                f"{path}: key '{split}_images' must be uint8 N x S x S or N x S x S x 3 (S >= 1), got shape {list(shape)} {dtype}"
+            )
         if values.ndim == 1:
             values = values[:, None]
         if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer) and not np.issubdtype(values.dtype, np.floating):
             raise DataFormatError(f"{path}: key {key!r} must be an N x L array of integers, got shape {list(values.shape)} {values.dtype}")
         if len(values) != shape[0]:
             raise DataFormatError(f"{path}: key {key!r} has {len(values)} rows but {split}_images has {shape[0]}")
-        if (values < 0).any() or (values != np.round(values)).any():
+        if not np.isfinite(values).all() or (values < 0).any() or (values != np.round(values)).any():
             raise DataFormatError(f"{path}: key {key!r} must hold non-negative integer labels")
-        if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 3) or shape[1] != shape[2]:
+        if (values >= MEDMNIST_MAX_CLASSES).any():
             raise DataFormatError(
-                f"{path}: key '{split}_images' must be uint8 N x S x S or N x S x S x 3, got shape {list(shape)} {dtype}"
+                f"{path}: key {key!r} holds label {values.max():.0f}; class indices must be below {MEDMNIST_MAX_CLASSES}"
             )
         labels[split] = values.astype(np.int64)
     widths = {v.shape[1] for v in labels.values()}
@@ -763,6 +800,10 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
         if labels["train"].shape[1] != 1:
             raise DataFormatError(f"{path}: key 'train_labels' has {labels['train'].shape[1]} columns; a {label_type} dataset has 1")
         labels = {split: v[:, 0] for split, v in labels.items()}
+        if label_type == "binary-class":
+            for split, values in labels.items():
+                if (values > 1).any():
+                    raise DataFormatError(f"{path}: key '{split}_labels' must hold 0/1 values (a binary-class dataset), found {values.max()}")
         count = 2 if label_type == "binary-class" else max(int(v.max(initial=0)) for v in labels.values()) + 1
     splits = {}
     for split in ("train", "val", "test"):
@@ -845,7 +886,7 @@ def read_nights(name: str, spec: DatasetSpec) -> NightsData:
         raise DataFormatError(f"{csv}: row {row + 2}: vote columns must be non-negative")
     total = left + right
     if np.allclose(total, 1.0, atol=1e-6):
-        p = right
+        p = np.clip(right, 0.0, 1.0)  # within the tolerance right_vote may pass 1 by a rounding step
     else:
         zero = np.flatnonzero(total <= 0)
         if len(zero):

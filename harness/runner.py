@@ -10,14 +10,16 @@ jobs.
 from __future__ import annotations
 
 import platform
+import re
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.context import CellContext, RunContext, default_device
-from harness.errors import DatasetUnavailable, HarnessError
-from harness.kinds import Encoder, Task, stable_hash
+from harness.errors import DatasetUnavailable, HarnessError, RegistryError, UnknownNameError
+from harness.kinds import NAME_PATTERN, Encoder, Task, stable_hash
 from harness.registry import Registry
 from harness.results import Result, ResultStore, exclusive_run
 
@@ -88,17 +90,33 @@ class Runner:
             if names is None:
                 names = list(getattr(chosen, kind + "s")) if chosen else []
             for item in names:  # fail before any work on a misspelt name
-                self.registry.create(kind, item)
+                self.create(kind, item)
             picked[kind] = names
         return Plan(name, picked["encoder"], picked["task"], picked["generator"])
+
+    def create(self, kind: str, name: str) -> Any:
+        """`registry.create`, with the registry field at fault named when an instance's plugin
+        is not loaded (and the plugins that failed to load), and a task's datasets checked."""
+        try:
+            plugin = self.registry.create(kind, name)
+        except UnknownNameError as exc:
+            spec = self.registry.spec(kind, name)
+            if spec is None or spec.plugin in self.registry.plugins.classes[kind]:
+                raise
+            broken = "; ".join(f"{b.source}: {b.error}" for b in self.registry.plugins.broken)
+            hint = f" Plugins that failed to load (see `harness list`): {broken}" if broken else ""
+            raise RegistryError(f"{self.registry.path}: {kind}s.{name}.plugin: {exc}{hint}") from None
+        if kind == "task":
+            _check_datasets(self.registry, plugin)
+        return plugin
 
     def cell_key(self, encoder: Encoder, task: Task, dataset: str) -> str:
         spec = self.registry.config.datasets.get(dataset)
         return stable_hash([encoder.key, task.key, dataset, spec.model_dump() if spec else None])
 
     def cells(self, plan: Plan) -> list[Cell]:
-        encoders = [self.registry.create("encoder", name) for name in plan.encoders]
-        tasks = [self.registry.create("task", name) for name in plan.tasks]
+        encoders = [self.create("encoder", name) for name in plan.encoders]
+        tasks = [self.create("task", name) for name in plan.tasks]
         return [Cell(e, t, d, self.cell_key(e, t, d)) for e in encoders for t in tasks for d in t.datasets]
 
     def pending(self, plan: Plan) -> tuple[list[Cell], int]:
@@ -134,6 +152,22 @@ class Runner:
             print(summary_table(produced, reused))
 
 
+def _check_datasets(registry: Registry, task: Task) -> None:
+    """A task's `datasets` must be a list of dataset names (a bare string or a number in
+    registry.yaml would otherwise be iterated, or crash the run with a TypeError)."""
+    raw = task.params.get("datasets")
+    try:
+        names = None if isinstance(raw, (str, bytes)) else task.datasets
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) and re.match(NAME_PATTERN, n) for n in names):
+        shown = raw if "datasets" in task.params else names
+        raise RegistryError(
+            f"{registry.path}: tasks.{task.name}.params.datasets: must be a list of dataset names "
+            f"(e.g. [digits]), got {shown!r}"
+        )
+
+
 def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | None] | None = None) -> list[Result]:
     """Compute one cell; every outcome (ok, skipped, error) becomes records.
 
@@ -158,7 +192,12 @@ def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | No
         records = task.run(encoder, cell_ctx)
         if not records:
             raise HarnessError(f"task {task.name!r} returned no results for {encoder.name!r} on {cell.dataset!r}")
-        return records
+        if not isinstance(records, (list, tuple)) or not all(isinstance(r, Result) for r in records):
+            raise TypeError(  # a bug in the plugin, not bad input
+                f"task plugin {task.plugin_name!r} returned {records!r:.100}; "
+                "Task.run must return a list of records made with ctx.result(...)"
+            )
+        return list(records)
     except DatasetUnavailable as exc:
         record = cell_ctx.result("skipped", None)
         record.status, record.message = "skipped", str(exc)
