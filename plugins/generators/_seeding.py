@@ -1,0 +1,55 @@
+"""Seeds for the built-in generators: every random draw of image i of stream `seed`
+comes from a generator seeded by (seed, i, purpose), so any slice of a stream can be
+produced on its own, in any batch, worker or process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of ints and strings (stable across runs and machines)."""
+    digest = hashlib.sha256(repr(tuple(parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def rng(*parts: Any) -> Any:
+    """A numpy Generator (PCG64) for the purpose named by `parts`."""
+    import numpy as np
+
+    return np.random.Generator(np.random.PCG64(derive_seed(*parts)))
+
+
+def check_sample_args(seed: Any, n: Any, size: Any, start: Any) -> tuple[int, int, int, int]:
+    """Validate `sample` arguments; errors name the argument."""
+    for label, value in (("seed", seed), ("n", n), ("size", size), ("start", start)):
+        if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+            raise TypeError(f"`{label}` must be an integer, got {value!r}")
+    seed, n, size, start = int(seed), int(n), int(size), int(start)
+    if n < 0:
+        raise ValueError(f"`n` must be >= 0, got {n}")
+    if size < 1:
+        raise ValueError(f"`size` must be >= 1, got {size}")
+    if start < 0:
+        raise ValueError(f"`start` must be >= 0, got {start}")
+    return seed, n, size, start
+
+
+# Parameter errors are TypeErrors: the registry reports them with the file and field path.
+def positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"parameter `{name}` must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise TypeError(f"parameter `{name}` must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def number(name: str, value: Any, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"parameter `{name}` must be a number, got {value!r}")
+    value = float(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise TypeError(f"parameter `{name}` must lie in [{low}, {high}], got {value}")
+    return value

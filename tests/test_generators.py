@@ -1,0 +1,307 @@
+"""The procedural generators, through the public API: determinism, stream slicing,
+streaming shards, composition, the KML and Mixup recipes, the shader library and a
+user's Shadertoy corpus, and writing images to disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import harness
+from harness.errors import HarnessError, RegistryError
+from harness.kinds import Generator
+from harness.registry import use_registry
+
+REGISTRY = """
+generators:
+  dead-leaves: {plugin: dead-leaves, params: {shape: mixed}}
+  shaders: {plugin: shaders}
+  shaders-mixup: {plugin: mixup, params: {base: shaders, n: 6}}
+  shaders-kml: {plugin: kml, params: {base: shaders}}
+  shaders-kml-mixup: {plugin: kml-mixup, params: {base: shaders, n: 2}}
+  stylegan-oriented: {plugin: stylegan-oriented}
+  loop-a: {plugin: mixup, params: {base: loop-b}}
+  loop-b: {plugin: kml, params: {base: loop-a}}
+"""
+INSTANCES = ["dead-leaves", "shaders", "shaders-mixup", "shaders-kml", "shaders-kml-mixup", "stylegan-oriented"]
+
+
+@pytest.fixture(autouse=True)
+def registry(tmp_path):
+    path = tmp_path / "registry.yaml"
+    path.write_text(REGISTRY)
+    return use_registry(path)
+
+
+def near_constant(images: torch.Tensor) -> torch.Tensor:
+    """Every channel's spatial std below 2 (of 255)."""
+    return images.float().flatten(2).std(dim=2).amax(dim=1) < 2.0
+
+
+# ----------------------------------------------------------------------------- all
+@pytest.mark.parametrize("name", INSTANCES)
+def test_deterministic_and_sliceable(name):
+    gen = harness.get_generator(name)
+    full = gen.sample(7, 5, 32)
+    assert full.dtype == torch.uint8 and full.shape == (5, 3, 32, 32)
+    assert torch.equal(full, harness.get_generator(name).sample(7, 5, 32)), "same seed, same bytes"
+    assert torch.equal(gen.sample(7, 2, 32, start=3), full[3:5]), "a slice equals the longer stream's slice"
+    assert torch.equal(gen.sample(7, 1, 32, start=1)[0], full[1])
+    assert not torch.equal(gen.sample(8, 5, 32), full), "another seed, other images"
+    assert len({bytes(x.numpy()) for x in full}) == 5, "images of a stream differ"
+    assert gen.sample(7, 0, 32).shape == (0, 3, 32, 32)
+
+
+def test_parameters_are_validated_with_their_names():
+    with pytest.raises(RegistryError, match="shape"):
+        harness.get_generator("dead-leaves", shape="hexagon")
+    with pytest.raises(RegistryError, match="channels"):
+        harness.get_generator("shaders", channels="webcam")
+    with pytest.raises(RegistryError, match="unknown parameter"):
+        harness.get_generator("stylegan-oriented", channels=3)
+    with pytest.raises(RegistryError, match="`n`"):
+        harness.get_generator("shaders-mixup", n=0)
+    with pytest.raises(RegistryError, match="cycle"):
+        harness.get_generator("loop-a")
+    with pytest.raises(ValueError, match="size"):
+        harness.get_generator("dead-leaves").sample(0, 1, 0)
+
+
+def test_plugin_modules_import_without_torch_or_moderngl():
+    code = (
+        "import sys\n"
+        "import harness_plugins.generators.dead_leaves, harness_plugins.generators.shaders\n"
+        "import harness_plugins.generators.mixing, harness_plugins.generators.stylegan\n"
+        "heavy = [m for m in ('torch', 'moderngl', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ----------------------------------------------------------------------------- dead leaves
+def test_dead_leaves_covers_the_canvas():
+    gen = harness.get_generator("dead-leaves")
+    labels, palettes = gen.label_maps(seed=0, indices=list(range(12)), size=64)
+    assert (labels >= 0).all(), "every pixel lies under a leaf"
+    for lab in labels:
+        assert len(np.unique(lab)) > 20, "many leaves are visible"
+    images = gen.sample(0, 12, 64)
+    # each pixel shows its leaf's colour
+    for i in range(12):
+        assert np.array_equal(images[i].permute(1, 2, 0).numpy(), palettes[i][labels[i]])
+
+
+@pytest.mark.parametrize("shape", ["circle", "square", "oriented_square", "rectangle", "triangle", "quadrilateral"])
+def test_dead_leaves_shapes(shape):
+    images = harness.get_generator("dead-leaves", shape=shape).sample(1, 2, 48)
+    assert not near_constant(images).any()
+
+
+# ----------------------------------------------------------------------------- streaming
+@pytest.mark.parametrize("name", ["dead-leaves", "shaders"])
+def test_stream_shards_cover_each_index_once(name):
+    from torch.utils.data import DataLoader
+
+    from harness.streaming import GeneratorStream
+
+    n, size = 22, 16
+    reference = harness.get_generator(name).sample(3, n, size)  # the parent now holds any GL state
+    seen: dict[int, torch.Tensor] = {}
+    for rank in range(2):
+        stream = GeneratorStream(name, seed=3, size=size, batch_size=3, n=n, rank=rank, world_size=2, with_indices=True)
+        for images, indices in DataLoader(stream, batch_size=None, num_workers=2, timeout=120):
+            assert images.dtype == torch.uint8
+            for image, index in zip(images, indices.tolist()):
+                assert index not in seen, f"index {index} produced twice"
+                seen[index] = image
+    assert sorted(seen) == list(range(n))
+    for index, image in seen.items():
+        assert torch.equal(image, reference[index])
+
+
+def test_imagefolder_is_resumable_and_grid_is_written(tmp_path):
+    from PIL import Image
+
+    from harness.streaming import image_path, write_grid, write_imagefolder
+
+    gen = harness.get_generator("dead-leaves")
+    out = write_imagefolder(gen, tmp_path / "data", n=5, size=24, seed=2, batch_size=2)
+    first = image_path(out, 3).read_bytes()
+    image_path(out, 1).unlink()
+    write_imagefolder(gen, out, n=7, size=24, seed=2, batch_size=4)
+    files = sorted(p.name for p in out.rglob("*.png"))
+    assert files == [f"{i:08d}.png" for i in range(7)]
+    assert image_path(out, 3).read_bytes() == first, "existing files are kept"
+    assert np.array_equal(np.asarray(Image.open(image_path(out, 1))), gen.sample(2, 1, 24, start=1)[0].permute(1, 2, 0).numpy())
+    with pytest.raises(HarnessError, match="another folder"):
+        write_imagefolder(gen, out, n=7, size=32, seed=2)
+    grid = write_grid(gen, tmp_path / "grid.png", n=6, size=16, seed=0)
+    assert Image.open(grid).size == (3 * 18 + 2, 2 * 18 + 2)
+
+
+# ----------------------------------------------------------------------------- composition
+class ConstantColours(Generator):
+    """Image i of stream `seed` is one flat colour (a test base generator)."""
+
+    def sample(self, seed, n, size, start=0):
+        colours = self.colours(seed, list(range(start, start + n)))
+        return torch.from_numpy(colours).view(n, 3, 1, 1).expand(n, 3, size, size).contiguous()
+
+    @staticmethod
+    def colours(seed, indices):
+        i = np.asarray(indices, dtype=np.int64)
+        s = seed % 256
+        return np.stack([(37 * i + s) % 256, (91 * i + 3 * s) % 256, (13 * i + 7) % 256], 1).astype(np.uint8)
+
+
+def test_mixup_is_the_weighted_mean_of_its_base_images():
+    mixup = harness.get_generator("mixup", base=ConstantColours(), n=4)
+    seed, n = 5, 6
+    out = mixup.sample(seed, n, 8, start=10)
+    weights = mixup.weights(seed, list(range(10, 10 + n)))
+    assert np.allclose(weights.sum(axis=1), 1.0) and (weights >= 0).all()
+    base_seed = mixup.base_seed(seed)
+    for k in range(n):
+        colours = ConstantColours.colours(base_seed, range(4 * (10 + k), 4 * (10 + k) + 4)).astype(np.float64)
+        expected = weights[k] @ colours
+        got = out[k, :, 0, 0].numpy().astype(np.float64)
+        assert np.all(np.abs(got - expected) <= 0.5 + 1e-3)
+        assert (out[k] == out[k, :, :1, :1]).all(), "a mix of flat images is flat"
+
+
+def test_kml_composes_with_any_base():
+    for base in ("stylegan-oriented", "dead-leaves", "shaders-mixup"):
+        images = harness.get_generator("kml", base=base).sample(0, 2, 24)
+        assert images.shape == (2, 3, 24, 24) and images.dtype == torch.uint8
+    images = harness.get_generator("mixup", base="shaders-kml", n=2).sample(0, 2, 24)
+    assert images.shape == (2, 3, 24, 24)
+
+
+def numpy_kml_mask(s1: torch.Tensor, size: int) -> np.ndarray:
+    """The KML recipe written independently: numpy unique for the initial centroids,
+    argmin over both distances, float64."""
+    x = F.interpolate(s1[None].float(), size=(256, 256), mode="bilinear", align_corners=False)
+    pixels = x[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).reshape(-1, 3).numpy()
+    distinct = np.unique(pixels, axis=0)
+    centroids = np.stack([distinct[0], distinct[-1]]).astype(np.float64)
+    points = pixels.astype(np.float64)
+    for _ in range(3):
+        labels = np.argmin(((points[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+        for k in range(2):
+            if (labels == k).any():
+                centroids[k] = points[labels == k].mean(axis=0)
+    labels = np.argmin(((points[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+
+    def blur(m):
+        p = np.pad(m, 1, mode="reflect")
+        return sum(p[i:i + m.shape[0], j:j + m.shape[1]] for i in range(3) for j in range(3)) / 9.0
+
+    mask = blur((labels == 0).astype(np.float64).reshape(256, 256))
+    mask = F.interpolate(torch.from_numpy(mask)[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return blur(mask.numpy())
+
+
+def test_kml_is_a_convex_combination_through_the_two_means_mask_of_s1():
+    kml = harness.get_generator("shaders-kml")
+    seed, n, size = 11, 3, 48
+    out = kml.sample(seed, n, size, start=4).numpy().astype(np.float64)
+    base = kml.base_images(seed, n, size, start=4).view(n, 3, 3, size, size)
+    for k in range(n):
+        s1, s2, s3 = base[k, 0], base[k, 1].numpy().astype(np.float64), base[k, 2].numpy().astype(np.float64)
+        lo, hi = np.minimum(s2, s3), np.maximum(s2, s3)
+        assert np.all(out[k] >= lo - 0.5) and np.all(out[k] <= hi + 0.5), "per pixel between s2 and s3"
+        mask = numpy_kml_mask(s1, size)
+        expected = s2 * mask + s3 * (1 - mask)
+        off = np.abs(out[k] - expected) > 1.0
+        assert off.mean() < 0.005, f"{off.mean():.4f} of the pixels do not follow the 2-means mask of s1"
+        assert 0.0 < mask.mean() < 1.0
+
+
+def test_kml_mixup_is_the_mean_of_two_kml_images():
+    kml_mixup = harness.get_generator("shaders-kml-mixup")
+    kml = harness.get_generator("kml", base="shaders")
+    seed, size = 4, 24
+    out = kml_mixup.sample(seed, 2, size).float()
+    triples = kml_mixup.base_images(seed, 2, size, 0).view(2, 2, 3, 3, size, size)
+    from harness_plugins.generators.mixing import kml_blend
+
+    single = torch.from_numpy(kml_blend(triples.reshape(4, 1, 3, 3, size, size).numpy(), size))
+    assert torch.allclose(out, single.view(2, 2, 3, size, size).mean(dim=1), atol=0.51)
+    assert kml.sample(seed, 1, size).shape == (1, 3, size, size)
+
+
+# ----------------------------------------------------------------------------- shaders
+from harness_plugins.generators.shaders import ShaderWarning, library_names  # noqa: E402
+
+
+@pytest.mark.parametrize("program", library_names())
+def test_every_library_program_compiles_and_renders(program):
+    gen = harness.get_generator("shaders", programs=[program])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShaderWarning)
+        assert gen.program_names() == [program]
+    images = gen.sample(0, 8, 32)
+    assert near_constant(images).sum() <= 1, f"{program} renders near-constant images"
+    assert len({bytes(x.numpy()) for x in images}) == 8
+
+
+def test_library_is_large_and_varied():
+    names = library_names()
+    assert len(names) >= 50
+    images, programs = harness.get_generator("shaders").sample_with_programs(0, 64, 16)
+    assert len(set(programs)) > 20
+
+
+GOOD = "void mainImage(out vec4 c, in vec2 p) { c = vec4(p / iResolution.xy, fract(iTime), 1.0); }\n"
+CHANNEL = "void mainImage(out vec4 c, in vec2 p) { c = texture(iChannel0, p / iResolution.xy * 0.5 + iTime); }\n"
+
+
+def test_broken_and_constant_programs_are_skipped_with_their_names(tmp_path):
+    (tmp_path / "good.glsl").write_text(GOOD)
+    (tmp_path / "broken.frag").write_text("void mainImage(out vec4 c, in vec2 p) { c = vec4(oops); }\n")
+    (tmp_path / "flat.glsl").write_text("void mainImage(out vec4 c, in vec2 p) { c = vec4(0.2, 0.4, 0.6, 1.0); }\n")
+    (tmp_path / "notes.glsl").write_text("// no entry point here\n")
+    gen = harness.get_generator("shaders", builtin=False, paths=[str(tmp_path)])
+    with pytest.warns(ShaderWarning) as caught:
+        names = gen.program_names()
+    messages = "\n".join(str(w.message) for w in caught)
+    assert "'broken'" in messages and "oops" in messages, "the warning names the file and quotes the GLSL log"
+    assert "'flat'" in messages and "near-constant" in messages
+    assert "'notes'" in messages and "mainImage" in messages
+    assert names == ["good"]
+    assert not near_constant(gen.sample(0, 4, 16)).any()
+
+
+def test_shaders21k_json_programs_render(tmp_path):
+    program = {"Shader": {"info": {"id": "abc123", "name": "test"}, "renderpass": [
+        {"type": "image", "code": CHANNEL, "inputs": [{"channel": 0, "ctype": "texture"}], "outputs": []}]}}
+    (tmp_path / "abc123.json").write_text(json.dumps(program))
+    multipass = {"Shader": {"renderpass": [{"type": "buffer", "code": GOOD}, {"type": "image", "code": GOOD}]}}
+    (tmp_path / "multi.json").write_text(json.dumps(multipass))
+    gen = harness.get_generator("shaders", builtin=False, paths=[str(tmp_path)])
+    with pytest.warns(ShaderWarning, match="multi-pass"):
+        assert gen.program_names() == ["abc123"]
+    images = gen.sample(0, 4, 32)
+    assert not near_constant(images).any()
+    with pytest.warns(ShaderWarning, match="iChannel"), pytest.raises(HarnessError, match="no shader programs"):
+        harness.get_generator("shaders", builtin=False, paths=[str(tmp_path / "abc123.json")], channels="exclude").sample(0, 1, 8)
+
+
+def test_missing_gl_is_reported_with_the_packages_to_install(monkeypatch):
+    import moderngl
+
+    from harness_plugins.generators import shaders
+
+    def no_egl(*args, **kwargs):
+        raise Exception("libEGL.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(moderngl, "create_standalone_context", no_egl)
+    with pytest.raises(HarnessError, match="libegl1.*libgl1-mesa-dri"):
+        shaders.Renderer()
