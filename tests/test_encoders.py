@@ -1,0 +1,411 @@
+"""Encoders: DINO training (checkpoints, resume, DDP), pretrained checkpoints, white-box.
+
+Everything goes through `harness.get_encoder` and the command line, with a temporary
+registry of tiny instances. Training data comes from a small generator defined here and
+loaded as a registry-listed plugin module (the way a third party adds one), so these
+tests do not depend on the speed of the built-in generators.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import harness
+from harness.context import RunContext
+from harness.errors import HarnessError
+from harness.registry import use_registry
+
+GENERATOR_MODULE = "encoder_test_generators"
+GENERATOR_SOURCE = '''
+"""A fast test generator: coloured rectangles on a coloured background."""
+import numpy as np
+import torch
+
+from harness.hookspecs import hookimpl
+from harness.kinds import Generator
+
+
+class Rectangles(Generator):
+    """Coloured rectangles (tests only)."""
+
+    def sample(self, seed, n, size, start=0):
+        out = np.empty((n, 3, size, size), np.uint8)
+        for k in range(n):
+            rng = np.random.default_rng([seed, start + k])
+            image = np.empty((3, size, size), np.uint8)
+            image[:] = rng.integers(0, 256, (3, 1, 1))
+            for _ in range(6):
+                y0, x0 = rng.integers(0, size, 2)
+                h, w = rng.integers(1, size // 2 + 1, 2)
+                image[:, y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 256, (3, 1, 1))
+            out[k] = image
+        return torch.from_numpy(out)
+
+
+@hookimpl
+def register_generators(register):
+    register("test-rectangles", Rectangles)
+'''
+
+TINY_VIT = "{depth: 2, embed_dim: 32, num_heads: 2}"
+DINO_PARAMS = (
+    "data: rects, recipe: tiny, img_size: 16, patch_size: 8, "
+    f"model_kwargs: {TINY_VIT}, out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, "
+    "train_batch_size: 8, steps: 6, dataset_size: null, steps_per_epoch: 2, warmup_epochs: 1, source_size: 24, "
+    "local_crops_number: 2, local_crop_size: 8, drop_path: 0.1, checkpoint_every: 2"
+)
+REGISTRY = f"""
+plugins: [{GENERATOR_MODULE}]
+generators:
+  rects: {{plugin: test-rectangles}}
+encoders:
+  dino-test: {{plugin: dino, params: {{{DINO_PARAMS}}}}}
+  dino-missing-data: {{plugin: dino, params: {{data: no-such-generator, recipe: tiny}}}}
+  vit-test:
+    plugin: random-init
+    params: {{arch: vit_tiny_patch16_224, img_size: 16, patch_size: 8, model_kwargs: {TINY_VIT}, seed: 3}}
+  sift-test:
+    plugin: sift
+    params: {{size: 32, words: 8, vocab_generator: rects, vocab_images: 8}}
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("encoders")
+    (root / f"{GENERATOR_MODULE}.py").write_text(GENERATOR_SOURCE)
+    registry_path = root / "registry.yaml"
+    registry_path.write_text(REGISTRY)
+    sys.path.insert(0, str(root))
+    yield {"root": root, "registry": registry_path}
+    sys.path.remove(str(root))
+
+
+@pytest.fixture(autouse=True)
+def _test_registry(_fresh_registry: None, setup: dict) -> None:
+    use_registry(setup["registry"])
+
+
+def context(setup: dict, cache: str) -> RunContext:
+    registry = use_registry(setup["registry"])
+    return RunContext(registry=registry, device="cpu", cache_dir=setup["root"] / cache, progress=False)
+
+
+def digits_like(n: int = 6, size: int = 20, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def trained(setup: dict) -> dict:
+    """One uninterrupted tiny DINO run (6 steps), shared by the tests below."""
+    ctx = context(setup, "cache-trained")
+    encoder = harness.get_encoder("dino-test")
+    encoder.prepare(ctx)
+    return {"ctx": ctx, "encoder": encoder}
+
+
+# ---------------------------------------------------------------------------- DINO
+def test_dino_writes_checkpoint_and_embeds_deterministically(setup: dict, trained: dict) -> None:
+    encoder, ctx = trained["encoder"], trained["ctx"]
+    folder = ctx.cache_path("weights", encoder.weights_key)
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "teacher.safetensors", "training.json"]
+    info = encoder.training_info
+    assert info["finished"] and info["steps"] == 6 and info["images_seen"] == 48
+    assert len(info["loss"]) == 6 and all(np.isfinite(info["loss"]))
+    assert info["wall_time_s"] > 0 and info["world_size"] == 1
+    assert json.loads((folder / "training.json").read_text())["loss"] == info["loss"]
+    assert encoder.trainable and encoder.group == "procedural"
+
+    images = digits_like()
+    first = encoder.embed(images)
+    assert first.shape == (6, 32) and first.dtype == torch.float32
+    assert torch.equal(first, encoder.embed(images))
+
+    # a new instance loads the cached weights instead of training again
+    again = harness.get_encoder("dino-test")
+    again.step_callback = lambda step, loss: pytest.fail("a finished encoder was trained again")
+    again.prepare(context(setup, "cache-trained"))
+    assert torch.equal(again.embed(images), first)
+    assert again.training_info["loss"] == info["loss"]
+
+    # the weights are the trained teacher, not the seeded initialisation
+    untrained = harness.get_encoder(
+        "random-init", arch="vit_tiny_patch16_224", img_size=16, patch_size=8, seed=0,
+        model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2},
+    )
+    assert not torch.allclose(untrained.embed(images), first, atol=1e-3)
+
+
+def test_resume_reproduces_the_uninterrupted_run(setup: dict, trained: dict) -> None:
+    ctx = context(setup, "cache-resume")
+    interrupted = harness.get_encoder("dino-test")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(step: int, loss: float) -> None:
+        if step == 4:  # after 5 steps; the last checkpoint is after step 4 (checkpoint_every 2)
+            raise Interrupt
+
+    interrupted.step_callback = stop
+    with pytest.raises(Interrupt):
+        interrupted.prepare(ctx)
+    folder = ctx.cache_path("weights", interrupted.weights_key)
+    assert (folder / "checkpoint.pt").exists() and not (folder / "teacher.safetensors").exists()
+    assert json.loads((folder / "training.json").read_text())["steps"] == 4
+
+    resumed = harness.get_encoder("dino-test")
+    resumed.prepare(context(setup, "cache-resume"))
+    info = resumed.training_info
+    assert info["resumed_from"] == [4]
+    np.testing.assert_allclose(info["loss"], trained["encoder"].training_info["loss"], rtol=1e-6, atol=0)
+    images = digits_like()
+    torch.testing.assert_close(resumed.embed(images), trained["encoder"].embed(images), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_key_covers_training_but_not_evaluation_options(setup: dict) -> None:
+    use_registry(setup["registry"])
+    base = harness.get_encoder("dino-test")
+    assert harness.get_encoder("dino-test", layer=0).weights_key == base.weights_key
+    assert harness.get_encoder("dino-test", layer=0).key != base.key
+    assert harness.get_encoder("dino-test", checkpoint_every=5, batch_size=3).key == base.key
+    for change in ({"lr": 1e-4}, {"seed": 1}, {"steps": 7}, {"data": {"folder": "x"}}, {"recipe": "paper"}):
+        assert harness.get_encoder("dino-test", **change).weights_key != base.weights_key, change
+    with pytest.raises(HarnessError, match="no_such_option"):
+        harness.get_encoder("dino-test", no_such_option=1)
+
+
+def test_unresolvable_data_generator_is_named(setup: dict) -> None:
+    ctx = context(setup, "cache-missing")
+    encoder = harness.get_encoder("dino-missing-data")
+    with pytest.raises(HarnessError, match="training data generator 'no-such-generator'"):
+        encoder.prepare(ctx)
+
+
+def test_training_throughput(setup: dict) -> None:
+    ctx = context(setup, "cache-throughput")
+    encoder = harness.get_encoder("dino-test")
+    measured = encoder.training_throughput(ctx, steps=2)
+    assert measured["images_per_s"] > 0 and measured["recipe"] == "tiny" and "cpu" in measured["device"]
+    assert not (setup["root"] / "cache-throughput").exists()  # nothing is saved
+
+
+def test_image_folder_data(setup: dict, tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "photos" / "class_a"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(digits_like(10, 30, seed=1)):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    ctx = context(setup, "cache-folder")
+    encoder = harness.get_encoder("dino-test", data={"folder": str(tmp_path / "photos")}, steps=2, dataset_size=None, steps_per_epoch=None)
+    assert encoder.group == "realistic"
+    encoder.prepare(ctx)
+    assert encoder.training_info["steps"] == 2 and encoder.training_info["config"]["dataset_size"] == 10
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(setup: dict) -> None:
+    """torchrun with 2 gloo processes: one checkpoint, and the ranks see different images."""
+    cache = setup["root"] / "cache-ddp"
+    env = {
+        **os.environ,
+        "HARNESS_CACHE": str(cache),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(setup["root"]), os.environ.get("PYTHONPATH", "")])),
+    }
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "harness", "--registry", str(setup["registry"]), "train", "dino-test", "--device", "cpu",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    use_registry(setup["registry"])
+    key = harness.get_encoder("dino-test").weights_key
+    assert [p.relative_to(cache).as_posix() for p in cache.rglob("checkpoint*")] == [f"weights/{key}/checkpoint.pt"]
+    info = json.loads((cache / "weights" / key / "training.json").read_text())
+    assert info["world_size"] == 2 and info["finished"] and len(info["loss"]) == 6
+    ranks = sorted(info["first_images"], key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert [r["index"] for r in ranks] == [0, 4]  # global batch 8: rank 1 starts at image 4
+    assert ranks[0]["sha256"] != ranks[1]["sha256"]
+
+
+# ---------------------------------------------------------------------------- pretrained
+def _source_model(setup: dict) -> tuple[harness.Encoder, dict[str, torch.Tensor]]:
+    use_registry(setup["registry"])
+    source = harness.get_encoder("vit-test")
+    source.prepare(RunContext(registry=use_registry(setup["registry"]), device="cpu"))
+    return source, {k: v.clone() for k, v in source.model.state_dict().items()}
+
+
+def _pretrained(path: Path, **params: object) -> harness.Encoder:
+    return harness.get_encoder(
+        "pretrained", arch="vit_tiny_patch16_224", img_size=16, patch_size=8,
+        model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2}, checkpoint=str(path), **params,
+    )
+
+
+def test_dino_layout_checkpoint_gives_the_source_features(setup: dict, tmp_path: Path) -> None:
+    source, state = _source_model(setup)
+    head = {"head.mlp.0.weight": torch.zeros(4, 32), "head.last_layer.weight_g": torch.ones(4, 1)}
+    checkpoint = {
+        "teacher": {**{f"backbone.{k}": v for k, v in state.items()}, **head},
+        "student": {**{f"module.backbone.{k}": torch.zeros_like(v) for k, v in state.items()}, **{f"module.{k}": v for k, v in head.items()}},
+        "epoch": 100,
+    }
+    path = tmp_path / "dino_full.pth"
+    torch.save(checkpoint, path)
+    images = digits_like()
+    expected = source.embed(images)
+    loaded = _pretrained(path)
+    loaded.prepare()
+    torch.testing.assert_close(loaded.embed(images), expected, rtol=0, atol=0)
+    assert loaded.group == "target"
+
+    from safetensors.torch import save_file
+
+    flat = tmp_path / "backbone.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in state.items()}, str(flat))
+    from_safetensors = _pretrained(flat, layer=0)
+    from_safetensors.prepare()
+    source_layer0 = harness.get_encoder("vit-test", layer=0)
+    torch.testing.assert_close(from_safetensors.embed(images), source_layer0.embed(images), rtol=0, atol=0)
+
+
+def test_checkpoint_with_missing_keys_fails_naming_file_and_keys(setup: dict, tmp_path: Path) -> None:
+    _, state = _source_model(setup)
+    path = tmp_path / "broken.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("blocks.1.mlp")}, path)
+    with pytest.raises(HarnessError) as info:
+        _pretrained(path).prepare()
+    message = str(info.value)
+    assert str(path) in message and "missing keys" in message and "blocks.1.mlp.fc1.weight" in message
+
+    mis_shaped = tmp_path / "shape.pth"
+    torch.save({**state, "pos_embed": torch.zeros(1, 9, 16)}, mis_shaped)
+    with pytest.raises(HarnessError, match=r"mis-shaped keys: pos_embed \(checkpoint \[1, 9, 16\], model \[1, 5, 32\]\)"):
+        _pretrained(mis_shaped).prepare()
+
+    extra = tmp_path / "extra.pth"
+    torch.save({**state, "fc_extra.weight": torch.zeros(2)}, extra)
+    with pytest.raises(HarnessError, match="unexpected keys: fc_extra.weight"):
+        _pretrained(extra).prepare()
+
+    with pytest.raises(HarnessError, match="does not exist"):
+        _pretrained(tmp_path / "absent.pth").prepare()
+
+
+def test_pickle_refused_by_weights_only_fails_loudly(setup: dict, tmp_path: Path) -> None:
+    import argparse
+
+    _, state = _source_model(setup)
+    path = tmp_path / "with_args.pth"
+    torch.save({"teacher": state, "args": argparse.Namespace(arch="vit_small")}, path)
+    with pytest.raises(HarnessError, match=f"{path.name}.*weights_only"):
+        _pretrained(path).prepare()
+
+
+# ---------------------------------------------------------------------------- layer
+def test_layer_changes_features_and_minus_one_is_the_default(setup: dict) -> None:
+    use_registry(setup["registry"])
+    images = digits_like()
+    default = harness.get_encoder("vit-test").embed(images)
+    last = harness.get_encoder("vit-test", layer=-1).embed(images)
+    first = harness.get_encoder("vit-test", layer=0).embed(images)
+    torch.testing.assert_close(last, default, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(first, default, atol=1e-3)
+    patches = harness.get_encoder("vit-test", layer=0).embed_patches(images)
+    assert patches.shape == (6, 2, 2, 32)
+
+
+# ---------------------------------------------------------------------------- white-box
+def test_psnr_and_ssim_distances_equal_scikit_image() -> None:
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (4, 3, 20, 24), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 41, a.shape), 0, 255).astype(np.uint8)
+    b[3] = a[3] // 2
+    psnr = harness.get_encoder("psnr", size=None)
+    ssim = harness.get_encoder("ssim", size=None)
+    d_psnr = psnr.pairwise_distance(torch.from_numpy(a), torch.from_numpy(b))
+    d_ssim = ssim.pairwise_distance(torch.from_numpy(a), torch.from_numpy(b))
+    assert d_psnr.dtype == np.float64 and d_psnr.shape == (4,)
+    expected_psnr = [-peak_signal_noise_ratio(a[i], b[i]) for i in range(4)]
+    expected_ssim = [-structural_similarity(a[i], b[i], channel_axis=0) for i in range(4)]
+    np.testing.assert_allclose(d_psnr, expected_psnr, rtol=1e-12)
+    np.testing.assert_allclose(d_ssim, expected_ssim, rtol=1e-10)
+    assert psnr.distance == "psnr" and ssim.distance == "ssim"
+    assert d_ssim[3] > d_ssim[0]  # the halved image is further than the noisy one
+    # at the default size (224) both inputs are resized first; embed is a flat image
+    assert harness.get_encoder("ssim").pairwise_distance(torch.from_numpy(a), torch.from_numpy(a)).tolist() == [-1.0] * 4
+    assert psnr.embed(torch.from_numpy(a)).shape == (4, 3 * 16 * 16)
+
+
+def test_dense_sift_orientation_and_bag_of_words(setup: dict) -> None:
+    from harness_plugins.encoders.whitebox import dense_sift
+
+    # a vertical step edge: all gradient energy is horizontal (orientation bin 0)
+    gray = torch.zeros(1, 1, 24, 24)
+    gray[..., 12:] = 1.0
+    desc = dense_sift(gray, bin_size=4, step=4)
+    assert desc.shape == (1, 2, 2, 128)
+    per_orientation = desc.reshape(-1, 16, 8).sum(dim=(0, 1))
+    assert per_orientation[0] > 0 and torch.all(per_orientation[1:] == 0)
+    assert torch.allclose(desc.norm(dim=-1), torch.ones(1, 2, 2))
+
+    ctx = context(setup, "cache-sift")
+    sift = harness.get_encoder("sift-test")
+    sift.prepare(ctx)
+    features = sift.embed(digits_like(5, 32))
+    assert features.shape == (5, 8) and torch.all(features >= 0)
+    torch.testing.assert_close((features**2).sum(dim=1), torch.ones(5))  # sqrt of a histogram
+    again = harness.get_encoder("sift-test")
+    again.prepare(ctx)  # the vocabulary comes from the cache
+    assert torch.equal(again.vocabulary, sift.vocabulary)
+    assert sift.embed_patches(digits_like(2, 32)).shape[-1] == 128
+
+
+# ---------------------------------------------------------------------------- augmentation
+def test_multicrop_draws_are_per_global_batch_and_sliced_per_rank() -> None:
+    from harness_plugins.encoders._dino_augment import MultiCrop
+
+    crop = MultiCrop(global_size=16, local_size=8, n_local=2, sigma_scale=16 / 224)
+    images = digits_like(8, 24)
+    params = crop.draw(torch.Generator().manual_seed(5), 8, 24, 24)
+    again = crop.draw(torch.Generator().manual_seed(5), 8, 24, 24)
+    assert all(torch.equal(p[k], q[k]) for p, q in zip(params, again) for k in p)
+    whole = crop.apply(images, params)
+    assert [tuple(c.shape) for c in whole] == [(8, 3, 16, 16)] * 2 + [(8, 3, 8, 8)] * 2
+    rank1 = crop.apply(images[4:], params, slice(4, 8))
+    for full, part in zip(whole, rank1):
+        torch.testing.assert_close(part, full[4:])
+
+
+def test_color_jitter_matches_torchvision() -> None:
+    functional = pytest.importorskip("torchvision.transforms.functional")
+    from harness_plugins.encoders._dino_augment import color_jitter
+
+    x = torch.rand(4, 3, 10, 12, generator=torch.Generator().manual_seed(0))
+    factors = torch.tensor([[0.7, 1.3, 0.9, 0.05], [1.2, 0.8, 1.1, -0.08], [1.0, 1.0, 1.0, 0.1], [0.6, 1.4, 0.8, -0.1]])
+    order = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]])
+    ops = [functional.adjust_brightness, functional.adjust_contrast, functional.adjust_saturation, functional.adjust_hue]
+    expected = []
+    for i in range(4):
+        y = x[i]
+        for op in order[i].tolist():
+            y = ops[op](y, float(factors[i, op]))
+        expected.append(y)
+    ours = color_jitter(x, factors, order, torch.tensor([True, True, True, False]))
+    torch.testing.assert_close(ours[:3], torch.stack(expected[:3]), rtol=0, atol=1e-4)
+    assert torch.equal(ours[3], x[3])
