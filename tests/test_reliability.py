@@ -107,3 +107,29 @@ def test_names_cannot_escape_the_output_directory(tmp_path):
     result = cli("--registry", str(registry), "list")
     assert result.returncode == 2
     assert "encoders" in result.stderr and "../../escape" in result.stderr
+
+
+class _RunsCode:
+    """A pickle payload that would run a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_would_execute_code_is_refused(tmp_path):
+    import pickle
+
+    import harness
+    from harness.errors import HarnessError
+
+    marker = tmp_path / "executed"
+    checkpoint = tmp_path / "evil.pth"
+    checkpoint.write_bytes(pickle.dumps({"model": _RunsCode(marker)}))
+    encoder = harness.get_encoder("pretrained", arch="vit_tiny_patch16_224", img_size=32, patch_size=4, checkpoint=str(checkpoint))
+    with pytest.raises(HarnessError) as info:
+        encoder.prepare()
+    assert "evil.pth" in str(info.value)
+    assert not marker.exists()
