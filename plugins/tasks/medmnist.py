@@ -36,7 +36,7 @@ PAPER_DATASETS = (
     "pathmnist", "dermamnist", "octmnist", "pneumoniamnist", "breastmnist",
     "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
 )
-"""The paper's 10 datasets in Table 3's column order (registry names of the snippet)."""
+"""The paper's 10 datasets in Table 3's column order (their registry names)."""
 BEST_ROW = "Best from original paper"
 
 
