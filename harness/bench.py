@@ -24,9 +24,10 @@ from harness.registry import Registry
 Rows = list[dict[str, Any]]
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> float:
-    """Best wall time of `repeats` calls after one warm-up call."""
-    fn()
+def best_time(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> float:
+    """Best wall time of `repeats` calls (after one untimed warm-up call)."""
+    if warmup:
+        fn()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -57,7 +58,7 @@ def jpeg_decode_rate(images: Any) -> float:
         for blob in blobs:
             np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
 
-    return len(blobs) / _timed(decode, repeats=2)
+    return len(blobs) / best_time(decode, repeats=2)
 
 
 def bench_generators(registry: Registry, quick: bool) -> Rows:
@@ -74,7 +75,7 @@ def bench_generators(registry: Registry, quick: bool) -> Rows:
         for size in sizes:
             n = max(8, (64 if quick else 256) * 64 * 64 // (size * size))
             try:
-                seconds = _timed(lambda: generator.sample(seed=1, n=n, size=size), repeats=1 if quick else 2)
+                seconds = best_time(lambda: generator.sample(seed=1, n=n, size=size), repeats=1 if quick else 2)
                 if size not in reference:
                     reference[size] = jpeg_decode_rate(generator.sample(seed=2, n=min(n, 64), size=size))
                 rate = n / seconds
@@ -128,7 +129,7 @@ def bench_embed(registry: Registry, quick: bool, device: str, encoders: list[str
         size = int(getattr(encoder, "img_size", 224) or 224)
         n = 64 if quick else 512
         images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
-        seconds = _timed(lambda: encoder.embed(images), repeats=1 if quick else 3)
+        seconds = best_time(lambda: encoder.embed(images), repeats=1 if quick else 3)
         row: dict[str, Any] = {"encoder": name, "input": size, "images": n, "images_per_s": round(n / seconds, 1)}
         flops = flops_per_image(encoder, size)
         if flops:

@@ -406,6 +406,7 @@ def bench_memory(
     random sample of `brute_force_rows` rows is measured (half of them non-private where
     there are that many), the time is extrapolated to all rows, and the flip counts of the
     sampled rows are compared with the audit's (`identical_on_sample`)."""
+    from harness.bench import best_time
     from harness.context import default_device
 
     device = device or default_device()
@@ -420,8 +421,8 @@ def bench_memory(
         memory = synthetic_memory(size, dim, classes, seed, device)
         memory.search(query_rows[:1], 1)  # build the index outside the timings
         memory.classify(query_rows[: min(50, queries)], k=k)  # warm-up
-        classify_seconds = _best_time(lambda: memory.classify(query_rows, k=k), repeats)
-        audit_seconds = _best_time(lambda: memory.privacy_report(query_rows, k=k), repeats)
+        classify_seconds = best_time(lambda: memory.classify(query_rows, k=k), repeats, warmup=False)
+        audit_seconds = best_time(lambda: memory.privacy_report(query_rows, k=k), repeats, warmup=False)
         report = memory.privacy_report(query_rows, k=k)
         row: dict[str, Any] = {
             "memory": size,
@@ -456,15 +457,6 @@ def bench_memory(
         rows.append(row)
         del memory
     return rows
-
-
-def _best_time(fn: Any, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _now() -> str:

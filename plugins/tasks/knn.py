@@ -37,21 +37,13 @@ class KNNTask(Task):
     title = "kNN classification (top-1 %)"
 
     def run(self, encoder: Any, ctx: Any) -> list:
-        from harness.memory import VisualMemory, vote_mass
+        from harness.memory import vote_mass
+        from harness_plugins.tasks._memory import train_memory
 
         ks = [int(k) for k in self.params.get("ks", KS)]
         temperature = float(self.params.get("temperature", 0.07))
         headline_k = int(self.params.get("headline_k", 20))
-        data = ctx.open_dataset()
-        if np.asarray(data.train.labels).ndim != 1:
-            from harness.errors import HarnessError
-
-            raise HarnessError(f"dataset {ctx.dataset!r} is multi-label; use the medmnist task, which scores each label")
-        train = ctx.embed_split(data.train, "train")
-        test = ctx.embed_split(data.test, "test")
-        memory = VisualMemory(train.shape[1], device=ctx.device)
-        memory.add(train, data.train.labels)
-        test_labels = np.asarray(data.test.labels)
+        data, memory, test, test_labels = train_memory(ctx, "use the medmnist task, which scores each label")
         widest = min(max(ks), len(memory))
         sims, ids = memory.search(test, widest)
         neighbour_labels = memory.labels_of(ids)

@@ -26,20 +26,12 @@ class PrivacyTask(Task):
     title = "Privacy: non-private memory rows (count and % of the memory)"
 
     def run(self, encoder: Any, ctx: Any) -> list:
-        from harness.errors import HarnessError
-        from harness.memory import VisualMemory
+        from harness_plugins.tasks._memory import train_memory
 
         k = int(self.params.get("k", 20))
         vote = str(self.params.get("vote", "weighted"))
         temperature = float(self.params.get("temperature", 0.07))
-        data = ctx.open_dataset()
-        if np.asarray(data.train.labels).ndim != 1:
-            raise HarnessError(f"dataset {ctx.dataset!r} is multi-label; the privacy audit needs one class per memory row")
-        train = ctx.embed_split(data.train, "train")
-        test = ctx.embed_split(data.test, "test")
-        memory = VisualMemory(train.shape[1], device=ctx.device)
-        memory.add(train, data.train.labels)
-        test_labels = np.asarray(data.test.labels)
+        _, memory, test, test_labels = train_memory(ctx, "the privacy audit needs one class per memory row")
         predictions = memory.classify(test, k=k, vote=vote, temperature=temperature)  # type: ignore[arg-type]
         report = memory.privacy_report(test, k=k, vote=vote, temperature=temperature)  # type: ignore[arg-type]
         top1 = 100.0 * float((predictions == test_labels).mean())
