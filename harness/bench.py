@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness import __version__
+from harness.cache import atomic_write
 from harness.context import RunContext, default_device
 from harness.registry import Registry
 
@@ -227,7 +228,7 @@ def run_benchmarks(registry: Registry, stages: list[str], report: Path, quick: b
             "quick": quick,
         }
         print(f"{stage}: {len(rows)} rows")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps(state, indent=1))
-    report.write_text(render_report(state))
+        report.parent.mkdir(parents=True, exist_ok=True)  # written after each stage: a crash keeps the others
+        atomic_write(state_path, lambda tmp: tmp.write_text(json.dumps(state, indent=1)))
+        atomic_write(report, lambda tmp: tmp.write_text(render_report(state)))
     return report
