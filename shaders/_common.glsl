@@ -20,8 +20,9 @@ uint pcg(uint v) {
     return (w >> 22u) ^ w;
 }
 float u2f(uint v) { return float(v >> 8u) * (1.0 / 16777216.0); }
-uint hashu(ivec2 c) { return pcg(uint(c.x) + pcg(uint(c.y) + pcg(SEED))); }
-uint hashu(ivec3 c) { return pcg(uint(c.x) + pcg(uint(c.y) + pcg(uint(c.z) + SEED))); }
+#define SEEDMIX (SEED * 2654435769u)
+uint hashu(ivec2 c) { return pcg(uint(c.x) + pcg(uint(c.y) ^ SEEDMIX)); }
+uint hashu(ivec3 c) { return pcg(uint(c.x) + pcg(uint(c.y) + pcg(uint(c.z) ^ SEEDMIX))); }
 float hash(ivec2 c) { return u2f(hashu(c)); }
 float hash(ivec3 c) { return u2f(hashu(c)); }
 float hash(float x) { return u2f(pcg(uint(int(floor(x))) + SEED * 7u)); }

@@ -1,4 +1,4 @@
-// IFS: repeated absolute-value folding and inversion in the unit circle (Kali-style map).
+// IFS: repeated absolute-value folding and inversion in the unit circle (a fold-and-invert map).
 void mainImage(out vec4 fragColor, in vec2 fragCoord) {
     vec2 p = centered(fragCoord) * (0.5 + 1.5 * P0.x) + (P0.zw - 0.5);
     vec2 c = vec2(0.3 + 0.6 * P2.x, 0.3 + 0.6 * P2.y) + 0.02 * sin(iTime * 0.2);

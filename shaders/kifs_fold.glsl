@@ -14,7 +14,7 @@ void mainImage(out vec4 fragColor, in vec2 fragCoord) {
         trap = min(trap, abs(p.y) / s);
         trap2 = min(trap2, length(p) / s);
     }
-    float v = exp(-trap * (20.0 + 60.0 * P2.y));
-    vec3 col = ramp3(v, P1) + palette(trap2 * 4.0, P2, P3) * 0.3 * P2.z;
+    float v = clamp(-log(trap + 1e-6) * (0.08 + 0.1 * P2.y), 0.0, 1.0);
+    vec3 col = ramp3(v, P1) + palette(log(trap2 + 1e-6) * 0.3, P2, P3) * 0.3 * (0.2 + P2.z);
     fragColor = vec4(col, 1.0);
 }

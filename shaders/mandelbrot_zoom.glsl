@@ -4,8 +4,8 @@ void mainImage(out vec4 fragColor, in vec2 fragCoord) {
     float t = P0.x * TAU;
     vec2 e1 = vec2(cos(t), sin(t)), e2 = vec2(cos(2.0 * t), sin(2.0 * t));
     vec2 centre = 0.5 * e1 - 0.25 * e2;  // on the cardioid's boundary
-    centre += (P0.zw - 0.5) * 0.02;
     float zoom = pow(10.0, -0.3 - 2.2 * P0.y);
+    centre += (P0.zw - 0.5) * zoom * 0.6;  // the rim point stays in view
     vec2 c = centre + rot(P2.x * TAU + iTime * 0.02) * uv * zoom;
     vec2 z = vec2(0.0);
     float n = 0.0;

@@ -13,7 +13,7 @@ float map(vec3 p, out float id) {
 }
 void mainImage(out vec4 fragColor, in vec2 fragCoord) {
     vec2 uv = centered(fragCoord);
-    vec3 ro = vec3(P0.z * 20.0, 2.0 + 3.0 * P0.w, iTime * 0.5);
+    vec3 ro = vec3(2.0 * floor(P0.z * 20.0), 2.0 + 3.0 * P0.w, iTime * 0.5);  // x on a lane between pillars
     vec3 rd = normalize(vec3(uv, 1.3));
     rd.yz = rot(0.2 + 0.5 * P2.x) * rd.yz;
     rd.xz = rot(P2.y * TAU) * rd.xz;

@@ -237,6 +237,16 @@ def test_kml_mixup_is_the_mean_of_two_kml_images():
     assert kml.sample(seed, 1, size).shape == (1, 3, size, size)
 
 
+def test_kml_torch_path_matches_the_numpy_path():
+    """The torch implementation (used on GPUs) against the numpy one, both on the CPU."""
+    from harness_plugins.generators.mixing import kml_blend
+
+    triples = harness.get_generator("shaders-kml").base_images(0, 4, 40, 0).view(4, 1, 3, 3, 40, 40)
+    on_numpy = kml_blend(triples.numpy(), 40)
+    on_torch = kml_blend(triples, 40).numpy()
+    assert np.abs(on_numpy - on_torch).max() < 0.01
+
+
 # ----------------------------------------------------------------------------- shaders
 from harness_plugins.generators.shaders import ShaderWarning, library_names  # noqa: E402
 

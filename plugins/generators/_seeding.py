@@ -22,6 +22,24 @@ def rng(*parts: Any) -> Any:
     return np.random.Generator(np.random.PCG64(derive_seed(*parts)))
 
 
+def uniforms(key: int, indices: Any, k: int) -> Any:
+    """U(0, 1) values [len(indices), k] (float64): value j of index i is a fixed function
+    of (key, i, j) (splitmix64 of a counter), so each row can be drawn on its own and a
+    whole batch is drawn in a few vectorised operations."""
+    import numpy as np
+
+    idx = np.asarray(indices, dtype=np.uint64).reshape(-1, 1)
+    j = np.arange(k, dtype=np.uint64).reshape(1, -1)
+    with np.errstate(over="ignore"):
+        x = np.uint64(key & 0xFFFFFFFFFFFFFFFF) + (idx * np.uint64(k) + j + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
 def check_sample_args(seed: Any, n: Any, size: Any, start: Any) -> tuple[int, int, int, int]:
     """Validate `sample` arguments; errors name the argument."""
     for label, value in (("seed", seed), ("n", n), ("size", size), ("start", start)):

@@ -15,7 +15,9 @@ Rendering is batched: every image of a call is a tile of one framebuffer, drawn 
 instance of a full-tile quad, with its per-image uniforms passed as per-instance
 attributes (flat varyings that `iTime`, `iFrame`, `iDate` and `iParams` are defined
 as). So a batch costs one draw per distinct program and one readback. Each process has
-its own EGL context (created on first use, recreated after a fork).
+its own EGL context, created on first use; a process forked from one that already holds
+an EGL context (whose Mesa state does not survive the fork) renders through a helper
+process instead (`RemoteRenderer`), with the same results.
 
 iChannel policy (`channels`): "noise" (default) binds fixed procedural noise textures
 to iChannel0..3 so programs that sample them still render; "exclude" drops such
@@ -41,7 +43,7 @@ from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Generator
 
-from harness_plugins.generators._seeding import check_sample_args, number, positive_int, rng
+from harness_plugins.generators._seeding import check_sample_args, derive_seed, number, rng, uniforms
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,8 +85,11 @@ class Program:
 
     @property
     def digest(self) -> str:
-        text = json.dumps([self.code, self.common, list(self.channels)])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        key = (self.code, self.common, self.channels)
+        if getattr(self, "_digest_of", None) != key:
+            text = json.dumps([self.code, self.common, list(self.channels)])
+            self._digest_of, self._digest = key, hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._digest
 
 
 def _clean(code: str) -> str:
@@ -693,10 +698,9 @@ class Shaders(Generator):
             probes: list[Program] = []
             rows = []
             for program in compiled:
-                for j in range(PROBE_DRAWS):
-                    probes.append(program)
-                    rows.append(self._draw(rng("shaders-probe", program.name, j).random(24)))
-            images = gl.render(probes, np.stack(rows), PROBE_SIZE, self.fps)
+                probes += [program] * PROBE_DRAWS
+                rows.append(self._draw(uniforms(derive_seed("shaders-probe", program.name), range(PROBE_DRAWS), 24)))
+            images = gl.render(probes, np.concatenate(rows), PROBE_SIZE, self.fps)
             flat = near_constant(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
             flat = flat.reshape(len(compiled), PROBE_DRAWS).all(dim=1).tolist()
             lib.constant = [p.name for p, c in zip(compiled, flat) if c]
@@ -718,33 +722,31 @@ class Shaders(Generator):
 
     # ---------------------------------------------------------------- sampling
     def _draw(self, u: Any) -> Any:
-        """Per-image values (iTime, iFrame, iDate[4], iParams[16]) from 24 U(0,1) draws
-        (u[0] picks the program, u[1] the time, u[2:6] the date, u[6:22] iParams)."""
+        """Per-image values (iTime, iFrame, iDate[4], iParams[16]) [n, 22] from U(0,1)
+        draws [n, 24] (u[:, 0] picks the program, u[:, 1] the time, u[:, 2:6] the date,
+        u[:, 6:22] iParams)."""
         import numpy as np
 
         t0, t1 = self.time_range
-        t = t0 + (t1 - t0) * u[1]
-        row = np.empty(22, dtype=np.float64)
-        row[0] = t
-        row[1] = np.floor(t * self.fps)
-        row[2] = 2000 + np.floor(u[2] * 30)  # year
-        row[3] = np.floor(u[3] * 12)  # month (0-based, as Shadertoy)
-        row[4] = 1 + np.floor(u[4] * 28)  # day
-        row[5] = u[5] * 86400.0  # seconds since midnight
-        row[6:22] = u[6:22]
-        return row
+        u = np.atleast_2d(u)
+        rows = np.empty((len(u), 22), dtype=np.float64)
+        rows[:, 0] = t0 + (t1 - t0) * u[:, 1]
+        rows[:, 1] = np.floor(rows[:, 0] * self.fps)
+        rows[:, 2] = 2000 + np.floor(u[:, 2] * 30)  # year
+        rows[:, 3] = np.floor(u[:, 3] * 12)  # month (0-based, as Shadertoy)
+        rows[:, 4] = 1 + np.floor(u[:, 4] * 28)  # day
+        rows[:, 5] = u[:, 5] * 86400.0  # seconds since midnight
+        rows[:, 6:22] = u[:, 6:22]
+        return rows
 
     def draws(self, seed: int, indices: list[int]) -> tuple[list[Program], Any]:
         """The program and per-image values of each image index (no rendering)."""
         import numpy as np
 
         usable = self.library().usable
-        programs, rows = [], []
-        for index in indices:
-            u = rng("shaders", seed, index).random(24)
-            programs.append(usable[min(int(u[0] * len(usable)), len(usable) - 1)])
-            rows.append(self._draw(u))
-        return programs, np.stack(rows) if rows else np.zeros((0, 22))
+        u = uniforms(derive_seed("shaders", seed), indices, 24)
+        pick = np.minimum((u[:, 0] * len(usable)).astype(np.int64), len(usable) - 1)
+        return [usable[i] for i in pick], self._draw(u)
 
     def sample(self, seed: int, n: int, size: int, start: int = 0) -> torch.Tensor:
         import torch
