@@ -118,6 +118,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_checkpoint_that_would_execute_code_is_refused(tmp_path):
     import pickle
 
