@@ -111,7 +111,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.registry import use_registry
 
     registry = use_registry(args.registry)
-    print(run_benchmarks(registry, args.stages, Path(args.report), quick=args.quick))
+    print(run_benchmarks(registry, args.stages, Path(args.report), quick=args.quick, profile=args.profile))
     return 0
 
 
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stages", nargs="*", help="generators, embed, memory, train (default: all)")
     p.add_argument("--report", default="leaderboard/PERFORMANCE.md")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--profile", help="the profile whose generators and encoders are measured (default: bench, else default)")
     p.set_defaults(func=cmd_bench)
 
     from harness.unlearning import add_memory_parser

@@ -76,6 +76,13 @@ class Generator(Plugin):
     def sample(self, seed: int, n: int, size: int, start: int = 0) -> torch.Tensor:
         """Images start..start+n-1 of the stream `seed`, uint8 [n, 3, size, size]."""
 
+    def reference_rate(self, seed: int, n: int, size: int) -> tuple[str, float] | None:
+        """(what it does, images/s) of making these images the way the released research
+        code does, when that is more than decoding pre-rendered JPEGs of the output;
+        `harness bench generators` reports our rate against it. Default: None (the bench
+        then times JPEG decoding)."""
+        return None
+
     def close(self) -> None:
         """Release GL contexts or other resources (default: nothing to release)."""
 

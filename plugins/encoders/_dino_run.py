@@ -194,7 +194,39 @@ def _train(
         bar.close()
 
 
-def throughput(encoder: Any, ctx: Any, device: str, steps: int, train_batch_size: int | None) -> dict[str, Any]:
+def step_flops(trainer: Trainer, images: torch.Tensor) -> float:
+    """FLOPs per image of one training step (student forward and backward on all crops,
+    teacher forward on the global crops), counted by torch. It takes a real step: call it
+    on a trainer whose state no longer matters."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.step(0, images)
+    return float(counter.get_total_flops()) / len(images)
+
+
+def augment_rate(multicrop: Any, images: torch.Tensor, device: str, global_batch: int) -> float:
+    """images/s of our batched multi-crop augmentation of these uint8 images on `device`."""
+    from harness.bench import best_time
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+
+    def augment() -> None:
+        params = multicrop.draw(gen, global_batch, images.shape[-2], images.shape[-1])
+        multicrop.apply(images.to(device), params, slice(0, len(images)))
+        sync()
+
+    return len(images) / best_time(augment, repeats=3)
+
+
+def throughput(encoder: Any, ctx: Any, device: str, steps: int, train_batch_size: int | None, budget_s: float | None = None) -> dict[str, Any]:
+    """Training images/s end to end and split into data and model time, beside DINO's own
+    data path (`_dino_reference`) on the same images and, on a GPU, the bf16 limit."""
+    from harness.bench import peak_flops
+    from harness_plugins.encoders._dino_reference import reference_augment_rate
+
     source = encoder.open_source(ctx)
     try:
         cfg = encoder.resolved_schedule(source)
@@ -204,21 +236,32 @@ def throughput(encoder: Any, ctx: Any, device: str, steps: int, train_batch_size
         trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), device, Distributed())
         plan = StreamPlan(cfg["data_seed"], trainer.global_batch, 0, 1, cfg["dataset_size"])
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        measured = timed_steps(trainer, source, plan, steps, sync)
+        measured = timed_steps(trainer, source, plan, steps, sync, budget_s)
+        images = source.fetch(plan.indices(0))
+        ours_augment = augment_rate(trainer.multicrop, images, device, trainer.global_batch)
+        reference_augment = reference_augment_rate(images, trainer.multicrop)
+        flops = step_flops(trainer, images)
     finally:
         if hasattr(source, "generator"):
             source.generator.close()
-    if not measured:
-        raise HarnessError("no steps measured")
-    return {
+    row: dict[str, Any] = {
         "images_per_s": round(measured["images_per_s"], 2),
         "model_images_per_s": round(measured["model_images_per_s"], 2),
         "data_images_per_s": round(measured["data_images_per_s"], 2),
+        "augment_images_per_s": round(ours_augment, 1),
+        "reference_augment_images_per_s": round(reference_augment, 1),
+        "augment_ratio_to_reference": round(ours_augment / reference_augment, 2),
+        "train_gflops_per_image": float(f"{flops / 1e9:.4g}"),
         "device": _device_name(device),
         "recipe": encoder.recipe,
         "arch": cfg["arch"],
         "img_size": cfg["img_size"],
         "train_batch_size": cfg["train_batch_size"],
         "crops": f"2x{cfg['img_size']} + {cfg['local_crops_number']}x{cfg['local_crop_size']}",
-        "steps": steps,
+        "steps": measured["steps"],
     }
+    peak = peak_flops(device)
+    if peak:
+        row["bf16_limit_images_per_s"] = round(peak / flops, 0)
+        row["fraction_of_limit"] = round(measured["images_per_s"] * flops / peak, 3)
+    return row

@@ -550,12 +550,17 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def timed_steps(trainer: Trainer, source: Any, plan: StreamPlan, steps: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Throughput of `steps` training steps after one warm-up step (nothing is saved)."""
+def timed_steps(trainer: Trainer, source: Any, plan: StreamPlan, steps: int, sync: Callable[[], None], budget_s: float | None = None) -> dict[str, float]:
+    """Throughput of up to `steps` training steps after one warm-up step (nothing is
+    saved); with `budget_s`, as many of them (at least 2) as fit in that many seconds,
+    judged by the warm-up step."""
     batches = step_batches(source, plan, 0, steps + 1, 0)
     step, images, _ = next(batches)
+    t0 = time.perf_counter()
     trainer.step(step, images)
     sync()
+    if budget_s is not None:
+        steps = max(2, min(steps, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
     data_s = model_s = 0.0
     start = time.perf_counter()
     for _ in range(steps):
@@ -568,4 +573,7 @@ def timed_steps(trainer: Trainer, source: Any, plan: StreamPlan, steps: int, syn
         model_s += time.perf_counter() - t1
     wall = time.perf_counter() - start
     n = steps * trainer.local_batch
-    return {"images_per_s": n / wall, "model_images_per_s": n / max(model_s, 1e-9), "data_images_per_s": n / max(data_s, 1e-9), "seconds": wall}
+    return {
+        "images_per_s": n / wall, "model_images_per_s": n / max(model_s, 1e-9), "data_images_per_s": n / max(data_s, 1e-9),
+        "seconds": wall, "steps": steps,
+    }

@@ -299,14 +299,17 @@ class DINOEncoder(ViTEncoder):
         model.load_state_dict(state)
         self.training_info = info
 
-    def training_throughput(self, ctx: Any = None, steps: int = 10, train_batch_size: int | None = None) -> dict[str, Any]:
-        """Training images per second over `steps` steps (after one warm-up step), end to
-        end (data + augmentation + step) and for the model alone. Nothing is saved."""
+    def training_throughput(
+        self, ctx: Any = None, steps: int = 10, train_batch_size: int | None = None, budget_s: float | None = None
+    ) -> dict[str, Any]:
+        """Training images per second over `steps` steps (after one warm-up step; with
+        `budget_s`, only as many as fit in it), end to end (data + augmentation + step) and
+        for the model alone, beside DINO's own data path. Nothing is saved."""
         from harness.context import default_device
         from harness_plugins.encoders._dino_run import throughput
 
         device = getattr(ctx, "device", None) or default_device()
-        return throughput(self, ctx, device, steps, train_batch_size)
+        return throughput(self, ctx, device, steps, train_batch_size, budget_s)
 
 
 @hookimpl

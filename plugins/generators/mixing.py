@@ -359,6 +359,46 @@ def kml_blend(triples: Any, size: int, kmeans_size: int = 256, iterations: int =
         return np.concatenate(list(pool.map(work, starts)))
 
 
+def released_kml_image(blobs: list[bytes], size: int, kmeans_size: int = 256, iterations: int = 3) -> Any:
+    """One KML (or KML Mixup) image made the way the released research code makes it,
+    the reference of `harness bench`: each base image decoded from a pre-rendered image
+    file (`blobs`: s1, s2, s3 per KML image), then per KML image numpy.unique for the
+    initial centroids, scikit-learn's KMeans on one thread (as in a data-loader worker),
+    reflected 3x3 blurs (scipy) and non-antialiased bilinear resizes (OpenCV's
+    INTER_LINEAR, computed by torch). uint8 [size, size, 3]."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from scipy.ndimage import uniform_filter
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    from harness.bench import decode_image
+
+    def resize(x: Any, to: int) -> Any:  # [h, w, c] float32 -> [to, to, c]
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+        return F.interpolate(t, size=(to, to), mode="bilinear", align_corners=False)[0].numpy().transpose(1, 2, 0)
+
+    made = []
+    with threadpool_limits(1):
+        for i in range(0, len(blobs), 3):
+            s1, s2, s3 = (np.asarray(decode_image(blob), np.float32) for blob in blobs[i:i + 3])
+            pixels = np.clip(np.round(resize(s1, kmeans_size)), 0, 255).astype(np.uint8).reshape(-1, 3)
+            distinct = np.unique(pixels, axis=0)
+            init = distinct[[0, -1]].astype(np.float64)
+            kmeans = KMeans(2, init=init, n_init=1, max_iter=max(iterations, 1)).fit(pixels.astype(np.float64))
+            mask = (kmeans.labels_ == 0).astype(np.float32).reshape(kmeans_size, kmeans_size, 1)
+            mask = resize(uniform_filter(mask, (3, 3, 1), mode="mirror"), size)
+            mask = uniform_filter(mask, (3, 3, 1), mode="mirror")
+            made.append(s2 * mask + s3 * (1 - mask))
+    return np.clip(np.round(np.mean(made, axis=0)), 0, 255).astype(np.uint8)
+
+
+def _released_kml_job(job: tuple[list[bytes], int, int, int]) -> int:
+    released_kml_image(*job)
+    return 1
+
+
 class KML(_Composite):
     """K-Means Leaves: s2 and s3 composited through the blurred 2-means mask of s1."""
 
@@ -387,6 +427,16 @@ class KML(_Composite):
         recorded = self._init_base(base)
         super().__init__(name, base=recorded, kmeans_size=kmeans_size, iterations=iterations)
         self.kmeans_size, self.iterations, self.device = kmeans_size, iterations, device
+
+    def reference_rate(self, seed: int, n: int, size: int) -> tuple[str, float]:
+        """The released design: base images pre-rendered as JPEGs, KML per image on the CPU
+        in data-loader processes (`released_kml_image`)."""
+        from harness.bench import encode_jpegs, parallel_rate
+
+        k = self.per_image
+        blobs = encode_jpegs(self.base_images(seed, n, size, 0).reshape(n * k, 3, size, size))
+        jobs = [(blobs[i * k:(i + 1) * k], size, self.kmeans_size, self.iterations) for i in range(n)]
+        return "decode pre-rendered base JPEGs, per-image CPU KML (scikit-learn)", parallel_rate(_released_kml_job, jobs)
 
     def sample(self, seed: int, n: int, size: int, start: int = 0) -> torch.Tensor:
         import numpy as np

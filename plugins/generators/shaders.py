@@ -29,6 +29,7 @@ program is usable.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -302,6 +303,17 @@ def _noise_textures() -> list[Any]:
     return out
 
 
+def _load_triton_first() -> None:
+    """Import triton (when installed) before a GL context exists. Mesa's llvmpipe and
+    triton each carry an LLVM; loading triton's after Mesa's crashes the process (torch
+    imports triton lazily, e.g. for FLOP counting or torch.compile), the other order works."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        with contextlib.suppress(Exception):
+            import triton  # noqa: F401
+
+
 class Renderer:
     """One EGL context, the compiled programs, and the tiled framebuffers of a process."""
 
@@ -310,6 +322,7 @@ class Renderer:
             import moderngl
         except ImportError as exc:  # pragma: no cover - moderngl is a dependency
             raise _gl_error(exc) from None
+        _load_triton_first()
         try:
             self.ctx = moderngl.create_standalone_context(backend="egl", require=330)
         except Exception as exc:

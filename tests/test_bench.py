@@ -1,0 +1,120 @@
+"""`harness bench`: every stage from the command line in one process, the report it writes,
+and the reference implementations its ratios are measured against."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import harness
+from helpers import cli
+
+TINY_VIT = "{depth: 2, embed_dim: 32, num_heads: 2}"
+REGISTRY = f"""
+generators:
+  small-kml: {{plugin: kml, params: {{base: dead-leaves, kmeans_size: 32}}}}
+encoders:
+  vit-bench: {{plugin: random-init, params: {{arch: vit_tiny_patch16_224, img_size: 16, patch_size: 8, model_kwargs: {TINY_VIT}}}}}
+  dino-bench:
+    plugin: dino
+    params:
+      data: dead-leaves
+      recipe: tiny
+      img_size: 16
+      patch_size: 8
+      model_kwargs: {TINY_VIT}
+      out_dim: 64
+      hidden_dim: 32
+      bottleneck_dim: 16
+      train_batch_size: 4
+      dataset_size: 8
+      source_size: 24
+      local_crops_number: 2
+      local_crop_size: 8
+profiles:
+  tiny-bench: {{encoders: [rgb, vit-bench, dino-bench], generators: [shaders, small-kml]}}
+"""
+
+
+def test_bench_runs_every_stage_in_one_process_and_writes_the_report(tmp_path: Path) -> None:
+    (tmp_path / "registry.yaml").write_text(REGISTRY)
+    report = tmp_path / "PERFORMANCE.md"
+    result = cli("bench", "generators", "embed", "train", "--quick", "--profile", "tiny-bench", "--report", str(report), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "performance.json").read_text())
+    assert set(state) == {"generators", "embed", "train"}
+
+    generators = {row["generator"]: row for row in state["generators"]["rows"]}
+    assert set(generators) == {"shaders", "small-kml"}
+    for row in generators.values():
+        assert "error" not in row, row
+        assert row["images_per_s"] > 0 and row["reference_images_per_s"] > 0
+        assert abs(row["ratio_to_reference"] - row["images_per_s"] / row["reference_images_per_s"]) < 0.01
+    assert generators["shaders"]["reference_pipeline"] == "decode pre-rendered JPEGs"
+    assert "CPU KML" in generators["small-kml"]["reference_pipeline"]
+
+    embed = {row["encoder"]: row for row in state["embed"]["rows"]}
+    assert set(embed) == {"rgb", "vit-bench"}, "a trainable encoder is timed by the train stage only"
+    assert embed["vit-bench"]["images_per_s"] > 0 and embed["vit-bench"]["gflops_per_image"] > 0
+
+    (train,) = state["train"]["rows"]
+    assert train["encoder"] == "dino-bench" and "error" not in train, train
+    assert train["images_per_s"] > 0 and train["augment_ratio_to_reference"] > 0
+    assert train["crops"] == "2x16 + 2x8"
+
+    text = report.read_text()
+    for heading in ("## generators", "## embed", "## train"):
+        assert heading in text
+    assert "ratio_to_reference" in text and "augment_ratio_to_reference" in text
+
+
+def test_training_flops_follow_the_multicrop_formula(tmp_path: Path) -> None:
+    """FLOPs per training image = 3 x the student's forward over all crops (forward and
+    backward) + the teacher's forward over the two global crops, counted here per crop."""
+    (tmp_path / "registry.yaml").write_text(REGISTRY)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.registry import use_registry
+
+    registry = use_registry(tmp_path / "registry.yaml")
+    encoder = registry.create("encoder", "dino-bench")
+    measured = encoder.training_throughput(steps=2)
+
+    def forward_flops(model: torch.nn.Module, size: int) -> float:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, 3, size, size))
+        return float(counter.get_total_flops())
+
+    backbone = encoder.build_model(dynamic=True)
+    d, hidden, bottleneck, out = 32, 32, 16, 64
+    head = 2 * (d * hidden + hidden * hidden + hidden * bottleneck + bottleneck * out)
+    global_crop = forward_flops(backbone, 16) + head
+    local_crop = forward_flops(backbone, 8) + head
+    expected = 3 * (2 * global_crop + 2 * local_crop) + 2 * global_crop
+    assert abs(measured["train_gflops_per_image"] * 1e9 - expected) / expected < 0.1
+
+
+def test_released_kml_reference_makes_the_same_images() -> None:
+    """The bench's reference (numpy.unique + scikit-learn KMeans, per image) agrees with the
+    batched generator when the base images are stored losslessly (PNG)."""
+    from harness_plugins.generators.mixing import released_kml_image
+
+    generator = harness.get_generator("kml-mixup", base="dead-leaves", kmeans_size=64)
+    size = 32
+    out = generator.sample(3, 3, size)
+    base = generator.base_images(3, 3, size, 0)
+    for k in range(3):
+        blobs = []
+        for image in base[k].permute(0, 2, 3, 1).numpy():
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="PNG")
+            blobs.append(buffer.getvalue())
+        reference = released_kml_image(blobs, size, kmeans_size=64)
+        difference = np.abs(reference.astype(int) - out[k].permute(1, 2, 0).numpy().astype(int))
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01
