@@ -28,18 +28,34 @@ PUBLISHED_IMAGES = {
 }
 
 
-def _throughputs(report: Path) -> dict[str, dict[str, float]]:
-    """images/s by stage and encoder name, from performance.json."""
+def _signature(stage: str, arch: Any, size: Any, recipe: Any = None) -> str:
+    return f"{stage}:{arch}@{size}" + (f":{recipe}" if stage == "train" else "")
+
+
+def _throughputs(report: Path) -> dict[str, float]:
+    """images/s from performance.json, keyed by "<stage>:<encoder name>" and by the
+    architecture's signature (`_signature`), so that encoders sharing an architecture
+    (and, for training, a recipe) share a measurement."""
     state_path = report.with_name("performance.json")
     if not state_path.exists():
         return {}
     state = json.loads(state_path.read_text())
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, float] = {}
     for stage in ("embed", "train"):
         for row in state.get(stage, {}).get("rows", []):
             if "images_per_s" in row:
-                out.setdefault(stage, {})[row["encoder"]] = float(row["images_per_s"])
+                rate = float(row["images_per_s"])
+                out[f"{stage}:{row['encoder']}"] = rate
+                if row.get("arch"):
+                    out.setdefault(_signature(stage, row["arch"], row.get("img_size", row.get("input")), row.get("recipe")), rate)
     return out
+
+
+def _measured_rate(measured: dict[str, float], stage: str, encoder: Any) -> float | None:
+    by_name = measured.get(f"{stage}:{encoder.name}")
+    if by_name is not None:
+        return by_name
+    return measured.get(_signature(stage, getattr(encoder, "arch", None), getattr(encoder, "img_size", None), getattr(encoder, "recipe", None)))
 
 
 def describe_plan(
@@ -81,13 +97,13 @@ def describe_plan(
         if encoder.trainable and encoder.name not in trained:
             trained.add(encoder.name)
             images = getattr(encoder, "training_images", None)
-            rate = train_images_per_s or measured.get("train", {}).get(encoder.name)
+            rate = train_images_per_s or _measured_rate(measured, "train", encoder)
             hours = images / (rate * max(1, gpus.train_gpus)) / 3600 if images and rate else None  # wall time
             rows.append([f"train {encoder.name}", gpus.train_gpus if launcher == "slurm" else "local", images or "?", rate or "?", _hours(hours)])
             gpu_hours, unknown = _add(gpu_hours, unknown, hours, gpus.train_gpus)
         spec = registry.config.datasets.get(cell.dataset)
         images = PUBLISHED_IMAGES.get(spec.format) if spec else None
-        rate = embed_images_per_s or measured.get("embed", {}).get(encoder.name)
+        rate = embed_images_per_s or _measured_rate(measured, "embed", encoder)
         hours = images / rate / 3600 if images and rate else None
         rows.append([f"eval {cell.label}", gpus.eval_gpus if launcher == "slurm" else "local", images or "?", rate or "?", _hours(hours)])
         gpu_hours, unknown = _add(gpu_hours, unknown, hours, gpus.eval_gpus)

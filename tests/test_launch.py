@@ -80,3 +80,24 @@ def test_dry_run_prints_cells_datasets_and_cost(tmp_path, registry):
     assert "expected GPU-hours: 0.0" in text and "2 jobs whose image count or throughput is unknown" in text
     assert not (out / "results.jsonl").exists()
     assert not report.exists()
+
+
+def test_dry_run_prices_encoders_by_the_measured_rate_of_their_architecture(tmp_path):
+    """`harness bench` times one encoder per architecture and recipe; the plan prices every
+    encoder that shares them (paper profile: 1.3M images x 100 epochs of training)."""
+    (tmp_path / "leaderboard").mkdir()
+    state = {
+        "train": {"rows": [{"encoder": "dino-vit-s16-shaders-kml-mixup", "arch": "vit_small_patch16_224", "img_size": 224,
+                            "recipe": "paper", "images_per_s": 1000.0}]},
+        "embed": {"rows": [{"encoder": "random-init-vit-s16", "arch": "vit_small_patch16_224", "input": 224, "images_per_s": 5000.0}]},
+    }
+    (tmp_path / "leaderboard" / "performance.json").write_text(json.dumps(state))
+    result = cli("run", "--profile", "paper", "--dry-run", "--encoders", "dino-vit-s16-shaders", "--tasks", "knn",
+                 "--launcher", "slurm", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("  ")[0]: line.split() for line in result.stdout.splitlines() if line.startswith(("train ", "eval "))}
+    train = lines["train dino-vit-s16-shaders"]
+    images = 100 * (1_300_000 // 512) * 512  # 100 epochs of 2539 steps of 512 images
+    assert train[3:5] == [str(images), "1000"]
+    assert float(train[5]) == pytest.approx(images / (1000 * 8) / 3600, abs=0.01)  # 8 GPUs: 4.51 h of wall time
+    assert all(row[-2] == "5000" for name, row in lines.items() if name.startswith("eval "))

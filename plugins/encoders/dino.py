@@ -289,6 +289,21 @@ class DINOEncoder(ViTEncoder):
             raise HarnessError(f"encoder {self.name!r}: steps must be at least 1")
         return cfg
 
+    @property
+    def training_images(self) -> int | None:
+        """Images the training will see (steps x global batch), for `--dry-run`'s cost;
+        None when it depends on the size of an image folder not yet read."""
+        cfg = self.training_config()
+        batch = int(cfg["train_batch_size"])
+        if cfg["steps"] is not None:
+            return int(cfg["steps"]) * batch
+        per_epoch = cfg["steps_per_epoch"]
+        if per_epoch is None:
+            if cfg["dataset_size"] is None:
+                return None
+            per_epoch = max(1, int(cfg["dataset_size"]) // batch)
+        return int(cfg["epochs"]) * int(per_epoch) * batch
+
     # ------------------------------------------------------------------ prepare
     def load_weights(self, model: torch.nn.Module, ctx: Any) -> None:
         from harness.context import default_device
