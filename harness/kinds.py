@@ -102,6 +102,12 @@ class Encoder(Plugin):
     def prepare(self, ctx: RunContext | None = None) -> None:
         """Train or load weights (cached). Default: nothing to prepare."""
 
+    def training_summary(self) -> dict[str, Any] | None:
+        """After `prepare`, how the weights were trained, for the leaderboard: keys
+        `steps`, `images_seen`, `wall_time_s`, `images_per_s`, `device` and `loss` (one
+        value per step). Default: None (nothing was trained)."""
+        return None
+
     @abstractmethod
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Global features [n, d] (float32, on the CPU)."""

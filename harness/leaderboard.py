@@ -126,6 +126,7 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
         if task_cls:
             for path in task_cls.cls.figures(task_frame.reset_index(drop=True), figures_dir):
                 lines += [f"![{path.stem}]({path.relative_to(out_dir).as_posix()})", ""]
+    lines += training_section(out_dir, figures_dir)
     grids = sorted((figures_dir / "generators").glob("*.png"))
     if grids:
         lines += ["## Generators", "", "Samples of each procedural generator in the profile.", ""]
@@ -133,6 +134,62 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
             lines += [f"**{grid.stem}**", "", f"![{grid.stem}]({grid.relative_to(out_dir).as_posix()})", ""]
     path = out_dir / "LEADERBOARD.md"
     path.write_text("\n".join(lines))
+    return path
+
+
+def training_section(out_dir: Path, figures_dir: Path) -> list[str]:
+    """A table of how each trained encoder was trained, and its loss curves, from the
+    summaries the runner keeps in `<out>/training/`."""
+    import json
+
+    from tabulate import tabulate
+
+    from harness.runner import TRAINING
+
+    summaries = {}
+    for path in sorted((out_dir / TRAINING).glob("*.json")):
+        try:
+            summaries[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a summary is an illustration: a torn file is left out
+    if not summaries:
+        return []
+    rows = []
+    for name, info in summaries.items():
+        loss = info.get("loss") or []
+        tail = loss[-10:]
+        rows.append([
+            name, info.get("data", ""), info.get("steps", ""), info.get("images_seen", ""),
+            _format(info.get("wall_time_s")), _format(info.get("images_per_s")),
+            _format(loss[0]) if loss else "", _format(sum(tail) / len(tail)) if tail else "", info.get("device", ""),
+        ])
+    headers = ["encoder", "data", "steps", "images seen", "wall s", "images/s", "first loss", "last-10 loss", "device"]
+    lines = ["## Training", "", "How each trained encoder in these results was trained.", ""]
+    lines += [tabulate(rows, headers=headers, tablefmt="github"), ""]
+    figure = plot_losses(summaries, figures_dir / "training_loss.png")
+    if figure is not None:
+        lines += [f"![training loss]({figure.relative_to(out_dir).as_posix()})", ""]
+    return lines
+
+
+def plot_losses(summaries: dict[str, dict], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {name: info["loss"] for name, info in summaries.items() if info.get("loss")}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, loss in curves.items():
+        ax.plot(range(1, len(loss) + 1), loss, label=name, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 

@@ -9,6 +9,7 @@ jobs.
 
 from __future__ import annotations
 
+import json
 import platform
 import re
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cache import atomic_write
 from harness.context import CellContext, RunContext, default_device
 from harness.errors import DatasetUnavailable, HarnessError, RegistryError, UnknownNameError
 from harness.kinds import NAME_PATTERN, Encoder, Task, stable_hash
@@ -168,6 +170,20 @@ def _check_datasets(registry: Registry, task: Task) -> None:
         )
 
 
+TRAINING = "training"  # <out>/training/<encoder>.json: how each trained encoder was trained
+
+
+def write_training_summary(out_dir: Path, encoder: Encoder) -> None:
+    """Keep a trained encoder's training summary beside the results, for the leaderboard."""
+    summary = encoder.training_summary()
+    if summary is None:
+        return
+    path = Path(out_dir) / TRAINING / f"{encoder.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(summary, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | None] | None = None) -> list[Result]:
     """Compute one cell; every outcome (ok, skipped, error) becomes records.
 
@@ -187,6 +203,7 @@ def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | No
             except Exception as exc:
                 prepared[encoder.name] = exc
                 raise
+            write_training_summary(ctx.out_dir, encoder)
         elif prepared[encoder.name] is not None:
             raise prepared[encoder.name]  # type: ignore[misc]
         records = task.run(encoder, cell_ctx)

@@ -172,6 +172,25 @@ def test_resume_reproduces_the_uninterrupted_run(setup: dict, trained: dict) -> 
     torch.testing.assert_close(resumed.embed(images), trained["encoder"].embed(images), rtol=1e-5, atol=1e-5)
 
 
+def test_run_keeps_the_training_summary_and_the_leaderboard_shows_it(setup: dict, tmp_path: Path) -> None:
+    from helpers import cli
+
+    out = tmp_path / "out"
+    env = {"HARNESS_CACHE": str(setup["root"] / "cache-trained"), "PYTHONPATH": str(setup["root"])}
+    result = cli("--registry", str(setup["registry"]), "run", "--encoders", "dino-test", "--tasks", "knn-digits",
+                 "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "training" / "dino-test.json").read_text())
+    assert summary["steps"] == 6 and summary["images_seen"] == 48 and len(summary["loss"]) == 6
+    board = (out / "LEADERBOARD.md").read_text()
+    training = board[board.index("## Training"):]
+    row = next(line for line in training.splitlines() if line.startswith("| dino-test"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1:4] == ["rects", "6", "48"]
+    assert cells[6:8] == [f"{summary['loss'][0]:.2f}", f"{np.mean(summary['loss']):.2f}"]  # first, mean of the last 10 (all 6)
+    assert (out / "figures" / "training_loss.png").exists()
+
+
 def test_weights_key_covers_training_but_not_evaluation_options(setup: dict) -> None:
     use_registry(setup["registry"])
     base = harness.get_encoder("dino-test")
