@@ -118,3 +118,20 @@ def test_released_kml_reference_makes_the_same_images() -> None:
         reference = released_kml_image(blobs, size, kmeans_size=64)
         difference = np.abs(reference.astype(int) - out[k].permute(1, 2, 0).numpy().astype(int))
         assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+
+
+def test_dino_reference_data_path_makes_the_same_crops_as_ours() -> None:
+    """DINO's PIL path (the train stage's reference) yields our crop set: 2 global and n
+    local crops of the configured sizes, normalised with ImageNet's statistics (checked on
+    a white image without colour jitter, which every crop, flip and blur keeps white)."""
+    from harness_plugins.encoders._dino_augment import IMAGENET_MEAN, IMAGENET_STD, MultiCrop
+    from harness_plugins.encoders._dino_reference import pil_multicrop
+
+    multicrop = MultiCrop(global_size=32, local_size=16, n_local=3, jitter_p=0.0, grayscale_p=0.0)
+    reference = pil_multicrop(multicrop)(Image.fromarray(np.full((48, 48, 3), 255, np.uint8)))
+    white = torch.full((1, 3, 48, 48), 255, dtype=torch.uint8)
+    ours = [c[0] for c in multicrop.apply(white, multicrop.draw(torch.Generator().manual_seed(0), 1, 48, 48))]
+    assert [tuple(c.shape) for c in reference] == [tuple(c.shape) for c in ours] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    expected = ((1.0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).view(3, 1, 1)
+    for crop in [reference[0], *reference[2:], ours[0], *ours[2:]]:  # the second global crop may be solarised
+        torch.testing.assert_close(crop, expected.expand_as(crop), atol=1e-5, rtol=0)
