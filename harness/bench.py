@@ -2,9 +2,12 @@
 
 Stages: generators (images/s per generator instance and size), embed (images/s per
 encoder), train (training images/s of trainable encoders), memory (kNN classification
-and privacy-audit queries/s against memory size). Each stage's rows are kept in
-`performance.json` beside the report, so benchmarking one stage keeps the others'.
-Ratios are always measured side by side in the same run.
+and privacy-audit queries/s against memory size). The generators and encoders measured
+are those of the `bench` profile of registry.yaml (`--profile` picks another). Each
+stage's rows are kept in `performance.json` beside the report, so benchmarking one stage
+keeps the others'. Every ratio compares two implementations measured side by side in
+the same run: ours against the reference design (pre-rendered JPEGs, CPU k-means,
+DINO's per-image data path, brute-force leave-one-out).
 """
 
 from __future__ import annotations
