@@ -182,7 +182,10 @@ def bench_embed(registry: Registry, profile: ProfileSpec, quick: bool, device: s
         n = 64 if quick else (1024 if device.startswith("cuda") else 256)
         images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
         seconds = best_time(lambda: encoder.embed(images), repeats=1 if quick else 3)
-        row: dict[str, Any] = {"encoder": name, "arch": getattr(encoder, "arch", None), "input": size, "images": n, "images_per_s": round(n / seconds, 1)}
+        row: dict[str, Any] = {
+            "encoder": name, "arch": getattr(encoder, "architecture", None), "input": size, "images": n,
+            "images_per_s": round(n / seconds, 1),
+        }
         flops = flops_per_image(encoder, size)
         if flops:
             row["gflops_per_image"] = float(f"{flops / 1e9:.4g}")

@@ -87,9 +87,12 @@ def test_dry_run_prices_encoders_by_the_measured_rate_of_their_architecture(tmp_
     encoder that shares them (paper profile: 1.3M images x 100 epochs of training)."""
     (tmp_path / "leaderboard").mkdir()
     state = {
-        "train": {"rows": [{"encoder": "dino-vit-s16-shaders-kml-mixup", "arch": "vit_small_patch16_224", "img_size": 224,
+        "train": {"rows": [{"encoder": "dino-vit-s16-shaders-kml-mixup", "arch": "vit_small_patch16_224 224px/16",
                             "recipe": "paper", "images_per_s": 1000.0}]},
-        "embed": {"rows": [{"encoder": "random-init-vit-s16", "arch": "vit_small_patch16_224", "input": 224, "images_per_s": 5000.0}]},
+        "embed": {"rows": [
+            {"encoder": "random-init-vit-s16", "arch": "vit_small_patch16_224 224px/16", "images_per_s": 5000.0},
+            {"encoder": "random-init-tiny", "arch": "vit_tiny_patch16_224 32px/4 depth=4", "images_per_s": 700.0},
+        ]},
     }
     (tmp_path / "leaderboard" / "performance.json").write_text(json.dumps(state))
     result = cli("run", "--profile", "paper", "--dry-run", "--encoders", "dino-vit-s16-shaders", "--tasks", "knn",
@@ -101,3 +104,10 @@ def test_dry_run_prices_encoders_by_the_measured_rate_of_their_architecture(tmp_
     assert train[3:5] == [str(images), "1000"]
     assert float(train[5]) == pytest.approx(images / (1000 * 8) / 3600, abs=0.01)  # 8 GPUs: 4.51 h of wall time
     assert all(row[-2] == "5000" for name, row in lines.items() if name.startswith("eval "))
+    result = cli("run", "--profile", "acceptance", "--dry-run", "--encoders", "dino-tiny-shaders-kml-mixup-seed1,random-init-tiny-seed2,random-init",
+                 "--tasks", "knn-digits", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rates = {line.split("  ")[0]: line.split()[-2] for line in result.stdout.splitlines() if line.startswith("eval ")}
+    assert rates["eval dino-tiny-shaders-kml-mixup-seed1 / knn-digits / digits"] == "700.0"  # same 4-block architecture
+    assert rates["eval random-init-tiny-seed2 / knn-digits / digits"] == "700.0"
+    assert rates["eval random-init / knn-digits / digits"] == "?"  # 12 blocks: not measured here

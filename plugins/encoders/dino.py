@@ -231,7 +231,7 @@ class DINOEncoder(ViTEncoder):
         kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "img_size": int(self.cfg["img_size"])}
         if self.cfg["patch_size"]:
             kwargs["patch_size"] = int(self.cfg["patch_size"])
-        kwargs.update(self.cfg.get("model_kwargs") or {})
+        kwargs.update(self.model_kwargs)
         if drop_path:
             kwargs["drop_path_rate"] = drop_path
         if dynamic:
@@ -290,6 +290,10 @@ class DINOEncoder(ViTEncoder):
         if cfg["steps"] < 1:
             raise HarnessError(f"encoder {self.name!r}: steps must be at least 1")
         return cfg
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return dict(self.cfg.get("model_kwargs") or {})
 
     @property
     def training_images(self) -> int | None:

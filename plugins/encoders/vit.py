@@ -67,6 +67,19 @@ class ViTEncoder(Encoder):
         self.model: torch.nn.Module | None = None
         self.device = "cpu"
 
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra timm arguments of the architecture (e.g. depth)."""
+        return dict(self.params.get("model_kwargs") or {})
+
+    @property
+    def architecture(self) -> str:
+        """The network in a few words (timm name, input size, patch size, extra timm
+        arguments): encoders with the same string compute at the same speed, so
+        `harness bench` and `--dry-run` key throughputs by it."""
+        extra = "".join(f" {k}={v}" for k, v in sorted(self.model_kwargs.items()))
+        return f"{self.arch} {self.img_size}px/{self.patch_size or 'default'}{extra}"
+
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised timm model, seeded by `seed` (without touching the global RNG)."""
         import timm
@@ -75,7 +88,7 @@ class ViTEncoder(Encoder):
         kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "img_size": self.img_size}
         if self.patch_size:
             kwargs["patch_size"] = self.patch_size
-        kwargs.update(self.params.get("model_kwargs", {}))
+        kwargs.update(self.model_kwargs)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             return timm.create_model(self.arch, **kwargs)
