@@ -29,16 +29,6 @@ class _RandomBlur:
         return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.low, self.high)))
 
 
-class _RandomSolarize:
-    def __init__(self, p: float) -> None:
-        self.p = p
-
-    def __call__(self, image: Any) -> Any:
-        from PIL import ImageOps
-
-        return ImageOps.solarize(image) if random.random() < self.p else image
-
-
 def pil_multicrop(multicrop: MultiCrop) -> Any:
     """A function of one PIL image returning its normalised crops (2 global + n local),
     built from torchvision's PIL transforms with `multicrop`'s settings."""
@@ -56,7 +46,7 @@ def pil_multicrop(multicrop: MultiCrop) -> Any:
     for spec in multicrop.crops:
         steps = [T.RandomResizedCrop(spec.size, scale=spec.scale, interpolation=bicubic), jitter, _RandomBlur(spec.blur_p, low, high)]
         if spec.solarize_p:
-            steps.append(_RandomSolarize(spec.solarize_p))
+            steps.append(T.RandomSolarize(threshold=128, p=spec.solarize_p))
         pipelines.append(T.Compose(steps + [normalize]))
     return lambda image: [pipeline(image) for pipeline in pipelines]
 

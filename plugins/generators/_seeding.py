@@ -56,6 +56,12 @@ def check_sample_args(seed: Any, n: Any, size: Any, start: Any) -> tuple[int, in
 
 
 # Parameter errors are TypeErrors: the registry reports them with the file and field path.
+def reject_unknown(owner: str, unknown: dict[str, Any], known: str) -> None:
+    """Refuse parameters the generator `owner` does not take, listing those it does."""
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {sorted(unknown)} for {owner}; known: {known}")
+
+
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"parameter `{name}` must be an integer >= {minimum}, got {value!r}")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from harness.hookspecs import hookimpl
 from harness.kinds import Generator
 
-from harness_plugins.generators._seeding import check_sample_args, number, positive_int, rng
+from harness_plugins.generators._seeding import check_sample_args, number, positive_int, reject_unknown, rng
 
 if TYPE_CHECKING:
     import torch
@@ -54,10 +54,7 @@ class DeadLeaves(Generator):
         max_shapes: int = 5000,
         **unknown: Any,
     ) -> None:
-        if unknown:
-            raise TypeError(
-                f"unknown parameter(s) {sorted(unknown)} for dead-leaves; known: shape, rmin, rmax, alpha, max_shapes"
-            )
+        reject_unknown("dead-leaves", unknown, "shape, rmin, rmax, alpha, max_shapes")
         if shape not in SHAPE_MODES:
             raise TypeError(f"parameter `shape` must be one of {', '.join(SHAPE_MODES)}; got {shape!r}")
         rmin = number("rmin", rmin, 1e-4, 10.0)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from harness.hookspecs import hookimpl
 from harness.kinds import Generator
 
-from harness_plugins.generators._seeding import check_sample_args, derive_seed, number, positive_int, rng
+from harness_plugins.generators._seeding import check_sample_args, derive_seed, number, positive_int, reject_unknown, rng
 
 if TYPE_CHECKING:
     import torch
@@ -95,8 +95,7 @@ class Mixup(_Composite):
     version = 1
 
     def __init__(self, name: str | None = None, base: Any = None, n: int = 6, alpha: float = 1.0, **unknown: Any) -> None:
-        if unknown:
-            raise TypeError(f"unknown parameter(s) {sorted(unknown)} for mixup; known: base, n, alpha")
+        reject_unknown("mixup", unknown, "base, n, alpha")
         n = positive_int("n", n)
         alpha = number("alpha", alpha, 1e-6, 1e6)
         recorded = self._init_base(base)
@@ -418,11 +417,7 @@ class KML(_Composite):
         device: str | None = None,
         **unknown: Any,
     ) -> None:
-        if unknown:
-            raise TypeError(
-                f"unknown parameter(s) {sorted(unknown)} for {self.plugin_name or 'kml'}; "
-                "known: base, kmeans_size, iterations, device" + (", n" if isinstance(self, KMLMixup) else "")
-            )
+        reject_unknown(self.plugin_name or "kml", unknown, "base, kmeans_size, iterations, device" + (", n" if isinstance(self, KMLMixup) else ""))
         kmeans_size = positive_int("kmeans_size", kmeans_size, 2)
         iterations = positive_int("iterations", iterations, 0)
         if device is not None and not isinstance(device, str):
@@ -432,8 +427,8 @@ class KML(_Composite):
         self.kmeans_size, self.iterations, self.device = kmeans_size, iterations, device
 
     def reference_rate(self, seed: int, n: int, size: int) -> tuple[str, float]:
-        """The released design: base images pre-rendered as JPEGs, KML per image on the CPU
-        in data-loader processes (`released_kml_image`)."""
+        """The released design: base images pre-rendered as JPEGs, KML per image on the CPU,
+        one image per data-loader worker at a time (`released_kml_image`), a worker per core."""
         from harness.bench import encode_jpegs, parallel_rate
 
         k = self.per_image

@@ -44,7 +44,7 @@ from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Generator
 
-from harness_plugins.generators._seeding import check_sample_args, derive_seed, number, rng, uniforms
+from harness_plugins.generators._seeding import check_sample_args, derive_seed, number, reject_unknown, rng, uniforms
 
 if TYPE_CHECKING:
     import numpy as np
@@ -307,11 +307,8 @@ def _load_triton_first() -> None:
     """Import triton (when installed) before a GL context exists. Mesa's llvmpipe and
     triton each carry an LLVM; loading triton's after Mesa's crashes the process (torch
     imports triton lazily, e.g. for FLOP counting or torch.compile), the other order works."""
-    import importlib.util
-
-    if importlib.util.find_spec("triton") is not None:
-        with contextlib.suppress(Exception):
-            import triton  # noqa: F401
+    with contextlib.suppress(Exception):  # absent or broken: nothing to order
+        import triton  # noqa: F401
 
 
 class Renderer:
@@ -625,11 +622,7 @@ class Shaders(Generator):
         fps: float = 10.0,
         **unknown: Any,
     ) -> None:
-        if unknown:
-            raise TypeError(
-                f"unknown parameter(s) {sorted(unknown)} for shaders; known: programs, exclude, paths, "
-                "builtin, channels, time_range, fps"
-            )
+        reject_unknown("shaders", unknown, "programs, exclude, paths, builtin, channels, time_range, fps")
         programs = [programs] if isinstance(programs, str) else list(programs)
         exclude = [exclude] if isinstance(exclude, str) else list(exclude)
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)

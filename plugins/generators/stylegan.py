@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from harness.hookspecs import hookimpl
 from harness.kinds import Generator
 
-from harness_plugins.generators._seeding import check_sample_args, number, positive_int, rng
+from harness_plugins.generators._seeding import check_sample_args, number, positive_int, reject_unknown, rng
 
 if TYPE_CHECKING:
     import torch
@@ -105,11 +105,9 @@ class StyleGANOriented(Generator):
         device: str | None = None,
         **unknown: Any,
     ) -> None:
-        if unknown:
-            raise TypeError(
-                f"unknown parameter(s) {sorted(unknown)} for stylegan-oriented; known: channel_base, channel_max, "
-                "w_dim, images_per_network, bias_range, noise_strength, device"
-            )
+        reject_unknown(
+            "stylegan-oriented", unknown, "channel_base, channel_max, w_dim, images_per_network, bias_range, noise_strength, device"
+        )
         channel_base = positive_int("channel_base", channel_base, 4)
         channel_max = positive_int("channel_max", channel_max)
         w_dim = positive_int("w_dim", w_dim)
