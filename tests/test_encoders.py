@@ -172,6 +172,21 @@ def test_resume_reproduces_the_uninterrupted_run(setup: dict, trained: dict) -> 
     torch.testing.assert_close(resumed.embed(images), trained["encoder"].embed(images), rtol=1e-5, atol=1e-5)
 
 
+def test_in_memory_pool_trains_exactly_as_rendering_on_demand(setup: dict) -> None:
+    """A finite dataset held in memory (filled in batched blocks) gives the same images,
+    hence the same training, as rendering every image when a step asks for it."""
+    finite = {"dataset_size": 12, "steps_per_epoch": None}  # 12 images, 1 step per epoch
+    pooled = harness.get_encoder("dino-test", **finite)
+    pooled.prepare(context(setup, "cache-pooled"))
+    on_demand = harness.get_encoder("dino-test", **finite, memory_cache_mb=0)
+    assert on_demand.weights_key == pooled.weights_key  # a run option, not part of the result
+    on_demand.prepare(context(setup, "cache-on-demand"))
+    assert pooled.training_info["steps"] == 6
+    assert on_demand.training_info["loss"] == pooled.training_info["loss"]
+    images = digits_like()
+    assert torch.equal(on_demand.embed(images), pooled.embed(images))
+
+
 def test_run_keeps_the_training_summary_and_the_leaderboard_shows_it(setup: dict, tmp_path: Path) -> None:
     from helpers import cli
 

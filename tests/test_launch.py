@@ -91,7 +91,7 @@ def test_dry_run_prices_encoders_by_the_measured_rate_of_their_architecture(tmp_
                             "recipe": "paper", "images_per_s": 1000.0}]},
         "embed": {"rows": [
             {"encoder": "random-init-vit-s16", "arch": "vit_small_patch16_224 224px/16", "images_per_s": 5000.0},
-            {"encoder": "random-init-tiny", "arch": "vit_tiny_patch16_224 32px/4 depth=4", "images_per_s": 700.0},
+            {"encoder": "random-init-tiny", "arch": "vit_tiny_patch16_224 32px/8 depth=4", "images_per_s": 700.0},
         ]},
     }
     (tmp_path / "leaderboard" / "performance.json").write_text(json.dumps(state))

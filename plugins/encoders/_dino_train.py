@@ -191,8 +191,12 @@ class GeneratorSource:
 
     With a finite `length` (the recipe's dataset_size) whose images fit in
     `cache_bytes`, each image is rendered once and kept in memory for later epochs (the
-    same bytes as rendering it again).
+    same bytes as rendering it again). The pool is then filled in aligned blocks of
+    `POOL_BLOCK` consecutive images, one batched `sample` call each, rather than image
+    by image as a shuffled epoch asks for them.
     """
+
+    POOL_BLOCK = 256
 
     def __init__(self, generator: Any, name: str, seed: int, size: int, length: int | None = None, cache_bytes: int = 0) -> None:
         self.generator, self.name, self.seed, self.size = generator, name, seed, size
@@ -221,7 +225,11 @@ class GeneratorSource:
     def fetch(self, indices: Sequence[int]) -> torch.Tensor:
         if self._cache is None:
             return self._render(indices)
-        missing = sorted({int(i) for i in indices} - set(self._cache))
+        end = int(self.length or 0)  # a pool exists only for a finite length
+        blocks = sorted({int(i) // self.POOL_BLOCK for i in indices if int(i) not in self._cache})
+        missing = [
+            i for block in blocks for i in range(block * self.POOL_BLOCK, min((block + 1) * self.POOL_BLOCK, end)) if i not in self._cache
+        ]
         if missing:
             for index, image in zip(missing, self._render(missing)):
                 self._cache[index] = image.clone()

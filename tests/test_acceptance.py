@@ -1,0 +1,67 @@
+"""The tiny DINO recipe's acceptance experiment (docs/encoders.md, "Acceptance").
+
+`harness run --profile acceptance` trains `dino-tiny-shaders-kml-mixup` with three seeds
+(about 2.5 minutes each on a 2-core CPU) and evaluates them beside the same architecture
+at random initialisation (`random-init-tiny`, three seeds) on the digits kNN task. The
+trained encoders must win by more than the spread over seeds, and every reported number
+must equal scikit-learn's weighted kNN on the encoders' own embeddings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import harness
+from harness.context import RunContext
+from harness.datasets import open_dataset
+from harness.registry import use_registry
+from harness.results import ResultStore
+from helpers import cli
+
+TRAINED = ["dino-tiny-shaders-kml-mixup", "dino-tiny-shaders-kml-mixup-seed1", "dino-tiny-shaders-kml-mixup-seed2"]
+RANDOM_INIT = ["random-init-tiny", "random-init-tiny-seed1", "random-init-tiny-seed2"]
+T = 0.07  # the knn task's temperature (DINO's weighted vote)
+K = 20
+
+
+def sklearn_top1(encoder_name: str) -> float:
+    """Digits top-1 % of scikit-learn's weighted cosine kNN on the encoder's embeddings."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    registry = use_registry(None)
+    digits = open_dataset("digits", registry.dataset("digits"))
+    encoder = harness.get_encoder(encoder_name)
+    encoder.prepare(RunContext(registry=registry, device="cpu", progress=False))  # trained weights come from the cache
+
+    def features(split) -> np.ndarray:
+        import torch
+
+        return encoder.embed(torch.from_numpy(split.images)).numpy().astype(np.float64)
+
+    knn = KNeighborsClassifier(K, weights=lambda d: np.exp((1.0 - d) / T), metric="cosine", algorithm="brute")
+    knn.fit(features(digits.train), digits.train.labels)
+    return 100.0 * float((knn.predict(features(digits.test)) == digits.test.labels).mean())
+
+
+@pytest.mark.slow
+def test_dino_tiny_beats_random_init_by_more_than_the_seed_spread(tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", "--profile", "acceptance", "--out", str(out), cwd=tmp_path, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    top1 = {
+        r.encoder: r.value
+        for r in ResultStore(out).read()
+        if r.task == "knn-digits" and r.headline and r.status == "ok"
+    }
+    trained = [top1[name] for name in TRAINED]
+    random_init = [top1[name] for name in RANDOM_INIT]
+    margin = np.mean(trained) - np.mean(random_init)
+    spread = max(np.ptp(trained), np.ptp(random_init))
+    assert margin > spread, f"trained {trained}, random init {random_init}"
+
+    one_test_image = 100.0 / 540
+    for name in TRAINED + RANDOM_INIT:
+        assert top1[name] == pytest.approx(sklearn_top1(name), abs=one_test_image), name
+    board = (out / "LEADERBOARD.md").read_text()
+    assert "## Training" in board and all((out / "training" / f"{name}.json").is_file() for name in TRAINED)
