@@ -22,10 +22,12 @@ def test_default_run_writes_a_leaderboard_above_chance(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = ResultStore(out).read()
     headline = {(r.task, r.dataset, r.encoder): r.value for r in records if r.headline and r.status == "ok"}
-    for encoder in ("random-init", "rgb"):
+    encoders = ("random-init", "random-init-tiny", "rgb", "dino-tiny-shaders-kml-mixup")
+    for encoder in encoders:
         assert headline[("knn-default", "digits", encoder)] > 10.0 * 2  # chance is 10 %
     board = (out / "LEADERBOARD.md").read_text()
-    assert "## knn-default" in board and "random-init" in board and "rgb" in board
+    assert "## knn-default" in board and all(f"| {encoder} " in board for encoder in encoders)
+    assert "## Training" in board and (out / "training" / "dino-tiny-shaders-kml-mixup.json").is_file()
     for link in re.findall(r"\]\((figures/[^)]+)\)", board):
         assert (out / link).is_file(), link
 
