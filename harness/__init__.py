@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from harness.version import __version__
 
 _EXPORTS = {
     "VisualMemory": "harness.memory",
@@ -26,7 +26,7 @@ _EXPORTS = {
     "get_task": "harness.api",
     "run": "harness.api",
     "list_plugins": "harness.api",
-    "Result": "harness.results",
+    "Result": "harness.results.store",
     "Generator": "harness.kinds",
     "Encoder": "harness.kinds",
     "Task": "harness.kinds",

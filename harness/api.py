@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.kinds import Encoder, Generator, Task
-from harness.registry import active_registry
-from harness.results import Result
+from harness.config.registry import active_registry
+from harness.results.store import Result
 
 
 def get_generator(name: str, **params: Any) -> Generator:
@@ -43,8 +43,8 @@ def run(
     device: str | None = None,
 ) -> list[Result]:
     """Run the cross product of encoders x tasks and render the leaderboard."""
-    from harness.registry import use_registry
-    from harness.runner import Runner
+    from harness.config.registry import use_registry
+    from harness.runner.cells import Runner
 
     reg = use_registry(registry) if registry is not None else active_registry()
     runner = Runner(reg, out_dir=Path(out), device=device, force=force)

@@ -6,72 +6,122 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness import __version__
+from harness.version import __version__
 from harness.errors import HarnessError
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from harness.registry import use_registry
+    """Plugins, instances and profiles whose names match a shell-style glob; a pattern
+    that names exactly one instance or plugin also prints its parameters."""
+    from fnmatch import fnmatch
+
+    from harness.config.registry import use_registry
 
     registry = use_registry(args.registry)
+    pattern = args.pattern or "*"
     print(f"registry: {registry.path}")
+    matched = 0
     for kind in ("generator", "encoder", "task"):
-        print(f"\n{kind}s")
         plugins = registry.plugins.classes[kind]
+        lines = []
         for name in sorted(plugins):
-            if args.pattern and not _matches(name, args.pattern):
-                continue
-            doc = (plugins[name].cls.__doc__ or "").strip().splitlines()[0:1]
-            print(f"  plugin   {name:<22} {doc[0] if doc else ''}  [{plugins[name].source}]")
+            if fnmatch(name, pattern):
+                doc = (plugins[name].cls.__doc__ or "").strip().splitlines()[0:1]
+                lines.append(f"  plugin   {name:<22} {doc[0] if doc else ''}  [{plugins[name].source}]")
         for name, spec in registry.section(kind).items():
-            if args.pattern and not _matches(name, args.pattern):
-                continue
-            state = "" if spec.plugin in plugins else "  (plugin not loaded)"
-            print(f"  instance {name:<22} -> {spec.plugin} {spec.params}{state}")
-    print("\nprofiles")
-    for name, profile in registry.config.profiles.items():
-        print(f"  {name}: encoders={profile.encoders} tasks={profile.tasks}")
+            if fnmatch(name, pattern):
+                state = "" if spec.plugin in plugins else "  (plugin not loaded)"
+                lines.append(f"  instance {name:<22} -> {spec.plugin} {spec.params}{state}")
+        if lines:
+            print(f"\n{kind}s", *lines, sep="\n")
+        matched += len(lines)
+        exact = registry.spec(kind, pattern)
+        plugin_name = exact.plugin if exact is not None else pattern
+        if (exact is not None or pattern in plugins) and plugin_name in plugins:
+            print(parameter_table(plugins[plugin_name].cls.Params, exact.params if exact is not None else {}))
+    formats = [
+        f"  format   {name:<22} {((fmt.reader.__doc__ or '').strip().splitlines() or [''])[0]}  [{fmt.source}]"
+        for name, fmt in sorted(registry.plugins.formats.items())
+        if fnmatch(name, pattern)
+    ]
+    if formats:
+        print("\ndataset formats", *formats, sep="\n")
+    matched += len(formats)
+    profiles = [f"  {name}: encoders={p.encoders} tasks={p.tasks}" for name, p in registry.config.profiles.items() if fnmatch(name, pattern)]
+    if profiles:
+        print("\nprofiles", *profiles, sep="\n")
+    matched += len(profiles)
     if registry.plugins.broken:
         print("\nbroken plugins (not loaded)")
         for broken in registry.plugins.broken:
             print(f"  {broken.source}: {broken.error}")
+    if not matched:
+        print(f"\nnothing matched {pattern!r} (a shell-style glob: '*' any text, '?' one character, e.g. 'dino-*')", file=sys.stderr)
+        return 1
     return 0
 
 
-def _matches(name: str, pattern: str) -> bool:
-    from fnmatch import fnmatch
+def parameter_table(params: type, values: dict) -> str:
+    """A plugin's parameters: name, type, default, the instance's value, meaning."""
+    from tabulate import tabulate
 
-    return fnmatch(name, pattern)
+    rows = []
+    for name, field in params.model_fields.items():
+        default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        value = repr(values[name]) if name in values else ""
+        rows.append((name, _type_name(field.annotation), default, value, field.description or ""))
+    if not rows:
+        return "\n  parameters: none"
+    return "\n  parameters\n" + tabulate(rows, headers=["name", "type", "default", "set here", "meaning"], tablefmt="simple")
+
+
+def _type_name(annotation: object) -> str:
+    """A parameter's type as a reader writes it: `list[str] | None`, `Literal['a', 'b']`."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in args)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(repr(arg) for arg in args)}]"
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(arg) for arg in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.registry import use_registry
-    from harness.runner import Runner
+    from harness.config.registry import use_registry
+    from harness.runner.cells import Runner
 
     registry = use_registry(args.registry)
     for option in ("partition", "train_gpus", "eval_gpus", "mem_gb"):
         if getattr(args, option) is not None:
             setattr(registry.config.slurm, option, getattr(args, option))
-    runner = Runner(registry, out_dir=Path(args.out), device=args.device, force=args.force, seed=args.seed)
+    runner = Runner(registry, out_dir=Path(args.out), device=args.device, force=args.force, seed=args.seed, threads=args.threads)
     plan = runner.select(args.profile, args.encoders, args.tasks, args.generators)
     if args.dry_run:
-        from harness.dryrun import describe_plan
+        from harness.runner.dryrun import describe_plan
 
         print(describe_plan(runner, plan, args.launcher, embed_images_per_s=args.embed_rate, train_images_per_s=args.train_rate))
         return 0
     if args.launcher == "slurm":
-        from harness.launch import SlurmLauncher
+        from harness.runner.launch import SlurmLauncher
 
         produced = SlurmLauncher(runner, registry.config.slurm, cluster=args.cluster).run(plan)
     else:
         produced = runner.run(plan)
-    from harness.runner import exit_status
+    from harness.runner.cells import exit_status
 
     return exit_status(produced)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from harness.registry import use_registry
+    from harness.config.registry import use_registry
     from harness.streaming import write_grid, write_imagefolder
 
     registry = use_registry(args.registry)
@@ -87,8 +137,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.context import RunContext, default_device
-    from harness.registry import use_registry
+    from harness.device import default_device
+    from harness.runner.context import RunContext
+    from harness.config.registry import use_registry
 
     registry = use_registry(args.registry)
     encoder = registry.create("encoder", args.encoder)
@@ -98,8 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness.leaderboard import render_leaderboard
-    from harness.registry import use_registry
+    from harness.results.leaderboard import render_leaderboard
+    from harness.config.registry import use_registry
 
     use_registry(args.registry)
     print(render_leaderboard(Path(args.out)))
@@ -107,8 +158,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import run_benchmarks
-    from harness.registry import use_registry
+    from harness.bench.report import run_benchmarks
+    from harness.config.registry import use_registry
 
     registry = use_registry(args.registry)
     print(run_benchmarks(registry, args.stages, Path(args.report), quick=args.quick, profile=args.profile))
@@ -125,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="every plugin and instance, by kind")
-    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'dino-*'")
+    p.add_argument("pattern", nargs="?", help="shell-style glob, e.g. 'dino-*'; an exact name also prints its parameters")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="run encoders x tasks and write the leaderboard")
@@ -137,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute cells already in results.jsonl")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch and BLAS threads, fixed for the whole run (default: one per core); "
+                   "the same command with the same thread count gives the same values")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="run cells here, or as Slurm jobs via submitit")
     p.add_argument("--dry-run", action="store_true", help="print the cells, jobs, datasets and expected GPU-hours; run nothing")
     slurm = p.add_argument_group("slurm (override registry.yaml's slurm section)")
@@ -175,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="the profile whose generators and encoders are measured (default: bench, else default)")
     p.set_defaults(func=cmd_bench)
 
-    from harness.unlearning import add_memory_parser
+    from harness.memory.cli import add_memory_parser
 
     add_memory_parser(sub)
     return parser

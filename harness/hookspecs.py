@@ -1,10 +1,11 @@
 """The hook specifications a plugin module implements.
 
-Each hook receives `register(name, cls)`; the host validates the class and refuses
+Each hook receives `register(name, obj)`: a plugin class for the three plugin kinds, a
+reader function for dataset formats. The host validates what it is given and refuses
 duplicate names, so plugins never touch the registry directly.
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import pluggy
 
@@ -12,6 +13,7 @@ hookspec = pluggy.HookspecMarker("harness")
 hookimpl = pluggy.HookimplMarker("harness")
 
 Register = Callable[[str, type], None]
+RegisterFormat = Callable[[str, Callable[[str, Any], Any]], None]
 
 
 @hookspec
@@ -27,3 +29,10 @@ def register_encoders(register: Register) -> None:
 @hookspec
 def register_tasks(register: Register) -> None:
     """Register benchmark tasks: `register("name", TaskSubclass)`."""
+
+
+@hookspec
+def register_dataset_formats(register: RegisterFormat) -> None:
+    """Register dataset formats: `register("name", reader)`, where `reader(name, spec)`
+    reads the dataset that registry.yaml names `name` (its `DatasetSpec` holds root and
+    options) and returns the dataset object, e.g. `harness.datasets.ClassificationData`."""

@@ -1,16 +1,30 @@
-"""The three plugin kinds: Generator, Encoder and Task.
+"""The three plugin kinds: Generator, Encoder and Task, and their typed parameters.
 
 Each kind has exactly one abstract method; everything else is a class attribute
-(capabilities, version, group) or has a default built on that method, so a plugin
-author implements one function and declares what it can do.
+(capabilities, version, group, `Params`) or has a default built on that method, so a
+plugin author implements one function and declares what it can do.
+
+Parameters are a pydantic model, the class attribute `Params`, validated when an
+instance is made (from registry.yaml, the command line or the Python API): an unknown
+or ill-typed parameter is a `ParamsError` naming the field and the closest valid name.
+A parameter that names another instance is typed `GeneratorRef` (or `EncoderRef`,
+`TaskRef`); the registry resolves it when it makes the instance, and the instance's key
+includes the referred instance's whole description, recursively.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import difflib
+import inspect
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import core_schema
+
+from harness.errors import HarnessError
+from harness.keys import NAME_PATTERN, code_fingerprint, stable_hash
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -18,46 +32,165 @@ if TYPE_CHECKING:
     import pandas
     import torch
 
-    from harness.context import CellContext, RunContext
-    from harness.results import Result
+    from harness.results.store import Result
+    from harness.runner.context import CellContext, RunContext
 
 
-# Plugin and instance names: letters, digits, '.', '_', '+', '-'; no path separators.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+class Params(BaseModel):
+    """Base of every plugin's `Params`: unknown fields are refused, values are checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
-def stable_hash(value: Any, length: int = 16) -> str:
-    """A short hash of a JSON-serialisable value, identical across runs and machines."""
-    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+class Reference(str):
+    """The name of another registry instance of kind `kind`, as a parameter value."""
+
+    kind: ClassVar[str] = ""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(cls, core_schema.str_schema(pattern=NAME_PATTERN))
+
+
+class GeneratorRef(Reference):
+    kind = "generator"
+
+
+class EncoderRef(Reference):
+    kind = "encoder"
+
+
+class TaskRef(Reference):
+    kind = "task"
+
+
+class ParamsError(HarnessError, TypeError):
+    """Parameters that do not validate; `problems` holds (field path, message) pairs."""
+
+    def __init__(self, owner: str, problems: list[tuple[str, str]]) -> None:
+        self.owner = owner
+        self.problems = problems
+        super().__init__("; ".join(f"{owner}.{path}: {message}" for path, message in problems))
+
+    def located(self, where: str) -> ParamsError:
+        """The same problems, with `where` (a file and field prefix) before each path."""
+        return ParamsError(where, self.problems)
+
+
+def validate_params(cls: type[Plugin], owner: str, raw: dict[str, Any]) -> Params:
+    """`raw` validated by `cls.Params`; errors name each field and the closest valid name."""
+    try:
+        return cls.Params.model_validate(raw)
+    except ValidationError as exc:
+        known = sorted(cls.Params.model_fields)
+        problems = []
+        for error in exc.errors():
+            path = ".".join(str(part) for part in error["loc"]) or "(parameters)"
+            if error["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(error["loc"][0]), known, n=1, cutoff=0.5)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                message = f"unknown parameter; {hint}valid: {', '.join(known) or 'none'}"
+            elif error["type"] == "string_pattern_mismatch":
+                message = f"must be a name of letters, digits, '.', '_', '+', '-' (got {error['input']!r:.60})"
+            else:
+                message = error["msg"] + (f" (got {error['input']!r:.60})" if "input" in error else "")
+            problems.append((path, message))
+        raise ParamsError(f"{owner}.params", problems) from None
+
+
+def references(value: Any, path: str = "") -> Iterator[tuple[str, Reference]]:
+    """(field path, reference) for every `Reference` inside a validated parameter value
+    (models, lists, dicts)."""
+    if isinstance(value, Reference):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from references(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from references(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from references(item, f"{path}.{key}" if path else str(key))
 
 
 class Plugin(ABC):
-    """What the three kinds share: a registry name, parameters and a version.
+    """What the three kinds share: a registry name, typed parameters and a version.
 
-    `version` is bumped by the plugin author whenever a change alters outputs; it is
-    part of every cache key and result record, like lm-eval's task versions.
+    Subclasses declare `class Params(Plugin.Params)` (or the kind's own `Params`) and
+    read `self.params.<field>`; they never take parameters as constructor arguments.
+    `version` is bumped by the plugin author when a change alters outputs for reasons
+    the code fingerprint cannot see (an external file format, a data file read at run
+    time); every key also holds the fingerprint of the plugin's code.
     """
 
     kind: ClassVar[str] = ""
     version: ClassVar[int] = 1
     plugin_name: ClassVar[str] = ""  # set by the registry when the class is registered
+    Params: ClassVar[type[Params]] = Params
 
-    def __init__(self, name: str | None = None, **params: Any) -> None:
-        self.name = name or self.plugin_name
-        self.params = params
+    def __init__(self, name: str | None = None, /, **params: Any) -> None:
+        self.name = name or self.plugin_name or type(self).__name__
+        self.params = validate_params(type(self), self.name, params)
+        self.resolved: dict[tuple[str, str], Plugin] = {}  # filled by the registry
+
+    def resolve(self, reference: Reference) -> Plugin:
+        """The instance a reference parameter names (made by the registry with this one)."""
+        try:
+            return self.resolved[(reference.kind, str(reference))]
+        except KeyError:
+            raise HarnessError(
+                f"{self.kind} {self.name!r}: its parameter names the {reference.kind} {str(reference)!r}, which only "
+                f"resolves when {self.name!r} is made through the registry (harness.get_{self.kind}(...))"
+            ) from None
 
     def describe(self) -> dict[str, Any]:
-        """Everything that determines this object's outputs (hashed into cache keys)."""
+        """Everything that determines this object's outputs (hashed into its key): the
+        plugin, its version and code, its parameters with every reference replaced by
+        the referred instance's own description."""
         return {
             "plugin": self.plugin_name,
             "version": self.version,
-            "params": self.params,
+            "code": code_fingerprint(type(self).__module__),
+            "params": self._describe_value(self.params),
         }
+
+    def _describe_value(self, value: Any) -> Any:
+        if isinstance(value, Reference):
+            return {"instance": str(value), "kind": value.kind, **self.resolve(value).describe()}
+        if isinstance(value, BaseModel):
+            dumped = value.model_dump(mode="json")
+            return {k: self._describe_value(getattr(value, k)) for k in type(value).model_fields if k in dumped}
+        if isinstance(value, (list, tuple)):
+            return [self._describe_value(item) for item in value]
+        if isinstance(value, dict):
+            return {str(k): self._describe_value(v) for k, v in value.items()}
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        return str(value)
 
     @property
     def key(self) -> str:
         return stable_hash(self.describe())
+
+    @classmethod
+    def check_definition(cls) -> str | None:
+        """Why this class cannot be registered, or None. Parameters belong in `Params`:
+        an `__init__` that names them would clash with the core's keyword call."""
+        if not (isinstance(cls.Params, type) and issubclass(cls.Params, Params)):
+            return "its `Params` must subclass harness.kinds.Params (pydantic, unknown fields refused)"
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            named = [
+                p.name for p in list(inspect.signature(init).parameters.values())[1:]
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "name"
+            ]
+            if named:
+                return (
+                    f"its __init__ takes {', '.join(named)}: declare parameters as fields of a "
+                    "`class Params(harness.kinds.Params)` and read them as self.params.<field>"
+                )
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, params={self.params!r})"
@@ -87,17 +220,55 @@ class Generator(Plugin):
         """Release GL contexts or other resources (default: nothing to release)."""
 
 
+@dataclass(frozen=True)
+class TrainingCost:
+    """What training an encoder costs, for the dry run and the benchmark: the images it
+    consumes (None when that depends on the size of an image folder not read yet), its
+    recipe's name (rates are measured per architecture and recipe) and the batch size a
+    step takes."""
+
+    images: int | None
+    recipe: str
+    batch_size: int
+
+
 class Encoder(Plugin):
     """Maps uint8 images [n, 3, H, W] of any size to features.
 
     Each encoder owns its resizing and normalisation. `group` is the training-data type
-    the leaderboard groups rows by: target, realistic, procedural or white-box.
+    the leaderboard groups rows by: target, realistic, procedural or white-box. The core
+    reads nothing of an encoder besides what this class declares.
     """
 
     kind: ClassVar[str] = "encoder"
     group: ClassVar[str] = "white-box"
     supports_patches: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
+
+    @property
+    def architecture(self) -> str | None:
+        """What the encoder's speed per image depends on (e.g. 'vit_tiny/8@32 depth 4'),
+        so that measured rates carry over between encoders; None when not measured."""
+        return None
+
+    @property
+    def input_size(self) -> int:
+        """The side of the square images the encoder computes on (the benchmark feeds it
+        images of this size)."""
+        return 224
+
+    def torch_module(self) -> torch.nn.Module | None:
+        """The torch model `embed` runs, when there is one (the benchmark counts its FLOPs)."""
+        return None
+
+    def training_cost(self) -> TrainingCost | None:
+        """What `prepare` trains, when it trains (None: nothing to train)."""
+        return None
+
+    def measure_training(self, ctx: RunContext, steps: int, batch_size: int | None, budget_s: float | None) -> dict[str, Any]:
+        """Train for `steps` steps (or `budget_s` seconds) without caching the weights and
+        report images/s; `harness bench train` calls it for trainable encoders."""
+        raise TypeError(f"encoder {self.name!r} does not train")
 
     def prepare(self, ctx: RunContext | None = None) -> None:
         """Train or load weights (cached). Default: nothing to prepare."""
@@ -117,22 +288,32 @@ class Encoder(Plugin):
         raise TypeError(f"encoder {self.name!r} has no patch features (supports_patches=False)")
 
 
+DatasetName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+class TaskParams(Params):
+    datasets: list[DatasetName] | None = Field(None, description="dataset names from registry.yaml (default: the task's own)")
+
+
 class Task(Plugin):
     """A benchmark. `run(encoder, ctx)` evaluates one encoder on `ctx.dataset`.
 
-    `datasets` lists the dataset names the task runs on (from its `datasets` parameter,
-    else `default_datasets`); tasks that build their own data use a single pseudo-dataset.
-    `needs_patches` tasks are skipped for encoders without patch features.
+    `datasets` lists the dataset names the task runs on (its `datasets` parameter, else
+    `default_datasets`); tasks that build their own data use a single pseudo-dataset.
+    `needs_patches` tasks are skipped for encoders without patch features. A task's
+    `Params` subclass `TaskParams`.
     """
 
     kind: ClassVar[str] = "task"
     default_datasets: ClassVar[tuple[str, ...]] = ()
     needs_patches: ClassVar[bool] = False
     title: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = TaskParams
 
     @property
     def datasets(self) -> list[str]:
-        return list(self.params.get("datasets", self.default_datasets))
+        chosen = getattr(self.params, "datasets", None)
+        return list(self.default_datasets if chosen is None else chosen)
 
     @abstractmethod
     def run(self, encoder: Encoder, ctx: CellContext) -> list[Result]:

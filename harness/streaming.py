@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 
 def _generator(generator: Any) -> Generator:
     if isinstance(generator, str):
-        from harness.api import get_generator
+        from harness.config.registry import active_registry
 
-        return get_generator(generator)
+        return active_registry().create("generator", generator)
     if not hasattr(generator, "sample"):
         raise TypeError(f"expected a generator instance or a generator name, got {generator!r}")
     return generator
@@ -80,7 +80,7 @@ class GeneratorStream(IterableDataset):
         self.rank, self.world_size, self.with_indices = rank, world_size, with_indices
         self.registry_path: str | None = None
         if isinstance(generator, str):
-            from harness.registry import active_registry
+            from harness.config.registry import active_registry
 
             self.registry_path = str(active_registry().path)
         self._instance: Generator | None = None
@@ -88,7 +88,7 @@ class GeneratorStream(IterableDataset):
     def _make(self) -> Generator:
         if self._instance is None:
             if isinstance(self.generator, str):
-                import harness.registry as registry
+                import harness.config.registry as registry
 
                 if registry._active is None and self.registry_path:  # a spawned worker
                     registry.use_registry(self.registry_path)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
+
+from pydantic import Field
 
 from harness import Encoder, Task, hookimpl
 from harness.errors import HarnessError
@@ -21,9 +24,12 @@ class RaisingTask(Task):
 
     default_datasets = ("one",)
 
+    class Params(Task.Params):
+        error: Literal["input", "internal"] = Field("input", description="which kind of failure to raise")
+
     def run(self, encoder, ctx):
         _log_call(encoder, ctx)
-        if self.params.get("error", "input") == "input":
+        if self.params.error == "input":
             raise HarnessError(f"{ctx.dataset}.txt: row 3: expected a number, got 'x'; fix the row and rerun")
         raise RuntimeError("the fake task has a bug")
 
@@ -56,11 +62,14 @@ class ReadAllTask(Task):
 class NonFiniteEncoder(Encoder):
     """Features with a non-finite value (param `value`: "nan", "inf", "-inf") in every third row."""
 
+    class Params(Encoder.Params):
+        value: Literal["nan", "inf", "-inf"] = Field("nan", description="the non-finite value written")
+
     def embed(self, images):
         import torch
 
         features = torch.ones(len(images), 4)
-        features[::3, 1] = float(self.params.get("value", "nan"))
+        features[::3, 1] = float(self.params.value)
         return features
 
 

@@ -18,9 +18,9 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.registry
+    import harness.config.registry
 
-    monkeypatch.setattr(harness.registry, "_active", None)
+    monkeypatch.setattr(harness.config.registry, "_active", None)
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+from pydantic import Field
+
 from harness import Encoder, Task, hookimpl
 
 
@@ -13,12 +15,15 @@ class SleepyTask(Task):
 
     default_datasets = ("a", "b", "c")
 
+    class Params(Task.Params):
+        seconds: float = Field(0.0, ge=0, description="how long each cell sleeps")
+
     def run(self, encoder, ctx):
         log = os.environ.get("FAKE_CALL_LOG")
         if log:
             with open(log, "a") as handle:
                 handle.write(f"{encoder.name} {ctx.dataset}\n")
-        time.sleep(float(self.params.get("seconds", 0.0)))
+        time.sleep(self.params.seconds)
         value = float(sum(map(ord, ctx.dataset)) % 97)
         return [ctx.result("score", value, n=1, headline=True)]
 
@@ -46,6 +51,9 @@ class NeedsDataTask(Task):
 
 class ConstantEncoder(Encoder):
     """Every image maps to the same feature vector."""
+
+    class Params(Encoder.Params):
+        variant: int = Field(1, description="changes the key, not the features")
 
     def embed(self, images):
         import torch

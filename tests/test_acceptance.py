@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import harness
-from harness.context import RunContext
+from harness.runner.context import RunContext
 from harness.datasets import open_dataset
-from harness.registry import use_registry
-from harness.results import ResultStore
+from harness.config.registry import use_registry
+from harness.results.store import ResultStore
 from helpers import cli
 
 TRAINED = ["dino-tiny-shaders-kml-mixup", "dino-tiny-shaders-kml-mixup-seed1", "dino-tiny-shaders-kml-mixup-seed2"]

@@ -30,8 +30,9 @@ from harness.cli import main
 from harness.datasets import open_dataset
 from harness.errors import DataFormatError, DatasetUnavailable, HarnessError, RegistryError, UnknownNameError
 from harness.memory import VisualMemory
-from harness.registry import DatasetSpec, use_registry
-from harness.results import ResultStore
+from harness.config.schema import DatasetSpec
+from harness.config.registry import use_registry
+from harness.results.store import ResultStore
 from helpers import cli
 from test_datasets import make_imagefolder, make_medmnist, make_nights, spec
 
@@ -136,13 +137,21 @@ def test_wrongly_typed_fields_are_each_named(tmp_path, run):
         assert result.returncode == 2 and fragment in result.stderr, (text, result.stderr)
 
 
-@pytest.mark.parametrize("datasets", ["5", "digits", "[digits, 3]", "[a/b]"])
-def test_task_datasets_of_the_wrong_type_are_refused_before_any_work(tmp_path, datasets, run):
+@pytest.mark.parametrize(
+    "datasets, field, problem",
+    [
+        ("5", "datasets", "Input should be a valid list (got 5)"),
+        ("digits", "datasets", "Input should be a valid list (got 'digits')"),
+        ("[digits, 3]", "datasets.1", "Input should be a valid string (got 3)"),
+        ("[a/b]", "datasets.0", "must be a name of letters, digits, '.', '_', '+', '-' (got 'a/b')"),
+    ],
+)
+def test_task_datasets_of_the_wrong_type_are_refused_before_any_work(tmp_path, datasets, field, problem, run):
     registry = write(tmp_path / "registry.yaml", GOOD_REGISTRY + f"  odd: {{plugin: sleepy, params: {{datasets: {datasets}}}}}\n")
     out = tmp_path / "out"
     result = run(registry, "run", "--encoders", "const-a", "--tasks", "odd", "--out", str(out))
     assert result.returncode == 2, result.stderr
-    assert f"{registry}: tasks.odd.params.datasets: must be a list of dataset names" in result.stderr
+    assert f"{registry}: tasks.odd.params.{field}: {problem}" in result.stderr
     assert "Traceback" not in result.stderr and not (out / "results.jsonl").exists()
 
 

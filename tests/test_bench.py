@@ -79,11 +79,12 @@ def test_training_flops_follow_the_multicrop_formula(tmp_path: Path) -> None:
     (tmp_path / "registry.yaml").write_text(REGISTRY)
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.registry import use_registry
+    from harness.config.registry import use_registry
+    from harness.runner.context import RunContext
 
     registry = use_registry(tmp_path / "registry.yaml")
     encoder = registry.create("encoder", "dino-bench")
-    measured = encoder.training_throughput(steps=2)
+    measured = encoder.measure_training(RunContext(registry=registry, device="cpu"), steps=2, batch_size=None, budget_s=None)
 
     def forward_flops(model: torch.nn.Module, size: int) -> float:
         counter = FlopCounterMode(display=False)

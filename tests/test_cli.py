@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import ResultStore
+from harness.results.store import ResultStore
 from helpers import cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.datasets import (
-    ArraySplit,
-    ImageFileSplit,
-    NpzImageSplit,
-    open_dataset,
-    texture_patches,
-)
-from harness.errors import DataFormatError, DatasetUnavailable, HarnessError
-from harness.registry import DatasetSpec
+from harness.config.loading import load_plugins
+from harness.config.schema import DatasetSpec
+from harness.config.registry import load_registry
+from harness.datasets import ArraySplit, ImageFileSplit, open_dataset
+from harness.datasets.bundled import texture_patches
+from harness.datasets.medmnist import NpzImageSplit
+from harness.errors import DataFormatError, DatasetUnavailable, HarnessError, PluginError, UnknownNameError
 
 CLASS_COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
 
@@ -424,3 +422,83 @@ def test_unknown_option_is_named(tmp_path):
     make_imagefolder(tmp_path)
     with pytest.raises(HarnessError, match=r"datasets\.mine\.options: unknown option\(s\) \['crop_size'\]"):
         open_dataset("mine", spec("imagefolder", tmp_path, crop_size=8))
+
+
+# ------------------------------------------------------------- format registration
+CORE_FORMATS = {"digits", "lfw-faces", "textures", "imagefolder", "imagenet", "flowers102", "cub200", "food101",
+                "medmnist", "nights", "coco", "voc", "ade20k", "synthetic-scenes"}
+
+SOLID_FORMAT_PLUGIN = """
+import numpy as np
+
+from harness.datasets import ArraySplit, ClassificationData, dataset_options
+from harness.hookspecs import hookimpl
+
+
+def read_solid(name, spec):
+    \"\"\"root/<split>.txt lines `r g b label`, each a solid-colour image.\"\"\"
+    options = dataset_options(name, spec, {"size": 4})
+    root = spec.resolved_root(name)
+    splits = {}
+    for split in ("train", "test"):
+        rows = np.loadtxt(root / f"{split}.txt", dtype=np.int64, ndmin=2)
+        images = np.broadcast_to(rows[:, :3, None, None], (len(rows), 3, options["size"], options["size"]))
+        splits[split] = ArraySplit(np.ascontiguousarray(images.astype(np.uint8)), rows[:, 3])
+    return ClassificationData(name=name, train=splits["train"], test=splits["test"], classes=["dark", "light"])
+
+
+@hookimpl
+def register_dataset_formats(register):
+    register("{format}", read_solid)
+"""
+
+
+def write_format_plugin(folder, module, format_name, monkeypatch):
+    """A plugin module in `folder` that registers the solid-colour reader as `format_name`."""
+    (folder / f"{module}.py").write_text(SOLID_FORMAT_PLUGIN.replace("{format}", format_name))
+    monkeypatch.syspath_prepend(str(folder))
+
+
+def test_core_formats_are_registered_by_the_core(tmp_path):
+    plugins = load_plugins()
+    assert CORE_FORMATS <= set(plugins.formats)
+    assert {plugins.formats[name].source for name in CORE_FORMATS} == {"core module 'harness.datasets.formats'"}
+    with pytest.raises(UnknownNameError, match=r"format of dataset 'x'.*'imagefolders'.*imagefolder"):
+        open_dataset("x", spec("imagefolders", tmp_path), plugins.readers())
+
+
+def test_third_party_format_registers_through_the_hook(tmp_path, monkeypatch):
+    write_format_plugin(tmp_path, "solid_colour_format", "solid-colours", monkeypatch)
+    (tmp_path / "solid").mkdir()
+    (tmp_path / "solid" / "train.txt").write_text("10 20 30 0\n250 240 230 1\n5 5 5 0\n")
+    (tmp_path / "solid" / "test.txt").write_text("200 210 220 1\n")
+    path = tmp_path / "registry.yaml"
+    path.write_text(
+        "plugins: [solid_colour_format]\n"
+        f"datasets:\n  swatches: {{format: solid-colours, root: {tmp_path / 'solid'}, options: {{size: 3}}}}\n"
+    )
+    registry = load_registry(path)
+    assert registry.plugins.formats["solid-colours"].source == "registry module 'solid_colour_format'"
+    assert CORE_FORMATS <= set(registry.plugins.readers())
+    data = open_dataset("swatches", registry.dataset("swatches"), registry.plugins.readers())
+    assert data.train.labels.tolist() == [0, 1, 0] and data.classes == ["dark", "light"]
+    images = all_images(data.train, batch_size=2)
+    assert images.shape == (3, 3, 3, 3) and images.dtype == np.uint8
+    assert images[1, :, 2, 1].tolist() == [250, 240, 230] and (images[0] == np.array([10, 20, 30])[:, None, None]).all()
+    with pytest.raises(UnknownNameError):  # the core's own table alone does not know it
+        open_dataset("swatches", registry.dataset("swatches"))
+
+
+@pytest.mark.parametrize("taken", ["coco", "mine"])
+def test_duplicate_format_name_is_refused_naming_both_sources(tmp_path, monkeypatch, taken):
+    write_format_plugin(tmp_path, f"first_{taken}_format", "mine", monkeypatch)
+    write_format_plugin(tmp_path, f"second_{taken}_format", taken, monkeypatch)
+    path = tmp_path / "registry.yaml"
+    path.write_text(f"plugins: [first_{taken}_format, second_{taken}_format]\n")
+    with pytest.raises(PluginError) as info:
+        load_registry(path)
+    first = "core module 'harness.datasets.formats'" if taken == "coco" else f"registry module 'first_{taken}_format'"
+    assert str(info.value) == (
+        f"duplicate dataset format name {taken!r}: registered by {first} and by registry module "
+        f"'second_{taken}_format'; rename one of them"
+    )

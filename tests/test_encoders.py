@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,10 @@ import pytest
 import torch
 
 import harness
-from harness.context import RunContext
+from harness.config.registry import load_registry, use_registry
 from harness.errors import HarnessError
-from harness.registry import use_registry
+from harness.kinds import ParamsError, TrainingCost
+from harness.runner.context import RunContext
 
 GENERATOR_MODULE = "encoder_test_generators"
 GENERATOR_SOURCE = '''
@@ -219,17 +219,66 @@ def test_weights_key_covers_training_but_not_evaluation_options(setup: dict) -> 
 
 
 def test_unresolvable_data_generator_is_named(setup: dict) -> None:
-    ctx = context(setup, "cache-missing")
-    encoder = harness.get_encoder("dino-missing-data")
-    with pytest.raises(HarnessError, match="training data generator 'no-such-generator'"):
-        encoder.prepare(ctx)
+    with pytest.raises(HarnessError, match=r"encoders\.dino-missing-data\.params.*no-such-generator"):
+        harness.get_encoder("dino-missing-data")
 
 
-def test_training_throughput(setup: dict) -> None:
+def test_unknown_or_ill_typed_parameters_are_refused_naming_the_field(setup: dict) -> None:
+    with pytest.raises(ParamsError, match=r"sift\.params\.typo_param: unknown parameter"):
+        harness.get_encoder("sift", typo_param=1)
+    with pytest.raises(ParamsError, match=r"\.lrr: unknown parameter; did you mean 'lr'"):
+        harness.get_encoder("dino-test", lrr=1e-3)
+    with pytest.raises(ParamsError, match=r"\.recipe: "):
+        harness.get_encoder("dino-test", recipe="huge")
+    with pytest.raises(ParamsError, match=r"\.data"):
+        harness.get_encoder("dino-test", data={"path": "x"})
+    with pytest.raises(ParamsError, match=r"\.lr: "):
+        harness.get_encoder("dino-test", lr=None)  # only the recipe-defined fields may be null
+    with pytest.raises(ParamsError, match=r"\.crop_fraction: "):
+        harness.get_encoder("vit-test", crop_fraction=1.5)
+    with pytest.raises(ParamsError, match="needs `checkpoint`"):
+        harness.get_encoder("pretrained", arch="vit_tiny_patch16_224")
+
+
+def test_every_recipe_value_is_a_declared_valid_parameter() -> None:
+    from harness_plugins.encoders._dino_recipes import RECIPES
+
+    dino = harness.get_encoder("dino-test")
+    for recipe, values in RECIPES.items():
+        params = type(dino).Params(data="rects", recipe=recipe, **values)
+        assert params.model_fields_set >= set(values), recipe
+
+
+def test_recipe_values_apply_unless_set(setup: dict) -> None:
+    from harness_plugins.encoders._dino_recipes import RECIPES
+
+    paper = harness.get_encoder("dino-test", recipe="paper").training_config()
+    assert paper["out_dim"] == 64 and paper["lr"] == RECIPES["paper"]["lr"]  # out_dim is set by dino-test
+    endless = harness.get_encoder("dino-test").training_config()
+    assert endless["dataset_size"] is None  # set to null: an endless stream, not the recipe's 4096
+    assert harness.get_encoder("dino-test", recipe="tiny", lr=RECIPES["tiny"]["lr"]).weights_key == harness.get_encoder("dino-test").weights_key
+
+
+def test_encoder_interface(setup: dict) -> None:
+    dino = harness.get_encoder("dino-test")
+    assert dino.architecture == "vit_tiny_patch16_224 16px/8 depth=2 embed_dim=32 num_heads=2" and dino.input_size == 16
+    assert dino.training_cost() == TrainingCost(images=6 * 8, recipe="tiny", batch_size=8)
+    paper = harness.get_encoder("dino-test", recipe="paper", steps=None, steps_per_epoch=None, dataset_size=1_300_000, train_batch_size=512)
+    assert paper.training_cost() == TrainingCost(images=100 * (1_300_000 // 512) * 512, recipe="paper", batch_size=512)
+    vit = harness.get_encoder("vit-test")
+    assert vit.training_cost() is None and vit.torch_module() is None
+    vit.prepare()
+    assert vit.torch_module() is vit.model
+    sift = harness.get_encoder("sift-test")
+    assert sift.architecture is None and sift.training_cost() is None
+
+
+def test_measure_training(setup: dict) -> None:
     ctx = context(setup, "cache-throughput")
     encoder = harness.get_encoder("dino-test")
-    measured = encoder.training_throughput(ctx, steps=2)
+    measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None)
     assert measured["images_per_s"] > 0 and measured["recipe"] == "tiny" and "cpu" in measured["device"]
+    assert measured["arch"] == encoder.architecture and measured["train_batch_size"] == 8
     assert not (setup["root"] / "cache-throughput").exists()  # nothing is saved
 
 
@@ -272,6 +321,41 @@ def test_ddp_two_cpu_processes(setup: dict) -> None:
     assert [r["rank"] for r in ranks] == [0, 1]
     assert [r["index"] for r in ranks] == [0, 4]  # global batch 8: rank 1 starts at image 4
     assert ranks[0]["sha256"] != ranks[1]["sha256"]
+
+
+# ---------------------------------------------------------------------------- keys
+def _keys(registry_path: Path) -> dict[str, str]:
+    registry = load_registry(registry_path)
+    return {name: registry.create("encoder", name).key for name in ("sift", "dino-tiny-dead-leaves", "dino-tiny-shaders")}
+
+
+def test_keys_follow_the_referred_generator(setup: dict, tmp_path: Path) -> None:
+    """An encoder's key holds the generator it names whole: redefining `dead-leaves`
+    changes the keys of `sift` (its vocabulary) and of a dino encoder trained on it, and
+    of nothing else; loading the same registry twice changes nothing."""
+    same = tmp_path / "same.yaml"
+    same.write_text("generators: {}\n")
+    circles = tmp_path / "circles.yaml"
+    circles.write_text("generators:\n  dead-leaves: {plugin: dead-leaves, params: {shape: circle}}\n")
+    before, again, after = _keys(same), _keys(same), _keys(circles)
+    assert before == again
+    assert after["sift"] != before["sift"]
+    assert after["dino-tiny-dead-leaves"] != before["dino-tiny-dead-leaves"]
+    assert after["dino-tiny-shaders"] == before["dino-tiny-shaders"]
+    weights = [load_registry(path).create("encoder", "dino-tiny-dead-leaves").weights_key for path in (same, circles)]
+    assert weights[0] != weights[1]
+
+
+def test_pretrained_key_is_the_file_content_not_its_path(setup: dict, tmp_path: Path) -> None:
+    _, state = _source_model(setup)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "vit.pth", tmp_path / "b" / "vit.pth"  # torch.save records the file's stem
+    torch.save(state, first)
+    torch.save(state, second)
+    assert _pretrained(first).key == _pretrained(second).key
+    torch.save({**state, "cls_token": state["cls_token"] + 1}, second)
+    assert _pretrained(first).key != _pretrained(second).key
 
 
 # ---------------------------------------------------------------------------- pretrained

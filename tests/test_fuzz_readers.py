@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from harness.datasets import MEDMNIST_KEYS, NIGHTS_COLUMNS, NIGHTS_SPLITS, open_dataset
+from harness.datasets import open_dataset
+from harness.datasets.medmnist import MEDMNIST_KEYS
+from harness.datasets.nights import NIGHTS_COLUMNS, NIGHTS_SPLITS
 from harness.errors import DataFormatError
 from test_datasets import make_medmnist, make_nights, spec
 

@@ -1,6 +1,7 @@
 """The procedural generators, through the public API: determinism, stream slicing,
-streaming shards, composition, the KML and Mixup recipes, the shader library and a
-user's Shadertoy corpus, and writing images to disk."""
+typed parameters and references, keys, streaming shards, composition, the KML and
+Mixup recipes, the shader library and a user's Shadertoy corpus, and writing images to
+disk."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import torch
 import torch.nn.functional as F
 
 import harness
+from harness.config.registry import load_registry, use_registry
 from harness.errors import HarnessError, RegistryError
-from harness.kinds import Generator
-from harness.registry import use_registry
+from harness.hookspecs import hookimpl
+from harness.keys import code_closure
+from harness.kinds import Generator, ParamsError
 
 REGISTRY = """
+plugins: [test_generators]
 generators:
   dead-leaves: {plugin: dead-leaves, params: {shape: mixed}}
   shaders: {plugin: shaders}
@@ -27,8 +31,8 @@ generators:
   shaders-kml: {plugin: kml, params: {base: shaders}}
   shaders-kml-mixup: {plugin: kml-mixup, params: {base: shaders, n: 2}}
   stylegan-oriented: {plugin: stylegan-oriented}
-  loop-a: {plugin: mixup, params: {base: loop-b}}
-  loop-b: {plugin: kml, params: {base: loop-a}}
+  constant-colours: {plugin: test-constant-colours}
+  circles: {plugin: dead-leaves, params: {shape: circle}}
 """
 INSTANCES = ["dead-leaves", "shaders", "shaders-mixup", "shaders-kml", "shaders-kml-mixup", "stylegan-oriented"]
 
@@ -60,18 +64,103 @@ def test_deterministic_and_sliceable(name):
 
 
 def test_parameters_are_validated_with_their_names():
-    with pytest.raises(RegistryError, match="shape"):
+    with pytest.raises(ParamsError, match="shape"):
         harness.get_generator("dead-leaves", shape="hexagon")
-    with pytest.raises(RegistryError, match="channels"):
+    with pytest.raises(ParamsError, match="channels"):
         harness.get_generator("shaders", channels="webcam")
-    with pytest.raises(RegistryError, match="unknown parameter"):
+    with pytest.raises(ParamsError, match="stylegan-oriented.params.channels: unknown parameter"):
         harness.get_generator("stylegan-oriented", channels=3)
-    with pytest.raises(RegistryError, match="`n`"):
+    with pytest.raises(ParamsError, match=r"\.n: .*greater than or equal to 1"):
         harness.get_generator("shaders-mixup", n=0)
-    with pytest.raises(RegistryError, match="cycle"):
-        harness.get_generator("loop-a")
+    with pytest.raises(ParamsError, match=r"rmax: .*must be >= rmin"):
+        harness.get_generator("dead-leaves", rmin=0.5, rmax=0.1)
+    with pytest.raises(ParamsError, match=r"time_range: .*low <= high"):
+        harness.get_generator("shaders", time_range=[5, 1])
     with pytest.raises(ValueError, match="size"):
         harness.get_generator("dead-leaves").sample(0, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "field", "closest"),
+    [
+        ("dead-leaves", {"max_shape": 10}, "max_shape", "max_shapes"),
+        ("shaders", {"program": ["fbm_*"]}, "program", "programs"),
+        ("kml", {"base": "shaders", "kmeans": 64}, "kmeans", "kmeans_size"),
+        ("stylegan-oriented", {"channel_bas": 64}, "channel_bas", "channel_base"),
+    ],
+)
+def test_unknown_parameters_name_the_closest_valid_one(name, params, field, closest):
+    with pytest.raises(ParamsError, match=rf"\.{field}: unknown parameter; did you mean '{closest}'"):
+        harness.get_generator(name, **params)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "field"),
+    [
+        ("dead-leaves", {"rmin": "big"}, "rmin"),
+        ("dead-leaves", {"max_shapes": 2.5}, "max_shapes"),
+        ("shaders", {"programs": 3}, "programs"),
+        ("mixup", {"base": "shaders", "alpha": [1.0]}, "alpha"),
+        ("kml", {"base": "no such/name"}, "base"),
+    ],
+)
+def test_ill_typed_parameters_are_refused_with_their_field(name, params, field):
+    with pytest.raises(ParamsError, match=rf"params\.{field}: "):
+        harness.get_generator(name, **params)
+
+
+def test_a_base_that_names_nothing_is_reported():
+    with pytest.raises(RegistryError, match=r"kml'\.params\.base: unknown generator .*'no-such'.*Known: .*dead-leaves"):
+        harness.get_generator("kml", base="no-such")
+    with pytest.raises(ParamsError, match=r"base: Field required"):
+        harness.get_generator("mixup")
+
+
+def test_generators_that_refer_to_each_other_are_refused(tmp_path):
+    path = tmp_path / "cycle.yaml"
+    path.write_text(
+        "generators:\n"
+        "  loop-a: {plugin: mixup, params: {base: loop-b}}\n"
+        "  loop-b: {plugin: kml, params: {base: loop-a}}\n"
+        "  loop-self: {plugin: kml-mixup, params: {base: loop-self}}\n"
+    )
+    registry = load_registry(path)
+    with pytest.raises(RegistryError, match="cycle: generator loop-a -> generator loop-b -> generator loop-a"):
+        registry.create("generator", "loop-a")
+    with pytest.raises(RegistryError, match="cycle"):
+        registry.create("generator", "loop-self")
+
+
+def test_keys_cover_the_base_and_leave_out_run_options():
+    kml = harness.get_generator("kml", base="dead-leaves")
+    described = kml.describe()["params"]["base"]
+    assert described["instance"] == "dead-leaves" and described["params"]["shape"] == "mixed"
+    assert kml.key == harness.get_generator("kml", base="dead-leaves", device="cpu").key, "device is a run option"
+    assert "device" not in kml.describe()["params"]
+    others = {harness.get_generator("kml", base=base).key for base in ("circles", "stylegan-oriented", "dead-leaves")}
+    assert len(others) == 3, "another base, or the same plugin with other parameters, is another key"
+    assert kml.key != harness.get_generator("kml", base="dead-leaves", iterations=2).key
+    assert kml.key != harness.get_generator("kml-mixup", base="dead-leaves", n=1).key
+
+
+def test_every_helper_module_is_part_of_a_generator_code_fingerprint():
+    """Editing any module a generator runs changes its key: the registering modules import
+    every helper module of the package (`code_closure` is what the fingerprint hashes)."""
+    from pathlib import Path
+
+    import harness_plugins.generators as package
+
+    folder = Path(package.__file__).parent
+    helpers = {f"harness_plugins.generators.{p.stem}" for p in folder.glob("_*.py") if p.stem != "__init__"}
+    closures = {
+        module: set(code_closure(f"harness_plugins.generators.{module}"))
+        for module in ("dead_leaves", "shaders", "mixing", "stylegan")
+    }
+    assert helpers <= set().union(*closures.values())
+    assert {"harness_plugins.generators._shader_programs", "harness_plugins.generators._shader_gl",
+            "harness_plugins.generators._shader_server"} <= closures["shaders"]
+    assert "harness_plugins.generators._kml" in closures["mixing"]
+    assert harness.get_generator("shaders-kml").describe()["code"] != harness.get_generator("shaders").describe()["code"]
 
 
 def test_plugin_modules_import_without_torch_or_moderngl():
@@ -79,6 +168,7 @@ def test_plugin_modules_import_without_torch_or_moderngl():
         "import sys\n"
         "import harness_plugins.generators.dead_leaves, harness_plugins.generators.shaders\n"
         "import harness_plugins.generators.mixing, harness_plugins.generators.stylegan\n"
+        "import harness_plugins.generators.diversity\n"
         "heavy = [m for m in ('torch', 'moderngl', 'numpy') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
@@ -161,8 +251,14 @@ class ConstantColours(Generator):
         return np.stack([(37 * i + s) % 256, (91 * i + 3 * s) % 256, (13 * i + 7) % 256], 1).astype(np.uint8)
 
 
+@hookimpl
+def register_generators(register):
+    """This module is a plugin too (`plugins: [test_generators]` above)."""
+    register("test-constant-colours", ConstantColours)
+
+
 def test_mixup_is_the_weighted_mean_of_its_base_images():
-    mixup = harness.get_generator("mixup", base=ConstantColours(), n=4)
+    mixup = harness.get_generator("mixup", base="constant-colours", n=4)
     seed, n = 5, 6
     out = mixup.sample(seed, n, 8, start=10)
     weights = mixup.weights(seed, list(range(10, 10 + n)))
@@ -230,7 +326,7 @@ def test_kml_mixup_is_the_mean_of_two_kml_images():
     seed, size = 4, 24
     out = kml_mixup.sample(seed, 2, size).float()
     triples = kml_mixup.base_images(seed, 2, size, 0).view(2, 2, 3, 3, size, size)
-    from harness_plugins.generators.mixing import kml_blend
+    from harness_plugins.generators._kml import kml_blend
 
     single = torch.from_numpy(kml_blend(triples.reshape(4, 1, 3, 3, size, size).numpy(), size))
     assert torch.allclose(out, single.view(2, 2, 3, size, size).mean(dim=1), atol=0.51)
@@ -239,7 +335,7 @@ def test_kml_mixup_is_the_mean_of_two_kml_images():
 
 def test_kml_torch_path_matches_the_numpy_path():
     """The torch implementation (used on GPUs) against the numpy one, both on the CPU."""
-    from harness_plugins.generators.mixing import kml_blend
+    from harness_plugins.generators._kml import kml_blend
 
     triples = harness.get_generator("shaders-kml").base_images(0, 4, 40, 0).view(4, 1, 3, 3, 40, 40)
     on_numpy = kml_blend(triples.numpy(), 40)
@@ -248,7 +344,7 @@ def test_kml_torch_path_matches_the_numpy_path():
 
 
 # ----------------------------------------------------------------------------- shaders
-from harness_plugins.generators.shaders import ShaderWarning, library_names  # noqa: E402
+from harness_plugins.generators._shader_programs import ShaderWarning, library_names  # noqa: E402
 
 
 @pytest.mark.parametrize("program", library_names())
@@ -304,14 +400,38 @@ def test_shaders21k_json_programs_render(tmp_path):
         harness.get_generator("shaders", builtin=False, paths=[str(tmp_path / "abc123.json")], channels="exclude").sample(0, 1, 8)
 
 
+def test_shader_key_follows_the_programs_code_not_their_folder(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "good.glsl").write_text(GOOD)
+
+    def key(folder):
+        return harness.get_generator("shaders", builtin=False, paths=[str(tmp_path / folder)]).key
+
+    assert key("a") == key("b"), "the same corpus in another folder is the same generator"
+    (tmp_path / "b" / "good.glsl").write_text(GOOD.replace("fract(iTime)", "0.5"))
+    assert key("a") != key("b"), "an edited program is another generator"
+
+
+def test_diversity_report_counts_every_image_once():
+    from harness_plugins.generators.diversity import diversity_report
+
+    report = diversity_report(harness.get_generator("shaders"), n=40, size=16)
+    assert report["n"] == 40 and report["near_constant_fraction"] == 0.0
+    assert sum(p["share"] for p in report["per_program"].values()) == pytest.approx(1.0)
+    assert 0.0 < report["mean_pairwise_distance"] < 1.0
+    plain = diversity_report(harness.get_generator("constant-colours"), n=8, size=8)
+    assert plain["per_program"] == {} and plain["near_constant_fraction"] == 1.0
+
+
 def test_missing_gl_is_reported_with_the_packages_to_install(monkeypatch):
     import moderngl
 
-    from harness_plugins.generators import shaders
+    from harness_plugins.generators._shader_gl import Renderer
 
     def no_egl(*args, **kwargs):
         raise Exception("libEGL.so.1: cannot open shared object file")
 
     monkeypatch.setattr(moderngl, "create_standalone_context", no_egl)
     with pytest.raises(HarnessError, match="libegl1.*libgl1-mesa-dri"):
-        shaders.Renderer()
+        Renderer()

@@ -243,8 +243,14 @@ def test_gestalt_runs_into_a_table_4_leaderboard(tmp_path):
 def test_tasks_resolve_through_the_api():
     import harness
 
+    from harness.kinds import ParamsError
+
     task = harness.get_task("gestalt", images=2)
-    assert task.datasets == list(PRINCIPLES) and task.needs_patches and task.params["images"] == 2
+    assert task.datasets == list(PRINCIPLES) and task.needs_patches and task.params.images == 2
     assert harness.get_task("gestalt", datasets=["closure"]).datasets == ["closure"]
+    with pytest.raises(ParamsError, match="datasets"):
+        harness.get_task("gestalt", datasets=["closur"])  # only the seven principles
+    with pytest.raises(ParamsError, match="images"):
+        harness.get_task("gestalt", images=0)
     for name in ("coco-r2", "knn-seg", "incontext-seg"):
         assert harness.get_task(name).needs_patches

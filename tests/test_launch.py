@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.results import ResultStore
+from harness.results.store import ResultStore
 from helpers import cli
 
 REGISTRY = """
@@ -54,8 +54,8 @@ def test_dead_job_is_resubmitted(tmp_path, registry):
     jobs = out / "jobs"
     jobs.mkdir(parents=True)
     # a previous run submitted a job for every cell, then everything died before any finished
-    from harness.registry import load_registry
-    from harness.runner import Runner
+    from harness.config.registry import load_registry
+    from harness.runner.cells import Runner
 
     runner = Runner(load_registry(registry), out_dir=out, progress=False)
     plan = runner.select(None, "const-a", "quick")

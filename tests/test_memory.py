@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.errors import HarnessError
-from harness.memory import VisualMemory, pair_similarities
+from harness.memory import VisualMemory
+from harness.memory.exact import pair_similarities
 
 BACKENDS = ("faiss", "torch")
 

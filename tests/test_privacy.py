@@ -202,14 +202,14 @@ def test_audit_equals_brute_force_at_a_larger_size():
 # ------------------------------------------------------------ the task
 @pytest.fixture(scope="module")
 def registry():
-    from harness.registry import load_registry
+    from harness.config.registry import load_registry
 
     return load_registry()
 
 
 def run_task(registry, tmp_path, **params):
-    from harness.context import RunContext
-    from harness.runner import Cell, run_cell
+    from harness.runner.context import RunContext
+    from harness.runner.cells import Cell, run_cell
 
     encoder = registry.create("encoder", "rgb")
     task = registry.create("task", "privacy", **params)
@@ -218,7 +218,7 @@ def run_task(registry, tmp_path, **params):
 
 
 def test_privacy_task_on_digits(registry, tmp_path):
-    from harness.unlearning import leave_one_out, report_flips
+    from harness.memory.reference import leave_one_out, report_flips
 
     records = run_task(registry, tmp_path, k=10)
     assert all(r.status == "ok" for r in records), [r.message for r in records]
@@ -232,7 +232,7 @@ def test_privacy_task_on_digits(registry, tmp_path):
     assert count.params == {"k": 10, "vote": "weighted", "temperature": 0.07}
 
     # the task's count against brute force on a sample of rows (every row would be 1257 rebuilds)
-    from harness.unlearning import embed_dataset_split
+    from harness.memory.files import embed_dataset_split
 
     features, labels, _ = embed_dataset_split("rgb", "digits", "train", registry, "cpu")
     queries, _, _ = embed_dataset_split("rgb", "digits", "test", registry, "cpu")
@@ -265,8 +265,8 @@ def test_privacy_task_paper_numbers_and_figure(registry, tmp_path):
 
 
 def test_leaderboard_shows_the_privacy_table(registry, tmp_path):
-    from harness.leaderboard import render_leaderboard
-    from harness.results import ResultStore
+    from harness.results.leaderboard import render_leaderboard
+    from harness.results.store import ResultStore
 
     ResultStore(tmp_path).append(run_task(registry, tmp_path, k=5))
     board = render_leaderboard(tmp_path, registry=registry).read_text()
@@ -276,7 +276,7 @@ def test_leaderboard_shows_the_privacy_table(registry, tmp_path):
 # ------------------------------------------------------------- unlearning
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, registry):
-    from harness.unlearning import build_memory
+    from harness.memory.files import build_memory
 
     folder = tmp_path_factory.mktemp("memory")
     summary = build_memory("rgb", "digits", "train", folder / "digits.npz", registry=registry, device="cpu")
@@ -293,7 +293,7 @@ def test_build_memory_records_its_provenance(built):
 
 
 def test_remove_ids_and_verify(built, registry):
-    from harness.unlearning import remove_ids, verify_unlearning
+    from harness.memory.files import remove_ids, verify_unlearning
 
     folder, summary = built
     ids_file = folder / "forget.txt"
@@ -317,7 +317,7 @@ def test_remove_ids_and_verify(built, registry):
 
 
 def _queries_file(folder: Path, registry) -> Path:
-    from harness.unlearning import embed_dataset_split
+    from harness.memory.files import embed_dataset_split
 
     path = folder / "queries.npy"
     if not path.exists():
@@ -327,7 +327,7 @@ def _queries_file(folder: Path, registry) -> Path:
 
 
 def test_audit_function(built, registry):
-    from harness.unlearning import audit, read_ids
+    from harness.memory.files import audit, read_ids
 
     folder, summary = built
     result = audit(summary["path"], k=10, out_path=folder / "nonprivate.txt", registry=registry, device="cpu")
@@ -340,7 +340,7 @@ def test_audit_function(built, registry):
 
 
 def test_input_errors(built, tmp_path):
-    from harness.unlearning import audit, read_ids, remove_ids
+    from harness.memory.files import audit, read_ids, remove_ids
 
     folder, summary = built
     bad = tmp_path / "bad.txt"
@@ -359,7 +359,7 @@ def test_input_errors(built, tmp_path):
 
 
 def test_memory_command_line_in_process(built, tmp_path, capsys):
-    from harness.unlearning import add_memory_parser
+    from harness.memory.cli import add_memory_parser
 
     folder, summary = built
     parser = argparse.ArgumentParser(prog="harness")
@@ -392,10 +392,10 @@ def test_memory_command_line_as_a_user_runs_it(built, tmp_path):
 
 
 # -------------------------------------------------------------- benchmark
-def test_bench_memory_small():
-    from harness.unlearning import bench_memory
+def test_measure_memory_small():
+    from harness.bench.memory import measure_memory
 
-    rows = bench_memory(sizes=(400, 800), queries=60, dim=16, device="cpu", brute_force_rows=6, brute_force_max_size=400)
+    rows = measure_memory(sizes=(400, 800), queries=60, dim=16, device="cpu", brute_force_rows=6, brute_force_max_size=400)
     assert [r["memory"] for r in rows] == [400, 800]
     first, second = rows
     assert first["identical_on_sample"] is True and first["speedup_vs_brute_force"] > 1

@@ -8,7 +8,7 @@ import pytest
 
 import harness
 from harness.errors import PluginError, RegistryError, UnknownNameError
-from harness.registry import load_registry, use_registry
+from harness.config.registry import load_registry, use_registry
 from helpers import TESTS, cli
 
 
@@ -33,10 +33,10 @@ def test_user_file_overrides_and_adds(tmp_path):
         "  rgb8: {plugin: rgb, params: {size: 8}}\n"
     )
     use_registry(path)
-    assert harness.get_encoder("rgb").params["size"] == 4
-    assert harness.get_encoder("rgb8").params["size"] == 8
-    assert harness.get_encoder("random-init").params["img_size"] == 32  # inherited from the installed file
-    assert harness.get_encoder("rgb8", size=2).params["size"] == 2  # keyword overrides
+    assert harness.get_encoder("rgb").params.size == 4
+    assert harness.get_encoder("rgb8").params.size == 8
+    assert harness.get_encoder("random-init").params.img_size == 32  # inherited from the installed file
+    assert harness.get_encoder("rgb8", size=2).params.size == 2  # keyword overrides
 
 
 @pytest.mark.parametrize(

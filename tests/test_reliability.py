@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from harness.cache import cached_arrays, save_arrays
-from harness.results import ResultStore
+from harness.results.store import ResultStore
 from helpers import TESTS, cli
 
 REGISTRY = """

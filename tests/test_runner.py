@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness.results import ResultStore
+from harness.results.store import ResultStore
 from helpers import TESTS, cli
 
 REGISTRY = """

@@ -183,7 +183,7 @@ def test_segmentation_scores_by_hand():
 
 
 def test_label_resizing_matches_pil_and_opencv_rules():
-    from harness_plugins.tasks._seg_data import resize_labels
+    from harness.datasets.segmentation import resize_labels
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 200, size=(37, 53))
@@ -227,7 +227,7 @@ def independent_shape(obj: Any, size: int) -> np.ndarray:
 
 
 def test_synthetic_scene_masks_are_exact():
-    from harness_plugins.tasks._seg_synthetic import CLASSES, compose_scene
+    from harness.datasets.synthetic_scenes import CLASSES, compose_scene
 
     shapes_seen = set()
     for index in range(12):
@@ -414,7 +414,7 @@ def test_coco_reader_overwrites_in_annotation_order(run):
     import harness
     from harness.datasets import open_dataset
 
-    registry = harness.registry.use_registry(run["registry"])
+    registry = harness.config.registry.use_registry(run["registry"])
     data = open_dataset("coco", registry.dataset("coco"))
     split = data.split("val")
     assert len(split) == 3 and data.classes[18] == "dog"
@@ -433,7 +433,7 @@ def test_coco_r2_equals_the_metric_on_pycocotools_masks(run):
     import harness
     from harness.metrics import segmentation_r2
 
-    harness.registry.use_registry(run["registry"])
+    harness.config.registry.use_registry(run["registry"])
     coco = COCO(str(run["roots"]["coco"] / "annotations" / "instances_val2017.json"))
     images, labels = [], []
     for image_id in coco.getImgIds():
@@ -510,7 +510,7 @@ def test_incontext_seg_equals_direct_numpy_attention(run):
     from harness.datasets import open_dataset
     from harness_plugins.tasks.segmentation import draw_pairs
 
-    registry = harness.registry.use_registry(run["registry"])
+    registry = harness.config.registry.use_registry(run["registry"])
     split = open_dataset("ade20k", registry.dataset("ade20k")).split("val")
     pairs = draw_pairs(split, 6, 0, 0.05, (0,))
     assert pairs == draw_pairs(split, 6, 0, 0.05, (0,))
@@ -542,9 +542,9 @@ def test_voc_reader_layout_and_errors(run, tmp_path):
     import harness
     from harness.datasets import open_dataset
     from harness.errors import DataFormatError
-    from harness.registry import DatasetSpec
+    from harness.config.schema import DatasetSpec
 
-    registry = harness.registry.use_registry(run["registry"])
+    registry = harness.config.registry.use_registry(run["registry"])
     data = open_dataset("voc2012", registry.dataset("voc2012"))
     assert [len(data.split(s)) for s in ("train", "val")] == [6, 3] and data.num_classes == 21 and data.ignore_index == 255
     image, labels = data.split("val").read(0)
@@ -555,3 +555,20 @@ def test_voc_reader_layout_and_errors(run, tmp_path):
     assert synthetic.synthetic and len(synthetic.split("val")) == 2
     with pytest.raises(harness.errors.HarnessError, match="unknown option"):
         open_dataset("s", DatasetSpec(format="synthetic-scenes", options={"colour": 1}))
+
+
+def test_segmentation_task_parameters_are_typed():
+    import harness
+    from harness.kinds import ParamsError
+
+    for name in ("coco-r2", "knn-seg", "incontext-seg"):  # the shared parameters
+        task = harness.get_task(name, image_size=64, batch_size=4)
+        assert (task.params.image_size, task.params.batch_size) == (64, 4)
+    assert harness.get_task("coco-r2").params.photographs == ["astronaut", "coffee", "chelsea"]
+    assert harness.get_task("knn-seg").params.queries is None  # all of val
+    with pytest.raises(ParamsError, match="photographs"):
+        harness.get_task("coco-r2", photographs=["download_all"])  # only scikit-image's photographs
+    with pytest.raises(ParamsError, match="min_fraction"):
+        harness.get_task("incontext-seg", min_fraction=0)
+    with pytest.raises(ParamsError, match="did you mean 'memory_images'"):
+        harness.get_task("knn-seg", memory_image=4)

@@ -13,9 +13,9 @@ from PIL import Image
 
 import harness
 from harness.cli import main
-from harness.context import CellContext, RunContext
+from harness.runner.context import CellContext, RunContext
 from harness.kinds import Encoder
-from harness.registry import load_registry
+from harness.config.registry import load_registry
 from test_datasets import make_cub, make_flowers, make_food, make_imagefolder, make_medmnist, make_nights, protocol_crop
 
 T = 0.07
@@ -67,7 +67,7 @@ def test_knn_on_imagefolder_equals_sklearn(tmp_path):
 
     root = make_imagefolder(tmp_path / "folder", n_train=8, n_test=5, seed=3)
     registry = write_registry(tmp_path, f"  mine: {{format: imagefolder, root: {root}, options: {{crop: 16}}}}",
-                              "  knn-mine: {plugin: knn, params: {datasets: [mine], ks: [1, 3, 5, 10]}}")
+                              "  knn-mine: {plugin: knn, params: {datasets: [mine], ks: [10, 1, 3, 5, 3]}}")
     records = run_cli(registry, "knn-mine", tmp_path / "out")
     # independent pipeline: PIL decoding by hand, the same encoder, scikit-learn's kNN
     encoder = rgb_encoder()
@@ -81,13 +81,33 @@ def test_knn_on_imagefolder_equals_sklearn(tmp_path):
 
     train, train_labels = features("train")
     test, test_labels = features("test")
-    for k in (1, 3, 5, 10):
+    for k in (1, 3, 5, 10, 20):  # 20: the headline k, reported although ks leaves it out
         weighted = KNeighborsClassifier(k, weights=lambda d: np.exp((1.0 - d) / T), metric="cosine", algorithm="brute")
         majority = KNeighborsClassifier(k, weights="uniform", metric="cosine", algorithm="brute")
         for vote, model in (("weighted", weighted), ("majority", majority)):
             expected = 100.0 * (model.fit(train, train_labels).predict(test) == test_labels).mean()
             assert pick(records, "top1", k=k, vote=vote)["value"] == pytest.approx(expected, abs=1e-9), (k, vote)
     assert pick(records, "top1", k=10, vote="majority")["n"] == 15
+    assert [r["params"] for r in records if r["headline"]] == [{"k": 20, "vote": "weighted"}]
+
+
+def test_task_parameters_are_checked_by_name_and_type():
+    from harness.kinds import ParamsError
+
+    with pytest.raises(ParamsError, match=r"kz.*did you mean 'ks'"):
+        harness.get_task("knn", kz=5)
+    with pytest.raises(ParamsError, match="temperature") as error:
+        harness.get_task("knn", temperature="abc")
+    assert [path for path, _ in error.value.problems] == ["temperature"]
+    with pytest.raises(ParamsError, match="protocol"):
+        harness.get_task("linear", protocol="svm")
+    with pytest.raises(ParamsError, match="vote"):
+        harness.get_task("privacy", vote="unanimous")
+    with pytest.raises(ParamsError, match="val_fraction"):
+        harness.get_task("linear", val_fraction=1.0)
+    knn = harness.get_task("knn", ks=[5, 1], headline_k=7)
+    assert knn.params.reported_ks == [1, 5, 7] and knn.params.temperature == 0.07
+    assert harness.get_task("medmnist", ks=[3]).params.reported_ks == [3, 20]
 
 
 def test_knn_runs_on_every_classification_format(tmp_path):
@@ -132,26 +152,47 @@ def test_linear_logistic_equals_sklearn(tmp_path):
     from threadpoolctl import threadpool_limits
 
     from harness.datasets import open_dataset
-    from harness.registry import DatasetSpec
+    from harness.config.schema import DatasetSpec
 
-    registry = write_registry(tmp_path, "  lfw-faces: {format: lfw-faces}", "  linear-lfw: {plugin: linear, params: {datasets: [lfw-faces]}}")
-    records = run_cli(registry, "linear-lfw", tmp_path / "out")
-    data = open_dataset("lfw-faces", DatasetSpec(format="lfw-faces"))
+    registry = write_registry(tmp_path, "  lfw-faces: {format: lfw-faces}\n  digits: {format: digits}",
+                              "  linear-small: {plugin: linear, params: {datasets: [lfw-faces, digits]}}")
+    all_records = run_cli(registry, "linear-small", tmp_path / "out")
     encoder = rgb_encoder()
-    train = encoder.embed(torch.from_numpy(data.train.images)).numpy()
-    test = encoder.embed(torch.from_numpy(data.test.images)).numpy()
-    fit, val = train_test_split(np.arange(len(train)), test_size=0.2, stratify=data.train.labels, random_state=0)
-    best_c, best = None, -1.0
-    with threadpool_limits(1):
-        for c in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0):
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000)).fit(train[fit], data.train.labels[fit])
-            acc = 100.0 * (model.predict(train[val]) == data.train.labels[val]).mean()
-            assert pick(records, "val_top1", C=c)["value"] == pytest.approx(acc)
-            best_c, best = (c, acc) if acc > best else (best_c, best)
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=best_c, max_iter=1000)).fit(train, data.train.labels)
-    assert pick(records, "selected_C")["value"] == best_c
-    top1 = pick(records, "top1")
-    assert top1["headline"] and top1["value"] == pytest.approx(100.0 * (model.predict(test) == data.test.labels).mean())
+    selected = {}
+    for dataset in ("lfw-faces", "digits"):
+        records = [r for r in all_records if r["dataset"] == dataset]
+        data = open_dataset(dataset, DatasetSpec(format=dataset))
+        train = encoder.embed(torch.from_numpy(data.train.images)).numpy()
+        test = encoder.embed(torch.from_numpy(data.test.images)).numpy()
+        fit, val = train_test_split(np.arange(len(train)), test_size=0.2, stratify=data.train.labels, random_state=0)
+        correct = {}
+        with threadpool_limits(1):
+            for c in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0):
+                model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000)).fit(train[fit], data.train.labels[fit])
+                correct[c] = int((model.predict(train[val]) == data.train.labels[val]).sum())
+                assert pick(records, "val_top1", C=c)["value"] == pytest.approx(100.0 * correct[c] / len(val))
+            # the rule in whole validation samples: the smallest C at most one sample below the best
+            best_c = min(c for c in correct if correct[c] >= max(correct.values()) - 1)
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=best_c, max_iter=1000)).fit(train, data.train.labels)
+        selected[dataset] = pick(records, "selected_C")["value"]
+        assert selected[dataset] == best_c
+        top1 = pick(records, "top1")
+        assert top1["headline"] and top1["value"] == pytest.approx(100.0 * (model.predict(test) == data.test.labels).mean())
+    assert selected == {"lfw-faces": 0.1, "digits": 0.1}  # digits: C = 100 is one sample better on validation
+
+
+def test_select_c_takes_the_smallest_c_within_one_validation_sample():
+    from harness_plugins.tasks.linear import select_c
+
+    cs = [1e-3, 1e-2, 1e-1, 1.0]
+    assert select_c(cs, [0.5, 0.6, 0.8, 0.7], n_val=10) == 1e-1  # the best alone
+    assert select_c(cs, [0.5, 0.8, 0.8, 0.8], n_val=10) == 1e-2  # exact ties: the smallest C
+    assert select_c(cs, [0.5, 0.7, 0.8, 0.6], n_val=10) == 1e-2  # one sample below the best
+    assert select_c(cs, [0.5, 0.6, 0.8, 0.7], n_val=5) == 1e-2  # one sample is 0.2 here
+    assert select_c(cs, [0.5, 0.69, 0.8, 0.7], n_val=10) == 1e-1  # just over one sample below
+    assert select_c(cs, [0.79999999999, 0.8, 0.1, 0.1], n_val=1000) == 1e-3  # a rounding-sized near tie
+    assert select_c([10.0, 0.1, 1.0], [0.9, 0.9, 0.2], n_val=10) == 0.1  # the smallest C, not the first listed
+    assert select_c([1.0], [0.0], n_val=3) == 1.0
 
 
 def test_linear_dino_protocol_on_a_vit(tmp_path):
@@ -175,7 +216,7 @@ def test_linear_dino_protocol_on_a_vit(tmp_path):
 
     # the features are DINO's: the final-norm CLS token of each of the last 4 blocks,
     # concatenated; the encoder's `layer` param gives each block's CLS token on its own
-    harness.registry.use_registry(registry)
+    harness.config.registry.use_registry(registry)
     encoder = harness.get_encoder("vit-micro")
     encoder.prepare()
     images = torch.randint(0, 256, (3, 3, 20, 18), dtype=torch.uint8)
@@ -186,7 +227,7 @@ def test_linear_dino_protocol_on_a_vit(tmp_path):
 
     # every training image once per epoch, augmented to the split's size, reproducibly
     from harness.datasets import open_dataset
-    from harness.registry import DatasetSpec
+    from harness.config.schema import DatasetSpec
 
     split = open_dataset("mine", DatasetSpec(format="imagefolder", root=str(root), options={"crop": 16})).train
     epoch = list(augmented_batches(split, 5, seed=0, epoch=1))
@@ -255,7 +296,7 @@ def test_nights_uses_pairwise_distance_when_defined(tmp_path):
     rows = make_nights(tmp_path / "nights")
     registry = write_registry(tmp_path, f"  nights: {{format: nights, root: {tmp_path / 'nights'}, options: {{size: 16}}}}",
                               "  nights: {plugin: nights, params: {batch_size: 3}}")
-    harness.registry.use_registry(registry)
+    harness.config.registry.use_registry(registry)
     task = harness.get_task("nights")
     encoder = MeanAbsoluteDifference("mad")
     records = task.run(encoder, cell_context(registry, task, encoder, "nights", tmp_path / "out"))

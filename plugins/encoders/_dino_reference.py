@@ -58,7 +58,7 @@ def reference_augment_rate(images: Any, multicrop: MultiCrop) -> float:
 
     import torch
 
-    from harness.bench import decode_image, encode_jpegs, parallel_rate
+    from harness.bench.timing import decode_image, encode_jpegs, parallel_rate
 
     augment = pil_multicrop(multicrop)
     blobs = encode_jpegs(images)

@@ -15,27 +15,30 @@ Only rank 0 writes. Every rank reads the checkpoint when resuming.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.cache import atomic_write
-from harness.errors import HarnessError
-from harness_plugins.encoders.dino import DEFAULT_CHECKPOINT_EVERY
+from harness_plugins.encoders._dino_data import StreamPlan, step_batches
 from harness_plugins.encoders._dino_train import (
     Distributed,
-    StreamPlan,
     Trainer,
     image_hash,
     init_distributed,
     load_checkpoint,
     save_checkpoint,
-    step_batches,
     timed_steps,
 )
+
+if TYPE_CHECKING:
+    from harness.runner.context import RunContext
+    from harness_plugins.encoders._dino_augment import MultiCrop
+    from harness_plugins.encoders.dino import DINOEncoder
 
 CHECKPOINT = "checkpoint.pt"
 METADATA = "training.json"
@@ -54,8 +57,6 @@ def _write_json(path: Path, info: dict[str, Any]) -> None:
 
 
 def _default_workers(device: str, dist: Distributed) -> int:
-    import os
-
     if not device.startswith("cuda"):
         return 0  # on a CPU the training step already uses every core
     return max(0, min(8, (os.cpu_count() or 1) // max(1, dist.world) - 1))
@@ -76,7 +77,7 @@ def load_finished(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         return None
 
 
-def train_or_load(encoder: Any, ctx: Any, device: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def train_or_load(encoder: DINOEncoder, ctx: RunContext | None, device: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The teacher backbone's weights and the training metadata (training if needed)."""
     folder = encoder.weights_dir(ctx)
     found = load_finished(folder)
@@ -85,7 +86,7 @@ def train_or_load(encoder: Any, ctx: Any, device: str) -> tuple[dict[str, torch.
     dist, device = init_distributed(device)
     source = None
     try:
-        source = encoder.open_source(ctx)
+        source = encoder.open_source()
         cfg = encoder.resolved_schedule(source)
         trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), device, dist)
         plan = StreamPlan(cfg["data_seed"], trainer.global_batch, dist.rank, dist.world, cfg["dataset_size"])
@@ -108,7 +109,7 @@ def train_or_load(encoder: Any, ctx: Any, device: str) -> tuple[dict[str, torch.
             "world_size": dist.world,
             "device": _device_name(device),
             "config": cfg,
-            "data": encoder.data_description(),
+            "data": encoder.weights_description()["data"],
         }
         if hasattr(source, "generator"):
             info["generator_key"] = source.generator.key
@@ -120,10 +121,9 @@ def train_or_load(encoder: Any, ctx: Any, device: str) -> tuple[dict[str, torch.
             info = json.loads(checkpoint["info"])
             info["resumed_from"].append(start)
             info["world_size"], info["device"] = dist.world, _device_name(device)
-        every = encoder.run_options.get("checkpoint_every") or DEFAULT_CHECKPOINT_EVERY.get(encoder.recipe, 100)
-        workers = encoder.run_options.get("num_workers")
-        workers = _default_workers(device, dist) if workers is None else int(workers)
-        _train(encoder, ctx, trainer, source, plan, info, folder, start, int(every), workers, dist)
+        workers = encoder.params.num_workers
+        workers = _default_workers(device, dist) if workers is None else workers
+        _train(encoder, ctx, trainer, source, plan, info, folder, start, encoder.checkpoint_every, workers, dist)
         state = trainer.teacher_backbone_state()
         dist.barrier()
         return state, info
@@ -150,7 +150,7 @@ def _save(folder: Path, trainer: Trainer, info: dict[str, Any], step: int, final
 
 
 def _train(
-    encoder: Any, ctx: Any, trainer: Trainer, source: Any, plan: StreamPlan, info: dict[str, Any],
+    encoder: DINOEncoder, ctx: RunContext | None, trainer: Trainer, source: Any, plan: StreamPlan, info: dict[str, Any],
     folder: Path, start: int, every: int, workers: int, dist: Distributed,
 ) -> None:
     from tqdm import tqdm
@@ -206,9 +206,9 @@ def step_flops(trainer: Trainer, images: torch.Tensor) -> float:
     return float(counter.get_total_flops()) / len(images)
 
 
-def augment_rate(multicrop: Any, images: torch.Tensor, device: str, global_batch: int) -> float:
+def augment_rate(multicrop: MultiCrop, images: torch.Tensor, device: str, global_batch: int) -> float:
     """images/s of our batched multi-crop augmentation of these uint8 images on `device`."""
-    from harness.bench import best_time
+    from harness.bench.timing import best_time
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     gen = torch.Generator().manual_seed(0)
@@ -221,17 +221,17 @@ def augment_rate(multicrop: Any, images: torch.Tensor, device: str, global_batch
     return len(images) / best_time(augment, repeats=3)
 
 
-def throughput(encoder: Any, ctx: Any, device: str, steps: int, train_batch_size: int | None, budget_s: float | None = None) -> dict[str, Any]:
+def throughput(encoder: DINOEncoder, device: str, steps: int, batch_size: int | None, budget_s: float | None = None) -> dict[str, Any]:
     """Training images/s end to end and split into data and model time, beside DINO's own
     data path (`_dino_reference`) on the same images and, on a GPU, the bf16 limit."""
-    from harness.bench import peak_flops
+    from harness.bench.timing import peak_flops
     from harness_plugins.encoders._dino_reference import reference_augment_rate
 
-    source = encoder.open_source(ctx)
+    source = encoder.open_source()
     try:
         cfg = encoder.resolved_schedule(source)
-        if train_batch_size:
-            cfg["train_batch_size"] = int(train_batch_size)
+        if batch_size:
+            cfg["train_batch_size"] = batch_size
         cfg["steps"] = max(cfg["steps"], steps + 1)
         trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), device, Distributed())
         plan = StreamPlan(cfg["data_seed"], trainer.global_batch, 0, 1, cfg["dataset_size"])
@@ -253,7 +253,7 @@ def throughput(encoder: Any, ctx: Any, device: str, steps: int, train_batch_size
         "augment_ratio_to_reference": round(ours_augment / reference_augment, 2),
         "train_gflops_per_image": float(f"{flops / 1e9:.4g}"),
         "device": _device_name(device),
-        "recipe": encoder.recipe,
+        "recipe": encoder.params.recipe,
         "arch": encoder.architecture,
         "train_batch_size": cfg["train_batch_size"],
         "crops": f"2x{cfg['img_size']} + {cfg['local_crops_number']}x{cfg['local_crop_size']}",

@@ -13,200 +13,142 @@
 
 `data` is a generator instance (streamed: image i of the stream is
 `generator.sample(data_seed, 1, source_size, start=i)`, nothing is written to disk) or
-`{folder: PATH}` (every image file under PATH). `recipe` picks the defaults (`RECIPES`);
-every recipe key can be overridden as a parameter. The weights are cached under
-`<cache>/weights/<weights key>/`, the key hashing every parameter that determines them
-(the recipe's values, the architecture, the seed, and the data: the generator's registry
-entry with nested generator instances expanded, or the folder path). Training writes a
-checkpoint every `checkpoint_every` steps and resumes from it; `harness train NAME`
-under `torchrun` trains with DDP. Evaluation uses the teacher's backbone.
+`{folder: PATH}` (every image file under PATH). `recipe` picks the values of the
+training parameters (`_dino_recipes.RECIPES`); a training parameter that an instance
+sets replaces the recipe's value. The weights are cached under
+`<cache>/weights/<weights key>/`, the key hashing everything that determines them: the
+resolved training config, the seed, the data (the generator instance's whole
+description, its code included, or the folder path) and this plugin's code. Training
+writes a checkpoint every `checkpoint_every` steps and resumes from it; `harness train
+NAME` under `torchrun` trains with DDP. Evaluation uses the teacher's backbone.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+
+from pydantic import Field
 
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
-from harness.kinds import stable_hash
-from harness_plugins.encoders.vit import ViTEncoder
+from harness.keys import stable_hash
+from harness.kinds import GeneratorRef, Params, TrainingCost
+from harness_plugins.encoders._dino_recipes import DEFAULT_CHECKPOINT_EVERY, RECIPES
+from harness_plugins.encoders.vit import Network, ViTEncoder
 
 if TYPE_CHECKING:
     import torch
 
-# The paper: DINO's ImageNet defaults for ViT-S/16 at 224 px (REFERENCE.md, "Training").
-PAPER: dict[str, Any] = {
-    "arch": "vit_small_patch16_224",
-    "img_size": 224,
-    "patch_size": 16,
-    "model_kwargs": {},
-    "out_dim": 65536,
-    "hidden_dim": 2048,
-    "bottleneck_dim": 256,
-    "head_layers": 3,
-    "norm_last_layer": True,
-    "momentum_teacher": 0.996,
-    "teacher_temp": 0.04,
-    "warmup_teacher_temp": 0.04,
-    "warmup_teacher_temp_epochs": 0,
-    "student_temp": 0.1,
-    "center_momentum": 0.9,
-    "lr": 5e-4,  # per 256 images: the learning rate is lr * train_batch_size / 256
-    "min_lr": 1e-6,
-    "warmup_epochs": 10,
-    "weight_decay": 0.04,
-    "weight_decay_end": 0.4,
-    "clip_grad": 3.0,
-    "drop_path": 0.1,
-    "freeze_last_layer": 1,
-    "train_batch_size": 512,  # global, over all processes
-    "epochs": 100,
-    "steps": None,  # total steps; default epochs x steps_per_epoch
-    "dataset_size": 1_300_000,  # images per epoch (the paper caps its training sets at 1.3M)
-    "steps_per_epoch": None,  # default dataset_size // train_batch_size
-    "source_size": 256,  # images are rendered / loaded at this size, then cropped
-    "global_crops_scale": [0.4, 1.0],
-    "local_crops_number": 8,
-    "local_crop_size": 96,
-    "local_crops_scale": [0.05, 0.4],
-    "blur_sigma": [0.1, 2.0],
-    "blur_sigma_scale": None,  # default img_size / 224
-    "data_seed": None,  # default seed
-}
-
-# A CPU recipe (about 2.5 minutes on 2 cores): a 4-block ViT-tiny (width 192, 3 heads) at
-# 32 px with patch 8, a small head, 4 local crops of 16 px, 4096 images rendered once at
-# 96 px (crops are area-downsampled from them) and kept in memory, 5 epochs (320 steps of
-# 64), teacher momentum 0.99 for the short schedule. It beats the same architecture at
-# random init on the digits kNN task (docs/encoders.md, "Acceptance").
-TINY: dict[str, Any] = {
-    **PAPER,
-    "arch": "vit_tiny_patch16_224",
-    "img_size": 32,
-    "patch_size": 8,
-    "model_kwargs": {"depth": 4},
-    "out_dim": 1024,
-    "hidden_dim": 512,
-    "bottleneck_dim": 128,
-    "lr": 2e-3,
-    "min_lr": 1e-5,
-    "warmup_epochs": 1,
-    "weight_decay_end": 0.1,
-    "drop_path": 0.0,
-    "train_batch_size": 64,
-    "epochs": 5,
-    "momentum_teacher": 0.99,
-    "dataset_size": 4096,
-    "source_size": 96,
-    "local_crops_number": 4,
-    "local_crop_size": 16,
-}
-
-RECIPES: dict[str, dict[str, Any]] = {"paper": PAPER, "tiny": TINY}
-
-# Parameters that change how training runs, not what it produces (not in the key).
-RUN_OPTIONS = {"checkpoint_every": None, "num_workers": None, "memory_cache_mb": None}
-DEFAULT_CHECKPOINT_EVERY = {"paper": 1000, "tiny": 100}
+    from harness.runner.context import RunContext
 
 
-def _expand_generator(name: str, registry: Any, seen: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """A generator instance's registry entry with nested generator instances expanded."""
-    spec = registry.spec("generator", name) if registry is not None else None
-    if spec is None or name in seen:
-        return {"generator": name}
-    seen = seen | {name}
-
-    def expand(value: Any) -> Any:
-        if isinstance(value, str) and registry.spec("generator", value) is not None:
-            return _expand_generator(value, registry, seen)
-        if isinstance(value, list):
-            return [expand(v) for v in value]
-        if isinstance(value, dict):
-            return {k: expand(v) for k, v in value.items()}
-        return value
-
-    return {"generator": name, "plugin": spec.plugin, "params": expand(dict(spec.params))}
+def recipe_value(description: str, **constraints: Any) -> Any:
+    """A training parameter: left out, it takes the recipe's value (shown as None)."""
+    return Field(None, description=f"{description} (default: the recipe's)", **constraints)
 
 
-def _current_registry() -> Any:
-    from harness.registry import active_registry
+class FolderData(Params):
+    """Training images read from a folder instead of rendered by a generator."""
 
-    try:
-        return active_registry()
-    except HarnessError:
-        return None
+    folder: str = Field(description="folder whose image files (recursively) are the training set; ~ and $VARS expanded")
 
 
 class DINOEncoder(ViTEncoder):
-    """A ViT trained with DINO on a generator or image folder (params: data, recipe, overrides)."""
+    """A ViT trained with DINO on a generator or an image folder."""
 
     trainable: ClassVar[bool] = True
     group = "procedural"
-    version: ClassVar[int] = 1
 
-    def __init__(
-        self,
-        name: str | None = None,
-        data: Any = None,
-        recipe: str = "tiny",
-        layer: int | None = None,
-        batch_size: int | None = None,
-        seed: int = 0,
-        crop_fraction: float = 1.0,
-        **params: Any,
-    ) -> None:
-        if data is None:
-            raise TypeError("dino needs `data`: a generator instance name, or {folder: PATH} for an image folder")
-        if recipe not in RECIPES:
-            raise TypeError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
-        unknown = sorted(set(params) - set(RECIPES[recipe]) - set(RUN_OPTIONS))
-        if unknown:
-            known = sorted(set(RECIPES[recipe]) | set(RUN_OPTIONS) | {"data", "recipe", "layer", "batch_size", "seed", "crop_fraction"})
-            raise TypeError(f"unknown parameter(s) {unknown} for dino; known: {', '.join(known)}")
-        if isinstance(data, dict) and set(data) != {"folder"}:
-            raise TypeError(f"`data` must be a generator instance name or {{folder: PATH}}, got {data!r}")
-        self.run_options = {k: params.pop(k) for k in list(params) if k in RUN_OPTIONS}
-        cfg = {**RECIPES[recipe], **params}
-        overrides = {k: v for k, v in params.items() if k not in ("arch", "img_size", "patch_size")}
-        super().__init__(
-            name, arch=cfg["arch"], img_size=int(cfg["img_size"]), patch_size=cfg["patch_size"], layer=layer,
-            batch_size=batch_size, seed=seed, crop_fraction=crop_fraction, data=data, recipe=recipe, **overrides,
-        )
-        self.recipe = recipe
-        self.data = data
-        self.cfg = cfg
-        self.group = "realistic" if isinstance(data, dict) else "procedural"
+    class Params(ViTEncoder.Params):
+        """`data` and `recipe`, then the training parameters: each one left out takes the
+        recipe's value (its default is shown as None), one that is set replaces it; the
+        run options at the end change how training runs, not what it produces."""
+
+        data: GeneratorRef | FolderData = Field(description="a generator instance name, or {folder: PATH}")
+        recipe: Literal["paper", "tiny"] = Field("tiny", description="paper: DINO's ViT-S/16 ImageNet recipe; tiny: minutes on a CPU")
+        # the network (ViTEncoder's parameters, here the recipe's by default)
+        arch: str = recipe_value("timm model name")
+        img_size: int = recipe_value("side of the global crops and of evaluation images", ge=8)
+        patch_size: int = recipe_value("patch side in pixels", ge=1)
+        model_kwargs: dict[str, Any] = recipe_value("extra timm.create_model arguments, e.g. {depth: 4}")
+        # the DINO head and loss
+        out_dim: int = recipe_value("dimension of the head's output (prototypes)", ge=1)
+        hidden_dim: int = recipe_value("width of the head's MLP", ge=1)
+        bottleneck_dim: int = recipe_value("width of the head's bottleneck before the last layer", ge=1)
+        head_layers: int = recipe_value("layers of the head's MLP", ge=1)
+        norm_last_layer: bool = recipe_value("keep the norm of the head's weight-normalised last layer fixed")
+        momentum_teacher: float = recipe_value("teacher EMA momentum at the start (cosine to 1)", ge=0.0, le=1.0)
+        teacher_temp: float = recipe_value("teacher temperature after its warm-up", gt=0.0)
+        warmup_teacher_temp: float = recipe_value("teacher temperature at the start of its warm-up", gt=0.0)
+        warmup_teacher_temp_epochs: int = recipe_value("epochs of the teacher temperature warm-up", ge=0)
+        student_temp: float = recipe_value("student temperature", gt=0.0)
+        center_momentum: float = recipe_value("momentum of the teacher output's centre", ge=0.0, le=1.0)
+        # optimisation
+        lr: float = recipe_value("peak learning rate per 256 images (scaled by train_batch_size / 256)", gt=0.0)
+        min_lr: float = recipe_value("learning rate at the end of the cosine schedule", ge=0.0)
+        warmup_epochs: float = recipe_value("epochs of linear learning-rate warm-up", ge=0.0)
+        weight_decay: float = recipe_value("weight decay at the start (cosine to weight_decay_end)", ge=0.0)
+        weight_decay_end: float = recipe_value("weight decay at the end", ge=0.0)
+        clip_grad: float = recipe_value("per-parameter gradient norm limit (0: no clipping)", ge=0.0)
+        drop_path: float = recipe_value("stochastic depth rate of the student", ge=0.0, lt=1.0)
+        freeze_last_layer: float = recipe_value("epochs during which the head's last layer is frozen", ge=0.0)
+        train_batch_size: int = recipe_value("images per step, over all processes", ge=1)
+        epochs: int = recipe_value("epochs of training", ge=1)
+        steps: int | None = recipe_value("total steps (null: epochs x steps_per_epoch)", ge=1)
+        # data and augmentation
+        dataset_size: int | None = recipe_value("images per epoch (null: an endless stream of fresh images)", ge=1)
+        steps_per_epoch: int | None = recipe_value("steps per epoch (null: dataset_size // train_batch_size)", ge=1)
+        source_size: int = recipe_value("side at which images are rendered or loaded before cropping", ge=8)
+        global_crops_scale: tuple[float, float] = recipe_value("area range of the 2 global crops")
+        local_crops_number: int = recipe_value("local crops per image", ge=0)
+        local_crop_size: int = recipe_value("side of the local crops", ge=1)
+        local_crops_scale: tuple[float, float] = recipe_value("area range of the local crops")
+        blur_sigma: tuple[float, float] = recipe_value("Gaussian blur sigma range in pixels at 224 px")
+        blur_sigma_scale: float | None = recipe_value("factor on blur_sigma (null: img_size / 224)", gt=0.0)
+        data_seed: int | None = recipe_value("stream of the generator / subset of the folder (null: seed)", ge=0)
+        # how training runs, not what it produces: in no key
+        checkpoint_every: int | None = Field(None, ge=1, exclude=True, description="steps between checkpoints (null: 1000 for paper, 100 for tiny)")
+        num_workers: int | None = Field(None, ge=0, exclude=True, description="DataLoader workers (null: 0 on a CPU, up to 8 on a GPU)")
+        memory_cache_mb: float | None = Field(None, ge=0.0, exclude=True, description="hold a finite dataset in memory up to this size (null: 1024)")
+
+    def __init__(self, name: str | None = None, /, **params: Any) -> None:
+        super().__init__(name, **params)
+        self.group = "realistic" if isinstance(self.params.data, FolderData) else "procedural"
         self.training_info: dict[str, Any] = {}
-        # the registry this instance is resolved in: `data` names a generator instance there
-        self._registry = _current_registry()
         self.step_callback: Callable[[int, float], None] | None = None  # called after every step
 
     # ------------------------------------------------------------------ identity
     def training_config(self) -> dict[str, Any]:
-        """Every hyperparameter of training, defaults resolved."""
-        cfg = dict(self.cfg)
-        cfg["seed"] = self.seed
-        cfg["data_seed"] = self.seed if cfg["data_seed"] is None else int(cfg["data_seed"])
+        """Every hyperparameter of training: the recipe's values, those this instance
+        sets, the seed, and the defaults that depend on others resolved."""
+        chosen = self.params.model_fields_set & set(RECIPES[self.params.recipe])
+        cfg = {**RECIPES[self.params.recipe], **{key: getattr(self.params, key) for key in chosen}}
+        cfg["model_kwargs"] = dict(cfg["model_kwargs"])
+        cfg["seed"] = self.params.seed
+        cfg["data_seed"] = self.params.seed if cfg["data_seed"] is None else int(cfg["data_seed"])
         if cfg["blur_sigma_scale"] is None:
             cfg["blur_sigma_scale"] = int(cfg["img_size"]) / 224.0
         for key in ("global_crops_scale", "local_crops_scale", "blur_sigma"):
             cfg[key] = [float(v) for v in cfg[key]]
         return cfg
 
-    def data_description(self) -> dict[str, Any]:
-        if isinstance(self.data, dict):
-            return {"folder": str(self.data["folder"])}
-        return _expand_generator(str(self.data), self._registry)
+    @property
+    def network(self) -> Network:
+        cfg = self.training_config()
+        return Network(cfg["arch"], int(cfg["img_size"]), cfg["patch_size"], cfg["model_kwargs"])
 
     def weights_description(self) -> dict[str, Any]:
+        """What determines the trained weights: the plugin and its code, the training
+        config and the data's whole description (evaluation options left out)."""
+        described = super().describe()
         return {
-            "plugin": self.plugin_name,
-            "version": self.version,
+            "plugin": described["plugin"],
+            "version": described["version"],
+            "code": described["code"],
             "train": self.training_config(),
-            "data": self.data_description(),
+            "data": described["params"]["data"],
         }
 
     @property
@@ -214,61 +156,40 @@ class DINOEncoder(ViTEncoder):
         return stable_hash(self.weights_description())
 
     def describe(self) -> dict[str, Any]:
-        return {**self.weights_description(), "layer": self.layer, "crop_fraction": self.crop_fraction}
+        return {**self.weights_description(), "layer": self.params.layer, "crop_fraction": self.params.crop_fraction}
 
-    def weights_dir(self, ctx: Any = None) -> Path:
-        if ctx is not None and hasattr(ctx, "cache_path"):
+    def weights_dir(self, ctx: RunContext | None = None) -> Path:
+        if ctx is not None:
             return ctx.cache_path("weights", self.weights_key)
         from harness.cache import cache_root
 
         return cache_root() / "weights" / self.weights_key
 
-    # ------------------------------------------------------------------ model and data
-    def build_model(self, drop_path: float = 0.0, dynamic: bool = False) -> torch.nn.Module:
-        import timm
-        import torch
+    @property
+    def data_label(self) -> str:
+        """The generator instance's name or the folder, for the leaderboard."""
+        data = self.params.data
+        return data.folder if isinstance(data, FolderData) else str(data)
 
-        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "img_size": int(self.cfg["img_size"])}
-        if self.cfg["patch_size"]:
-            kwargs["patch_size"] = int(self.cfg["patch_size"])
-        kwargs.update(self.model_kwargs)
-        if drop_path:
-            kwargs["drop_path_rate"] = drop_path
-        if dynamic:
-            kwargs["dynamic_img_size"] = True  # local crops are smaller than global ones
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return timm.create_model(self.cfg["arch"], **kwargs)
+    @property
+    def checkpoint_every(self) -> int:
+        return self.params.checkpoint_every or DEFAULT_CHECKPOINT_EVERY[self.params.recipe]
 
-    def open_source(self, ctx: Any = None) -> Any:
+    # ------------------------------------------------------------------ data
+    def open_source(self) -> Any:
         """The training images: a `GeneratorSource` or a `FolderSource`."""
-        from harness_plugins.encoders._dino_train import FolderSource, GeneratorSource
+        from harness_plugins.encoders._dino_data import FolderSource, GeneratorSource
 
         cfg = self.training_config()
         size = int(cfg["source_size"])
-        if isinstance(self.data, dict):
-            root = Path(os.path.expandvars(str(self.data["folder"]))).expanduser()
+        data = self.params.data
+        if isinstance(data, FolderData):
+            root = Path(os.path.expandvars(data.folder)).expanduser()
             return FolderSource(root, size, limit=cfg["dataset_size"], seed=cfg["data_seed"])
-        cache_mb = self.run_options.get("memory_cache_mb")
+        cache_mb = self.params.memory_cache_mb
         cache_bytes = int((1024 if cache_mb is None else cache_mb) * 2**20)
         length = None if cfg["dataset_size"] is None else int(cfg["dataset_size"])
-        return GeneratorSource(self.resolve_generator(ctx), str(self.data), cfg["data_seed"], size, length, cache_bytes)
-
-    def resolve_generator(self, ctx: Any = None) -> Any:
-        name = str(self.data)
-        registry = self._registry or getattr(ctx, "registry", None)
-        try:
-            if registry is not None:
-                return registry.create("generator", name)
-            from harness.api import get_generator
-
-            return get_generator(name)
-        except Exception as exc:
-            broken = getattr(getattr(registry, "plugins", None), "broken", []) if registry is not None else []
-            hint = f" (plugins that failed to load: {', '.join(b.source for b in broken)})" if broken else ""
-            raise HarnessError(
-                f"encoder {self.name!r}: cannot resolve its training data generator {name!r}: {exc}{hint}"
-            ) from None
+        return GeneratorSource(self.resolve(data), str(data), cfg["data_seed"], size, length, cache_bytes)
 
     def resolved_schedule(self, source: Any) -> dict[str, Any]:
         """The training config with steps_per_epoch, steps and dataset_size made concrete."""
@@ -286,33 +207,27 @@ class DINOEncoder(ViTEncoder):
             raise HarnessError(f"encoder {self.name!r}: {cfg['dataset_size']} training images are fewer than one batch ({gb})")
         if cfg["steps"] is None:
             cfg["steps"] = int(cfg["epochs"]) * int(cfg["steps_per_epoch"])
-        cfg["steps"] = int(cfg["steps"])
-        if cfg["steps"] < 1:
-            raise HarnessError(f"encoder {self.name!r}: steps must be at least 1")
         return cfg
 
-    @property
-    def model_kwargs(self) -> dict[str, Any]:
-        return dict(self.cfg.get("model_kwargs") or {})
-
-    @property
-    def training_images(self) -> int | None:
-        """Images the training will see (steps x global batch), for `--dry-run`'s cost;
-        None when it depends on the size of an image folder not yet read."""
+    # ------------------------------------------------------------------ the Encoder interface
+    def training_cost(self) -> TrainingCost:
+        """Images the training will see (steps x global batch); None when they depend on
+        the size of an image folder not yet read."""
         cfg = self.training_config()
         batch = int(cfg["train_batch_size"])
+        images: int | None
         if cfg["steps"] is not None:
-            return int(cfg["steps"]) * batch
-        per_epoch = cfg["steps_per_epoch"]
-        if per_epoch is None:
-            if cfg["dataset_size"] is None:
-                return None
-            per_epoch = max(1, int(cfg["dataset_size"]) // batch)
-        return int(cfg["epochs"]) * int(per_epoch) * batch
+            images = int(cfg["steps"]) * batch
+        elif cfg["steps_per_epoch"] is not None:
+            images = int(cfg["epochs"]) * int(cfg["steps_per_epoch"]) * batch
+        elif cfg["dataset_size"] is not None:
+            images = int(cfg["epochs"]) * max(1, int(cfg["dataset_size"]) // batch) * batch
+        else:
+            images = None
+        return TrainingCost(images=images, recipe=self.params.recipe, batch_size=batch)
 
-    # ------------------------------------------------------------------ prepare
-    def load_weights(self, model: torch.nn.Module, ctx: Any) -> None:
-        from harness.context import default_device
+    def load_weights(self, model: torch.nn.Module, ctx: RunContext | None) -> None:
+        from harness.device import default_device
         from harness_plugins.encoders._dino_run import train_or_load
 
         device = getattr(ctx, "device", None) or default_device()
@@ -325,19 +240,18 @@ class DINOEncoder(ViTEncoder):
         if not info:
             return None
         keys = ("steps", "images_seen", "wall_time_s", "images_per_s", "device", "world_size", "loss", "resumed_from")
-        return {"weights_key": self.weights_key, "data": str(self.data), **{k: info[k] for k in keys if k in info}}
+        return {"weights_key": self.weights_key, "data": self.data_label, **{k: info[k] for k in keys if k in info}}
 
-    def training_throughput(
-        self, ctx: Any = None, steps: int = 10, train_batch_size: int | None = None, budget_s: float | None = None
-    ) -> dict[str, Any]:
-        """Training images per second over `steps` steps (after one warm-up step; with
-        `budget_s`, only as many as fit in it), end to end (data + augmentation + step) and
-        for the model alone, beside DINO's own data path. Nothing is saved."""
-        from harness.context import default_device
+    def measure_training(self, ctx: RunContext | None, steps: int, batch_size: int | None, budget_s: float | None) -> dict[str, Any]:
+        """Training images per second over `steps` steps of `batch_size` images (default:
+        the recipe's) after one warm-up step (with `budget_s`, only as many as fit in it),
+        end to end (data + augmentation + step) and for the model alone, beside DINO's own
+        data path. Nothing is saved."""
+        from harness.device import default_device
         from harness_plugins.encoders._dino_run import throughput
 
         device = getattr(ctx, "device", None) or default_device()
-        return throughput(self, ctx, device, steps, train_batch_size, budget_s)
+        return throughput(self, device, steps, batch_size, budget_s)
 
 
 @hookimpl

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import HarnessError
+from pydantic import Field, model_validator
 
+from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
 
@@ -28,9 +30,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class Network:
+    """The timm model an encoder builds: name, input side, patch side, extra arguments."""
+
+    arch: str
+    img_size: int
+    patch_size: int | None
+    model_kwargs: dict[str, Any]
+
+
 class ViTEncoder(Encoder):
-    """Base for timm ViT encoders. Params: arch, img_size, patch_size, layer, crop_fraction,
-    batch_size, model_kwargs (extra timm arguments, e.g. depth).
+    """Base for timm ViT encoders.
 
     Global features (`embed`) resize the whole image to img_size (bicubic): the dataset
     readers already apply the benchmark's protocol (e.g. resize 256, centre crop 224), so
@@ -43,55 +54,63 @@ class ViTEncoder(Encoder):
 
     supports_patches = True
 
-    def __init__(
-        self,
-        name: str | None = None,
-        arch: str = "vit_small_patch16_224",
-        img_size: int = 224,
-        patch_size: int | None = None,
-        layer: int | None = None,
-        batch_size: int | None = None,
-        seed: int = 0,
-        crop_fraction: float = 1.0,
-        **params: Any,
-    ) -> None:
-        if not 0.0 < float(crop_fraction) <= 1.0:
-            raise TypeError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
-        super().__init__(
-            name, arch=arch, img_size=img_size, patch_size=patch_size, layer=layer, seed=seed, crop_fraction=crop_fraction, **params
+    class Params(Encoder.Params):
+        arch: str = Field("vit_small_patch16_224", description="timm model name")
+        img_size: int = Field(224, ge=8, description="side of the square input in pixels")
+        patch_size: int | None = Field(None, ge=1, description="patch side in pixels (default: the timm model's)")
+        model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments, e.g. {depth: 4}")
+        seed: int = Field(0, ge=0, description="seed of the weight initialisation")
+        layer: int | None = Field(None, description="block whose tokens are the features (0-based, negative from the end; default the last)")
+        crop_fraction: float = Field(1.0, gt=0.0, le=1.0, description="< 1: resize the shorter side to img_size / crop_fraction, centre crop (DINO's eval transform)")
+        batch_size: int | None = Field(
+            None, ge=1, exclude=True, description="images per forward pass (default: automatic, halved on GPU out-of-memory)"
         )
-        self.arch, self.img_size, self.patch_size = arch, img_size, patch_size
-        self.layer, self.seed = layer, seed
-        self.crop_fraction = float(crop_fraction)
-        self.batch_size = batch_size
+
+    def __init__(self, name: str | None = None, /, **params: Any) -> None:
+        super().__init__(name, **params)
         self.model: torch.nn.Module | None = None
         self.device = "cpu"
 
     @property
-    def model_kwargs(self) -> dict[str, Any]:
-        """Extra timm arguments of the architecture (e.g. depth)."""
-        return dict(self.params.get("model_kwargs") or {})
+    def network(self) -> Network:
+        """What `build_model` builds (DINO takes it from its recipe)."""
+        p = self.params
+        return Network(p.arch, p.img_size, p.patch_size, dict(p.model_kwargs))
 
     @property
     def architecture(self) -> str:
         """The network in a few words (timm name, input size, patch size, extra timm
         arguments): encoders with the same string compute at the same speed, so
         `harness bench` and `--dry-run` key throughputs by it."""
-        extra = "".join(f" {k}={v}" for k, v in sorted(self.model_kwargs.items()))
-        return f"{self.arch} {self.img_size}px/{self.patch_size or 'default'}{extra}"
+        net = self.network
+        extra = "".join(f" {k}={v}" for k, v in sorted(net.model_kwargs.items()))
+        return f"{net.arch} {net.img_size}px/{net.patch_size or 'default'}{extra}"
 
-    def build_model(self) -> torch.nn.Module:
-        """A freshly initialised timm model, seeded by `seed` (without touching the global RNG)."""
+    @property
+    def input_size(self) -> int:
+        return self.network.img_size
+
+    def torch_module(self) -> torch.nn.Module | None:
+        return self.model
+
+    def build_model(self, drop_path: float = 0.0, dynamic: bool = False) -> torch.nn.Module:
+        """A freshly initialised timm model, seeded by `seed` (without touching the global
+        RNG); DINO's student takes `drop_path` and a `dynamic` input size (local crops)."""
         import timm
         import torch
 
-        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "img_size": self.img_size}
-        if self.patch_size:
-            kwargs["patch_size"] = self.patch_size
-        kwargs.update(self.model_kwargs)
+        net = self.network
+        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "img_size": net.img_size}
+        if net.patch_size:
+            kwargs["patch_size"] = net.patch_size
+        kwargs.update(net.model_kwargs)
+        if drop_path:
+            kwargs["drop_path_rate"] = drop_path
+        if dynamic:
+            kwargs["dynamic_img_size"] = True
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return timm.create_model(self.arch, **kwargs)
+            torch.manual_seed(self.params.seed)
+            return timm.create_model(net.arch, **kwargs)
 
     def load_weights(self, model: torch.nn.Module, ctx: Any) -> None:
         """Put trained weights into `model` (default: keep the seeded initialisation)."""
@@ -99,7 +118,7 @@ class ViTEncoder(Encoder):
     def prepare(self, ctx: Any = None) -> None:
         if self.model is not None:
             return
-        from harness.context import default_device
+        from harness.device import default_device
 
         self.device = getattr(ctx, "device", None) or default_device()
         model = self.build_model()
@@ -111,10 +130,10 @@ class ViTEncoder(Encoder):
         """Float images [n, 3, H, W] in 0..1 -> [n, 3, img_size, img_size] (see the class doc)."""
         import torch.nn.functional as F
 
-        size = self.img_size
+        size, fraction = self.network.img_size, self.params.crop_fraction
         height, width = x.shape[-2:]
-        if crop and self.crop_fraction < 1.0:
-            scale = size / self.crop_fraction / min(height, width)
+        if crop and fraction < 1.0:
+            scale = size / fraction / min(height, width)
             new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
         else:
             new_h, new_w = size, size
@@ -136,10 +155,11 @@ class ViTEncoder(Encoder):
         x = (x - mean) / std
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda") else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
-            if self.layer is None:
+            layer = self.params.layer
+            if layer is None:
                 tokens = model.forward_features(x)
             else:
-                tokens = self._intermediate(model, x, self.layer % len(model.blocks))
+                tokens = self._intermediate(model, x, layer % len(model.blocks))
         return tokens.float()
 
     @staticmethod
@@ -155,7 +175,8 @@ class ViTEncoder(Encoder):
 
     def _auto_batch_size(self) -> int:
         """Images per forward pass when `batch_size` is not set: by device and token count."""
-        tokens = (self.img_size // (self.patch_size or 16)) ** 2 + 1
+        net = self.network
+        tokens = (net.img_size // (net.patch_size or 16)) ** 2 + 1
         budget = 2**17 if self.device.startswith("cuda") else 2**14  # tokens per pass
         return int(max(8, min(1024, 2 ** int(budget / tokens).bit_length() // 2)))
 
@@ -164,14 +185,15 @@ class ViTEncoder(Encoder):
 
         if self.model is None:
             self.prepare()
-        size = self.batch_size or self._auto_batch_size()
+        fixed = self.params.batch_size
+        size = fixed or self._auto_batch_size()
         out, i = [], 0
         while i < len(images):
             try:
                 out.append(fn(images[i : i + size]).cpu())
                 i += size
             except torch.cuda.OutOfMemoryError:
-                if self.batch_size or size <= 1:
+                if fixed or size <= 1:
                     raise
                 torch.cuda.empty_cache()
                 size //= 2  # automatic batch size: back off and retry this batch
@@ -308,43 +330,48 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], pa
 
 
 class PretrainedViT(ViTEncoder):
-    """A timm ViT with weights from a local checkpoint (safetensors or torch state dict)."""
+    """A timm ViT with weights from a local checkpoint (safetensors or torch state dict).
+
+    The checkpoint's path is machine-local and stays out of the key; the key holds the
+    file's sha256 instead, so the same weights give the same key wherever they lie.
+    """
 
     group = "target"
 
-    def __init__(
-        self,
-        name: str | None = None,
-        checkpoint: str | None = None,
-        checkpoint_key: str | None = None,
-        checkpoint_env: str | None = None,
-        **params: Any,
-    ) -> None:
-        if not checkpoint and not checkpoint_env:
-            raise TypeError("pretrained needs `checkpoint`: the path of a .safetensors or torch state-dict file")
-        super().__init__(name, checkpoint=checkpoint, checkpoint_key=checkpoint_key, checkpoint_env=checkpoint_env, **params)
-        self.checkpoint_key = checkpoint_key
-        self.checkpoint_env = checkpoint_env
+    class Params(ViTEncoder.Params):
+        checkpoint: str | None = Field(
+            None, exclude=True, description="path of a .safetensors or torch state-dict file ($VARS and ~ expanded)"
+        )
+        checkpoint_env: str | None = Field(None, exclude=True, description="environment variable that overrides `checkpoint` when set")
+        checkpoint_key: str | None = Field(
+            None, description="entry holding the state dict (default: found among teacher, state_dict, model, module)"
+        )
+
+        @model_validator(mode="after")
+        def _names_a_file(self) -> PretrainedViT.Params:
+            if not self.checkpoint and not self.checkpoint_env:
+                raise ValueError("pretrained needs `checkpoint`: the path of a .safetensors or torch state-dict file")
+            return self
 
     @property
     def checkpoint_path(self) -> Path:
         """`checkpoint` ($VARS and ~ expanded); the variable `checkpoint_env` overrides it when set."""
-        raw = (os.environ.get(self.checkpoint_env) if self.checkpoint_env else None) or self.params.get("checkpoint") or ""
-        return Path(os.path.expandvars(str(raw))).expanduser()
+        env = self.params.checkpoint_env
+        raw = (os.environ.get(env) if env else None) or self.params.checkpoint or ""
+        return Path(os.path.expandvars(raw)).expanduser()
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()
-        params = {k: v for k, v in described["params"].items() if k not in ("checkpoint", "checkpoint_env")}
         path = self.checkpoint_path
-        # the weights are identified by the file's content, not where it lies
-        params["checkpoint_sha256"] = file_sha256(path) if path.is_file() else f"missing:{path}"
-        return {**described, "params": params}
+        digest = file_sha256(path) if path.is_file() else f"missing:{path}"
+        return {**described, "params": {**described["params"], "checkpoint_sha256": digest}}
 
     def load_weights(self, model: torch.nn.Module, ctx: Any) -> None:
         path = self.checkpoint_path
-        state = read_checkpoint(path, self.checkpoint_key)
-        size = f"img_size {self.img_size}" + (f", patch_size {self.patch_size}" if self.patch_size else "")
-        load_state_strict(model, state, path, f"{self.arch} ({size})")
+        state = read_checkpoint(path, self.params.checkpoint_key)
+        net = self.network
+        size = f"img_size {net.img_size}" + (f", patch_size {net.patch_size}" if net.patch_size else "")
+        load_state_strict(model, state, path, f"{net.arch} ({size})")
 
 
 @hookimpl

@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import Field, model_validator
+
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
-from harness.kinds import Encoder, stable_hash
+from harness.kinds import Encoder, GeneratorRef
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,19 +45,19 @@ class RGBEncoder(Encoder):
     group = "white-box"
     supports_patches = True
 
-    def __init__(self, name: str | None = None, size: int = 16, patch: int = 16, **params: Any) -> None:
-        super().__init__(name, size=size, patch=patch, **params)
-        self.size, self.patch = size, patch
+    class Params(Encoder.Params):
+        size: int = Field(16, ge=1, description="global features: the image area-downsampled to size x size")
+        patch: int = Field(16, ge=1, description="patch features: the mean colour of each patch x patch cell")
 
     def _pixels(self, images: torch.Tensor, size: int) -> torch.Tensor:
         return _resize(images.float().div(255.0), size)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self._pixels(images, self.size)
+        pixels = self._pixels(images, self.params.size)
         return (pixels - 0.5).flatten(1)
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
-        grid = max(1, images.shape[-1] // self.patch)
+        grid = max(1, images.shape[-1] // self.params.patch)
         return self._pixels(images, grid).permute(0, 2, 3, 1).contiguous()
 
 
@@ -111,9 +113,6 @@ def dense_sift(gray: torch.Tensor, bin_size: int = 4, step: int = 4) -> torch.Te
 class SIFTEncoder(Encoder):
     """Dense SIFT bag of visual words; vocabulary by k-means on procedural images.
 
-    Params: size (images resized to size x size, grey), bin_size, step, words (k),
-    pyramid (grid sides of the spatial pyramid, default [1] = a plain bag of words),
-    vocab_generator (default dead-leaves), vocab_images, vocab_seed.
     Global features: per pyramid cell, the square root of the normalised word histogram
     (Hellinger), concatenated. Patch features: the dense descriptors.
     """
@@ -121,32 +120,31 @@ class SIFTEncoder(Encoder):
     group = "white-box"
     supports_patches = True
 
-    def __init__(
-        self,
-        name: str | None = None,
-        size: int = 64,
-        bin_size: int = 4,
-        step: int = 4,
-        words: int = 256,
-        pyramid: list[int] | tuple[int, ...] = (1,),
-        vocab_generator: str = "dead-leaves",
-        vocab_images: int = 256,
-        vocab_seed: int = 0,
-        **params: Any,
-    ) -> None:
-        super().__init__(
-            name, size=size, bin_size=bin_size, step=step, words=words, pyramid=list(pyramid),
-            vocab_generator=vocab_generator, vocab_images=vocab_images, vocab_seed=vocab_seed, **params,
-        )
-        self.size, self.bin_size, self.step, self.words = int(size), int(bin_size), int(step), int(words)
-        self.pyramid = [int(p) for p in pyramid]
-        self.vocab_generator, self.vocab_images, self.vocab_seed = vocab_generator, int(vocab_images), int(vocab_seed)
+    class Params(Encoder.Params):
+        size: int = Field(64, ge=1, description="images are made grey and resized to size x size")
+        bin_size: int = Field(4, ge=1, description="side of a SIFT cell in pixels (a descriptor covers 4 x 4 cells)")
+        step: int = Field(4, ge=1, description="stride of the dense descriptor grid in pixels")
+        words: int = Field(256, ge=1, description="visual words (k-means centres) in the vocabulary")
+        pyramid: list[int] = Field([1], min_length=1, description="grid sides of the spatial pyramid ([1]: a plain bag of words)")
+        vocab_generator: GeneratorRef = Field(GeneratorRef("dead-leaves"), description="generator instance whose images the vocabulary is learnt on")
+        vocab_images: int = Field(256, ge=1, description="images of vocab_generator the vocabulary is learnt on")
+        vocab_seed: int = Field(0, ge=0, description="stream of vocab_generator and seed of k-means")
+
+        @model_validator(mode="after")
+        def _descriptor_fits(self) -> SIFTEncoder.Params:
+            if self.size < 4 * self.bin_size + 1:
+                raise ValueError(f"size {self.size} is smaller than one descriptor: at least 4 * bin_size + 1 = {4 * self.bin_size + 1}")
+            return self
+
+    def __init__(self, name: str | None = None, /, **params: Any) -> None:
+        super().__init__(name, **params)
         self.vocabulary: torch.Tensor | None = None
 
     def _descriptors(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div(255.0)
         gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-        return dense_sift(_resize(gray, self.size, "bilinear"), self.bin_size, self.step)
+        p = self.params
+        return dense_sift(_resize(gray, p.size, "bilinear"), p.bin_size, p.step)
 
     def prepare(self, ctx: Any = None) -> None:
         if self.vocabulary is not None:
@@ -155,41 +153,32 @@ class SIFTEncoder(Encoder):
 
         from harness.cache import cache_root, cached_arrays
 
-        key = stable_hash(self.describe())
-        path = (ctx.cache_path("sift", f"{key}.npz") if ctx is not None else cache_root() / "sift" / f"{key}.npz")
+        name = f"{self.key}.npz"
+        path = ctx.cache_path("sift", name) if ctx is not None else cache_root() / "sift" / name
         arrays = cached_arrays(path, lambda: {"vocabulary": self._learn_vocabulary(ctx)})
         self.vocabulary = torch.from_numpy(arrays["vocabulary"]).float()
 
     def _learn_vocabulary(self, ctx: Any) -> np.ndarray:
         import numpy as np
+        import torch
         from sklearn.cluster import KMeans
 
-        registry = getattr(ctx, "registry", None)
-        try:
-            if registry is not None:
-                generator = registry.create("generator", self.vocab_generator)
-            else:
-                from harness.api import get_generator
-
-                generator = get_generator(self.vocab_generator)
-        except Exception as exc:
-            raise HarnessError(f"encoder {self.name!r}: cannot resolve vocab_generator {self.vocab_generator!r}: {exc}") from None
+        p = self.params
+        generator = self.resolve(p.vocab_generator)
         try:
             chunks = []
-            for start in range(0, self.vocab_images, 64):
-                batch = generator.sample(self.vocab_seed, min(64, self.vocab_images - start), self.size, start=start)
+            for start in range(0, p.vocab_images, 64):
+                batch = generator.sample(p.vocab_seed, min(64, p.vocab_images - start), p.size, start=start)
                 chunks.append(self._descriptors(batch).reshape(-1, 128))
         finally:
             generator.close()
-        import torch
-
         descriptors = torch.cat(chunks).numpy().astype(np.float64)
-        rng = np.random.default_rng(self.vocab_seed)
+        rng = np.random.default_rng(p.vocab_seed)
         if len(descriptors) > 50_000:
             descriptors = descriptors[np.sort(rng.choice(len(descriptors), 50_000, replace=False))]
-        if len(descriptors) < self.words:
-            raise HarnessError(f"encoder {self.name!r}: {len(descriptors)} descriptors are fewer than {self.words} words")
-        kmeans = KMeans(n_clusters=self.words, n_init=1, max_iter=100, random_state=self.vocab_seed)
+        if len(descriptors) < p.words:
+            raise HarnessError(f"encoder {self.name!r}: {len(descriptors)} descriptors are fewer than {p.words} words")
+        kmeans = KMeans(n_clusters=p.words, n_init=1, max_iter=100, random_state=p.vocab_seed)
         kmeans.fit(descriptors)
         return kmeans.cluster_centers_.astype(np.float32)
 
@@ -210,9 +199,9 @@ class SIFTEncoder(Encoder):
         for start in range(0, len(images), 256):
             desc = self._descriptors(images[start : start + 256])
             ids = self._assign(desc)  # [n, ny, nx]
-            onehot = F.one_hot(ids, self.words).permute(0, 3, 1, 2).float()  # [n, k, ny, nx]
+            onehot = F.one_hot(ids, self.params.words).permute(0, 3, 1, 2).float()  # [n, k, ny, nx]
             levels = []
-            for side in self.pyramid:
+            for side in self.params.pyramid:
                 hist = F.adaptive_avg_pool2d(onehot, side).flatten(2)  # [n, k, side*side], normalised counts
                 levels.append(torch.sqrt(hist.transpose(1, 2)).flatten(1) / math.sqrt(side * side))
             feats.append(torch.cat(levels, dim=1))
@@ -231,12 +220,12 @@ class ImageDistance(Encoder):
     group = "white-box"
     distance: ClassVar[str] = ""
 
-    def __init__(self, name: str | None = None, size: int | None = 224, embed_size: int = 16, **params: Any) -> None:
-        super().__init__(name, size=size, embed_size=embed_size, **params)
-        self.size, self.embed_size = size, int(embed_size)
+    class Params(Encoder.Params):
+        size: int | None = Field(224, ge=7, description="images are compared at size x size (bicubic; null: at the inputs' size)")
+        embed_size: int = Field(16, ge=1, description="embed: the image area-downsampled to embed_size x embed_size, flattened")
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return (_resize(images.float().div(255.0), self.embed_size) - 0.5).flatten(1)
+        return (_resize(images.float().div(255.0), self.params.embed_size) - 0.5).flatten(1)
 
     def _pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both batches as float64 0..255 at `size` x `size` (size None: at a's size)."""
@@ -246,7 +235,8 @@ class ImageDistance(Encoder):
         a, b = torch.as_tensor(a), torch.as_tensor(b)
         if len(a) != len(b):
             raise HarnessError(f"{self.distance} distance: batches of {len(a)} and {len(b)} images")
-        shape = (self.size, self.size) if self.size else tuple(a.shape[-2:])
+        size = self.params.size
+        shape = (size, size) if size else tuple(a.shape[-2:])
 
         def prep(x: torch.Tensor) -> torch.Tensor:
             x = x.double()

@@ -53,27 +53,3 @@ def check_sample_args(seed: Any, n: Any, size: Any, start: Any) -> tuple[int, in
     if start < 0:
         raise ValueError(f"`start` must be >= 0, got {start}")
     return seed, n, size, start
-
-
-# Parameter errors are TypeErrors: the registry reports them with the file and field path.
-def reject_unknown(owner: str, unknown: dict[str, Any], known: str) -> None:
-    """Refuse parameters the generator `owner` does not take, listing those it does."""
-    if unknown:
-        raise TypeError(f"unknown parameter(s) {sorted(unknown)} for {owner}; known: {known}")
-
-
-def positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"parameter `{name}` must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise TypeError(f"parameter `{name}` must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def number(name: str, value: Any, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"parameter `{name}` must be a number, got {value!r}")
-    value = float(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise TypeError(f"parameter `{name}` must lie in [{low}, {high}], got {value}")
-    return value

@@ -21,57 +21,51 @@ polygon's edge tests only on the pairs inside that circle.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from pydantic import Field, ValidationInfo, field_validator
 
 from harness.hookspecs import hookimpl
 from harness.kinds import Generator
 
-from harness_plugins.generators._seeding import check_sample_args, number, positive_int, reject_unknown, rng
+from harness_plugins.generators._seeding import check_sample_args, rng
 
 if TYPE_CHECKING:
     import torch
 
-SHAPES = ("circle", "square", "oriented_square", "rectangle", "triangle", "quadrilateral")
-SHAPE_MODES = SHAPES + ("mixed",)
+LeafShape = Literal["circle", "square", "oriented_square", "rectangle", "triangle", "quadrilateral", "mixed"]
+SHAPES: tuple[str, ...] = get_args(LeafShape)[:-1]  # "mixed" draws one of these per leaf
 BLOCK = 256  # leaves are drawn in blocks of this many, each block from its own seed
 _WORK = 1 << 18  # (pixels x leaves) pairs tested per step: bounds memory, not results
 _SWITCH = 0.05  # bare fraction below which bare pixels are tested against leaves
 
 
 class DeadLeaves(Generator):
-    """Dead leaves. Params: shape (one of SHAPE_MODES, default mixed), rmin 0.03,
-    rmax 1.0, alpha 3.0 (radius density ~ r^-alpha), max_shapes 5000."""
+    """Dead leaves: random shapes with radius density ~ r^-alpha on [rmin, rmax]."""
 
     version = 1
 
-    def __init__(
-        self,
-        name: str | None = None,
-        shape: str = "mixed",
-        rmin: float = 0.03,
-        rmax: float = 1.0,
-        alpha: float = 3.0,
-        max_shapes: int = 5000,
-        **unknown: Any,
-    ) -> None:
-        reject_unknown("dead-leaves", unknown, "shape, rmin, rmax, alpha, max_shapes")
-        if shape not in SHAPE_MODES:
-            raise TypeError(f"parameter `shape` must be one of {', '.join(SHAPE_MODES)}; got {shape!r}")
-        rmin = number("rmin", rmin, 1e-4, 10.0)
-        rmax = number("rmax", rmax, 1e-4, 10.0)
-        if rmax < rmin:
-            raise TypeError(f"parameter `rmax` ({rmax}) must be >= `rmin` ({rmin})")
-        alpha = number("alpha", alpha, 0.0, 20.0)
-        max_shapes = positive_int("max_shapes", max_shapes)
-        super().__init__(name, shape=shape, rmin=rmin, rmax=rmax, alpha=alpha, max_shapes=max_shapes)
-        self.shape, self.rmin, self.rmax, self.alpha, self.max_shapes = shape, rmin, rmax, alpha, max_shapes
+    class Params(Generator.Params):
+        shape: LeafShape = Field("mixed", description="leaf shape; mixed draws one of the six per leaf")
+        rmin: float = Field(0.03, ge=1e-4, le=10.0, description="smallest leaf radius, relative to the image side")
+        rmax: float = Field(1.0, ge=1e-4, le=10.0, description="largest leaf radius, relative to the image side")
+        alpha: float = Field(3.0, ge=0.0, le=20.0, description="exponent of the radius density r^-alpha")
+        max_shapes: int = Field(5000, ge=1, description="leaves drawn at most per image (bare pixels then take one more)")
+
+        @field_validator("rmax")
+        @classmethod
+        def _at_least_rmin(cls, rmax: float, info: ValidationInfo) -> float:
+            rmin = info.data.get("rmin")
+            if rmin is not None and rmax < rmin:
+                raise ValueError(f"must be >= rmin ({rmin})")
+            return rmax
 
     # ------------------------------------------------------------------ leaves
     def _radii(self, u: Any) -> Any:
         """Inverse CDF of the density r^-alpha on [rmin, rmax]."""
         import numpy as np
 
-        a, lo, hi = self.alpha, self.rmin, self.rmax
+        a, lo, hi = self.params.alpha, self.params.rmin, self.params.rmax
         if hi == lo:
             return np.full_like(u, lo)
         if abs(a - 1.0) < 1e-9:
@@ -87,11 +81,12 @@ class DeadLeaves(Generator):
         """
         import numpy as np
 
-        u = rng("dead-leaves", self.shape, seed, index, block).random((BLOCK, 12))
-        if self.shape == "mixed":
+        shape = self.params.shape
+        u = rng("dead-leaves", shape, seed, index, block).random((BLOCK, 12))
+        if shape == "mixed":
             kind = np.minimum((u[:, 0] * len(SHAPES)).astype(np.int64), len(SHAPES) - 1)
         else:
-            kind = np.full(BLOCK, SHAPES.index(self.shape), dtype=np.int64)
+            kind = np.full(BLOCK, SHAPES.index(shape), dtype=np.int64)
         r = self._radii(u[:, 1])
         cx, cy = u[:, 2], u[:, 3]
         quarter = np.pi / 4 + np.arange(4) * (np.pi / 2)  # square corners
@@ -129,6 +124,7 @@ class DeadLeaves(Generator):
         import numpy as np
 
         n, hw = len(indices), size * size
+        max_shapes = self.params.max_shapes
         bare_label = np.iinfo(np.int64).max
         labels = np.full(n * hw, bare_label, dtype=np.int64)  # flat: image * hw + y * size + x
         colours: list[list[Any]] = [[] for _ in range(n)]
@@ -169,8 +165,8 @@ class DeadLeaves(Generator):
             bare[:] = (labels == bare_label).reshape(n, hw).sum(axis=1)
 
         # Phase 1: rasterise leaves over their bounding boxes while the canvas is bare.
-        while bare.sum() > _SWITCH * n * hw and done < self.max_shapes:
-            k = min(64, self.max_shapes - done)
+        while bare.sum() > _SWITCH * n * hw and done < max_shapes:
+            k = min(64, max_shapes - done)
             while done + k > drawn:
                 draw_block()
             act = np.flatnonzero(bare)
@@ -195,8 +191,8 @@ class DeadLeaves(Generator):
 
         # Phase 2: test the few bare pixels against the next leaves.
         todo_pix = np.flatnonzero(labels == bare_label)
-        while todo_pix.size and done < self.max_shapes:
-            k = min(BLOCK, max(4, _WORK // todo_pix.size), self.max_shapes - done)
+        while todo_pix.size and done < max_shapes:
+            k = min(BLOCK, max(4, _WORK // todo_pix.size), max_shapes - done)
             while done + k > drawn:
                 draw_block()
             img = todo_pix // hw

@@ -41,10 +41,12 @@ import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from harness.hookspecs import hookimpl
 from harness.kinds import Generator
 
-from harness_plugins.generators._seeding import check_sample_args, number, positive_int, reject_unknown, rng
+from harness_plugins.generators._seeding import check_sample_args, rng
 
 if TYPE_CHECKING:
     import torch
@@ -84,50 +86,28 @@ def wavelets() -> Any:
 
 
 class StyleGANOriented(Generator):
-    """Random StyleGAN2-style networks with oriented wavelet filters.
-
-    Params: channel_base (2048), channel_max (32), w_dim (512), images_per_network
-    (400), bias_range (0.2), noise_strength (0.3), device (where to run; not part of
-    the key, default: cuda when available).
-    """
+    """Random StyleGAN2-style networks with oriented wavelet filters."""
 
     version = 1
 
-    def __init__(
-        self,
-        name: str | None = None,
-        channel_base: int = 2048,
-        channel_max: int = 32,
-        w_dim: int = 512,
-        images_per_network: int = 400,
-        bias_range: float = 0.2,
-        noise_strength: float = 0.3,
-        device: str | None = None,
-        **unknown: Any,
-    ) -> None:
-        reject_unknown(
-            "stylegan-oriented", unknown, "channel_base, channel_max, w_dim, images_per_network, bias_range, noise_strength, device"
+    class Params(Generator.Params):
+        channel_base: int = Field(2048, ge=4, description="channels at resolution r: min(channel_base / r, channel_max)")
+        channel_max: int = Field(32, ge=1, description="most channels of any layer")
+        w_dim: int = Field(512, ge=1, description="size of the latents w fed to the style affines")
+        images_per_network: int = Field(400, ge=1, description="images rendered by one network before its parameters are re-drawn")
+        bias_range: float = Field(0.2, ge=0.0, le=100.0, description="biases ~ U(-bias_range, bias_range)")
+        noise_strength: float = Field(0.3, ge=0.0, le=100.0, description="per-layer noise strength ~ U(0, noise_strength)")
+        device: str | None = Field(
+            None, exclude=True, description="where to render (cpu, cuda, cuda:1); default cuda when available; not part of the key"
         )
-        channel_base = positive_int("channel_base", channel_base, 4)
-        channel_max = positive_int("channel_max", channel_max)
-        w_dim = positive_int("w_dim", w_dim)
-        images_per_network = positive_int("images_per_network", images_per_network)
-        bias_range = number("bias_range", bias_range, 0.0, 100.0)
-        noise_strength = number("noise_strength", noise_strength, 0.0, 100.0)
-        if device is not None and not isinstance(device, str):
-            raise TypeError(f"parameter `device` must be a string such as 'cpu' or 'cuda', got {device!r}")
-        super().__init__(
-            name, channel_base=channel_base, channel_max=channel_max, w_dim=w_dim,
-            images_per_network=images_per_network, bias_range=bias_range, noise_strength=noise_strength,
-        )
-        self.channel_base, self.channel_max, self.w_dim = channel_base, channel_max, w_dim
-        self.images_per_network, self.bias_range, self.noise_strength = images_per_network, bias_range, noise_strength
-        self.device = device
+
+    def __init__(self, name: str | None = None, /, **params: Any) -> None:
+        super().__init__(name, **params)
         self._networks: dict[tuple[int, int, int], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ architecture
     def channels(self, res: int) -> int:
-        return max(1, min(self.channel_base // res, self.channel_max))
+        return max(1, min(self.params.channel_base // res, self.params.channel_max))
 
     def layers(self, resolution: int) -> list[tuple[int, int, int, bool]]:
         """(resolution, in channels, out channels, upsample) of every 3x3 layer."""
@@ -152,12 +132,12 @@ class StyleGANOriented(Generator):
             c4 = self.channels(4)
             net = {
                 "const": r.standard_normal((c4, 4, 4)).astype(np.float32),
-                "affine": [r.standard_normal((cin, self.w_dim)).astype(np.float32) for _, cin, _, _ in layers],
+                "affine": [r.standard_normal((cin, self.params.w_dim)).astype(np.float32) for _, cin, _, _ in layers],
                 "rgb_affine": [],
             }
             res = 4
             while res <= resolution:
-                net["rgb_affine"].append(r.standard_normal((self.channels(res), self.w_dim)).astype(np.float32))
+                net["rgb_affine"].append(r.standard_normal((self.channels(res), self.params.w_dim)).astype(np.float32))
                 res *= 2
             self._networks[key] = net
         return self._networks[key]
@@ -172,13 +152,13 @@ class StyleGANOriented(Generator):
         n_rgb = int(math.log2(resolution)) - 1
         bank = len(wavelets())
         out: dict[str, Any] = {"filters": [], "signs": [], "bias": [], "strength": [], "rgb": []}
-        out["w"] = r.standard_normal((len(layers) + 1, self.w_dim)).astype(np.float32)
+        out["w"] = r.standard_normal((len(layers) + 1, self.params.w_dim)).astype(np.float32)
         for _, cin, cout, _ in layers:
             subset = r.permutation(bank)[: r.integers(5, bank + 1)]
             out["filters"].append(subset[r.integers(0, len(subset), cin)])
             out["signs"].append(np.where(r.random(cout) < 0.5, -1.0, 1.0).astype(np.float32))
-            out["bias"].append(r.uniform(-self.bias_range, self.bias_range, cout).astype(np.float32))
-            out["strength"].append(np.float32(r.uniform(0.0, self.noise_strength)))
+            out["bias"].append(r.uniform(-self.params.bias_range, self.params.bias_range, cout).astype(np.float32))
+            out["strength"].append(np.float32(r.uniform(0.0, self.params.noise_strength)))
         for k in range(n_rgb):
             out["rgb"].append(r.standard_normal((3, self.channels(4 * 2**k))).astype(np.float32))
         out["pink_alpha"] = r.uniform(0.5, 1.5)
@@ -214,10 +194,10 @@ class StyleGANOriented(Generator):
         import torch
         import torch.nn.functional as F
 
-        device = torch.device(self.device) if self.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.params.device) if self.params.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         b = len(indices)
         draws = [self.draws(seed, i, resolution) for i in indices]
-        nets = [self.network(seed, i // self.images_per_network, resolution) for i in indices]
+        nets = [self.network(seed, i // self.params.images_per_network, resolution) for i in indices]
 
         def stack(get: Any) -> torch.Tensor:
             return torch.from_numpy(np.stack([get(d, n) for d, n in zip(draws, nets)])).to(device)
@@ -237,7 +217,7 @@ class StyleGANOriented(Generator):
             if up:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             affine = stack(lambda d, n, j=j: n["affine"][j])  # [b, cin, w_dim]
-            styles = torch.einsum("bcw,bw->bc", affine, w[:, j]) / math.sqrt(self.w_dim) + 1.0
+            styles = torch.einsum("bcw,bw->bc", affine, w[:, j]) / math.sqrt(self.params.w_dim) + 1.0
             filters = bank[torch.from_numpy(np.stack([d["filters"][j] for d in draws])).to(device)]  # [b, cin, 3, 3]
             weight = styles[:, :, None, None] * filters
             weight = weight / torch.sqrt(weight.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
@@ -250,7 +230,7 @@ class StyleGANOriented(Generator):
             x = F.relu(signs * y + bias) * gain
             if j == 0 or not up:  # the last layer of a block: add its toRGB output
                 rgb_affine = stack(lambda d, n, k=rgb_index: n["rgb_affine"][k])
-                rgb_styles = torch.einsum("bcw,bw->bc", rgb_affine, w[:, j + 1]) / math.sqrt(self.w_dim) + 1.0
+                rgb_styles = torch.einsum("bcw,bw->bc", rgb_affine, w[:, j + 1]) / math.sqrt(self.params.w_dim) + 1.0
                 rgb_w = stack(lambda d, n, k=rgb_index: d["rgb"][k]) * (rgb_styles / math.sqrt(cout))[:, None, :]
                 y_rgb = torch.einsum("boc,bchw->bohw", rgb_w, x)
                 if img is not None:

@@ -177,7 +177,7 @@ def write_pca_parts(
 
 def encoder_order(results: Any) -> list[str]:
     """Encoders of a result frame in the leaderboard's order (group, then name)."""
-    from harness.registry import GROUPS
+    from harness.config.schema import GROUPS
 
     rank = {g: i for i, g in enumerate(GROUPS)}
     table = results[["encoder", "encoder_group"]].drop_duplicates("encoder", keep="last")

@@ -33,15 +33,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveInt
 
-from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Task
+from harness.metrics import SEGMENTATION_SIZE
 
-PRINCIPLES = ("closure", "kanizsa", "connection", "continuity", "enclosure", "proximity", "similarity")
+Principle = Literal["closure", "kanizsa", "connection", "continuity", "enclosure", "proximity", "similarity"]
+PRINCIPLES: tuple[str, ...] = get_args(Principle)
 WHITE = np.array([255, 255, 255], np.uint8)
 BLACK = np.array([0, 0, 0], np.uint8)
 
@@ -357,9 +359,18 @@ def stimulus(principle: str, index: int, size: int = 224, seed: int = 0) -> Stim
 
 # ---------------------------------------------------------------------------- the task
 class GestaltTask(Task):
-    """Params: datasets (the seven principles), images (64 per principle), size (224),
-    seed (0), r2_size (112), figure_images (2), batch_size (32)."""
+    """R^2 of each encoder's feature PCA against the segmentation a human perceives."""
 
+    class Params(Task.Params):
+        datasets: list[Principle] | None = Field(None, description="principles to run (default: all seven)")
+        images: PositiveInt = Field(64, description="stimuli per principle")
+        size: PositiveInt = Field(224, description="stimulus side in pixels")
+        seed: NonNegativeInt = Field(0, description="stimulus i depends only on (seed, principle, i, size)")
+        r2_size: PositiveInt = Field(SEGMENTATION_SIZE, description="side at which R^2 compares features and labels")
+        figure_images: NonNegativeInt = Field(2, description="stimuli per principle shown in the figure")
+        batch_size: PositiveInt = Field(32, description="stimuli per embedding batch")
+
+    params: Params
     default_datasets = PRINCIPLES
     needs_patches = True
     title = "Gestalt: R^2 of feature PCA vs the perceived segmentation (%, Table 4)"
@@ -367,19 +378,13 @@ class GestaltTask(Task):
     def run(self, encoder: Any, ctx: Any) -> list:
         import torch
 
-        from harness.leaderboard import FIGURES
-        from harness.metrics import SEGMENTATION_SIZE, segmentation_inertia
+        from harness.metrics import segmentation_inertia
+        from harness.results.leaderboard import FIGURES
         from harness_plugins.tasks._seg_ops import embed_patches, write_pca_parts
 
-        principle = ctx.dataset
-        if principle not in GENERATORS:
-            raise HarnessError(f"task {self.name!r}: unknown principle {principle!r}; known: {', '.join(PRINCIPLES)}")
-        count = int(self.params.get("images", 64))
-        size = int(self.params.get("size", 224))
-        seed = int(self.params.get("seed", 0))
-        r2_size = int(self.params.get("r2_size", SEGMENTATION_SIZE))
-        batch_size = int(self.params.get("batch_size", 32))
-        n_figure = min(int(self.params.get("figure_images", 2)), count)
+        principle, count, size, seed = ctx.dataset, self.params.images, self.params.size, self.params.seed
+        r2_size, batch_size = self.params.r2_size, self.params.batch_size
+        n_figure = min(self.params.figure_images, count)
         means = ("scalar", "per_component")
         inertia = np.empty((count, len(means)))
         items, item_feats = [], []

@@ -2,13 +2,16 @@
 
 Two protocols (param `protocol`):
 
-`logistic` (default): scikit-learn multinomial logistic regression on the cached
-frozen global features (`ctx.embed_split`), standardised with the train split's mean
-and standard deviation. The inverse regularisation C is chosen from `cs` on a held-out
-`val_fraction` (20%) of train (stratified where every class allows it, seed `seed`);
-ties go to the smaller C. The probe is then refitted on all of train with that C and
-scored once on test. Records: top1 (headline), top5 (when there are at least 5
-classes), val_top1 per C, and the selected C.
+`logistic` (default): scikit-learn multinomial logistic regression (lbfgs, tol 1e-4,
+`max_iter`; deterministic, no random state) on the cached frozen global features
+(`ctx.embed_split`), standardised with the train split's mean and standard deviation.
+The inverse regularisation C is chosen from `cs` on a held-out `val_fraction` (20%) of
+train (stratified where every class allows it, seed `seed`): the smallest C whose
+validation accuracy is within one validation sample (1 / n_val) of the best, so that a
+near-tie decided by floating-point rounding cannot flip the choice between machines
+(`select_c`). The probe is then refitted on all of train with that C and scored once on
+test. Records: top1 (headline), top5 (when there are at least 5 classes), val_top1 per
+C, and the selected C.
 
 `dino`: DINO's `eval_linear.py`. Features = the CLS token of each of the last
 `n_last_blocks` (4) transformer blocks, each through the final norm, concatenated
@@ -28,9 +31,10 @@ computed. An encoder without ViT blocks (no `model.blocks`) is probed on its
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from harness.hookspecs import hookimpl
 from harness.kinds import Task
@@ -55,19 +59,31 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     return np.sort(fit), np.sort(val)
 
 
+def select_c(cs: Sequence[float], val_accuracies: Sequence[float], n_val: int) -> float:
+    """The smallest C whose validation accuracy (a fraction) is within one validation
+    sample, 1 / n_val, of the best: the strongest regularisation that is as good as the
+    best up to one sample, stable under near-ties that differ between machines."""
+    if len(cs) != len(val_accuracies) or not cs or n_val < 1:
+        raise ValueError(f"need one accuracy per C and n_val >= 1: {len(cs)} Cs, {len(val_accuracies)} accuracies, n_val {n_val}")
+    slack = 1e-9  # accuracies are k / n_val in floating point; keep exact ties inside the band
+    threshold = max(val_accuracies) - 1.0 / n_val - slack
+    return min(c for c, accuracy in zip(cs, val_accuracies) if accuracy >= threshold)
+
+
 SMALL_PROBLEM = 10_000_000
 """Feature matrices up to this many entries are fitted on one thread: for small
 problems BLAS/OpenMP threads cost more than they save, badly so on a busy machine."""
 
 
-def fit_logistic(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int, seed: int) -> Any:
-    """StandardScaler + LogisticRegression(C=c) fitted on (features, labels)."""
+def fit_logistic(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int) -> Any:
+    """StandardScaler + LogisticRegression(C=c) fitted on (features, labels). The solver
+    is pinned (lbfgs, deterministic) rather than left to scikit-learn's default."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, solver="lbfgs", tol=1e-4, max_iter=max_iter))
     with threadpool_limits(1 if features.size <= SMALL_PROBLEM else None):
         return model.fit(features, labels)
 
@@ -170,45 +186,51 @@ def vit_last_blocks_features(encoder: Any, n_last_blocks: int = 4, avgpool: bool
 
 
 class LinearTask(Task):
-    """Params: datasets, protocol (logistic | dino); logistic: cs, val_fraction, seed,
-    max_iter; dino: epochs, lr, batch_size, n_last_blocks, avgpool_patchtokens, seed."""
+    """A linear probe on frozen features: logistic regression, or DINO's eval_linear recipe."""
 
+    class Params(Task.Params):
+        protocol: Literal["logistic", "dino"] = Field(
+            "logistic", description="logistic: scikit-learn on embed features; dino: DINO's eval_linear"
+        )
+        seed: NonNegativeInt = Field(0, description="seed of the validation split (logistic) or of the init and augmentations (dino)")
+        cs: list[PositiveFloat] = Field(list(CS), min_length=1, description="logistic: inverse regularisations C to choose from")
+        val_fraction: float = Field(0.2, gt=0, lt=1, description="logistic: fraction of train held out to choose C")
+        max_iter: PositiveInt = Field(1000, description="logistic: lbfgs iterations at most")
+        epochs: NonNegativeInt = Field(100, description="dino: training epochs")
+        lr: PositiveFloat = Field(0.001, description="dino: learning rate per 256 images (scaled by batch_size / 256)")
+        batch_size: PositiveInt = Field(1024, description="dino: images per SGD step")
+        n_last_blocks: PositiveInt = Field(4, description="dino: concatenate the CLS token of this many last blocks")
+        avgpool_patchtokens: bool = Field(False, description="dino: also concatenate the last block's mean patch token")
+
+    params: Params
     default_datasets = ("digits",)
     title = "Linear probe on frozen features (top-1 %)"
 
     def run(self, encoder: Any, ctx: Any) -> list:
         from harness.errors import HarnessError
 
-        protocol = self.params.get("protocol", "logistic")
         data = ctx.open_dataset()
         if np.asarray(data.train.labels).ndim != 1:
             raise HarnessError(f"dataset {ctx.dataset!r} is multi-label; the linear task needs one class per image")
-        if protocol == "logistic":
-            return self._logistic(data, ctx)
-        if protocol == "dino":
+        if self.params.protocol == "dino":
             return self._dino(data, encoder, ctx)
-        raise HarnessError(f"task {self.name!r}: protocol must be 'logistic' or 'dino', got {protocol!r}")
+        return self._logistic(data, ctx)
 
     # ------------------------------------------------------------------ logistic
     def _logistic(self, data: Any, ctx: Any) -> list:
-        cs = [float(c) for c in self.params.get("cs", CS)]
-        fraction = float(self.params.get("val_fraction", 0.2))
-        seed = int(self.params.get("seed", 0))
-        max_iter = int(self.params.get("max_iter", 1000))
+        cs, max_iter = self.params.cs, self.params.max_iter
         train = ctx.embed_split(data.train, "train")
         test = ctx.embed_split(data.test, "test")
         train_labels = np.asarray(data.train.labels, dtype=np.int64)
         test_labels = np.asarray(data.test.labels, dtype=np.int64)
-        fit, val = holdout_split(train_labels, fraction, seed)
-        records = []
-        best_c, best_acc = cs[0], -1.0
+        fit, val = holdout_split(train_labels, self.params.val_fraction, self.params.seed)
+        records, accuracies = [], []
         for c in cs:
-            model = fit_logistic(train[fit], train_labels[fit], c, max_iter, seed)
-            acc = 100.0 * float((model.predict(train[val]) == train_labels[val]).mean())
-            records.append(ctx.result("val_top1", acc, n=len(val), protocol="logistic", C=c))
-            if acc > best_acc:
-                best_c, best_acc = c, acc
-        model = fit_logistic(train, train_labels, best_c, max_iter, seed)
+            model = fit_logistic(train[fit], train_labels[fit], c, max_iter)
+            accuracies.append(float((model.predict(train[val]) == train_labels[val]).mean()))
+            records.append(ctx.result("val_top1", 100.0 * accuracies[-1], n=len(val), protocol="logistic", C=c))
+        best_c = select_c(cs, accuracies, len(val))
+        model = fit_logistic(train, train_labels, best_c, max_iter)
         proba = class_probabilities(model, test, data.num_classes)
         records.append(ctx.result("top1", topk_accuracy(proba, test_labels, 1), n=len(test_labels), headline=True, protocol="logistic"))
         if data.num_classes >= 5:
@@ -220,12 +242,8 @@ class LinearTask(Task):
     def _dino(self, data: Any, encoder: Any, ctx: Any) -> list:
         import torch
 
-        epochs = int(self.params.get("epochs", 100))
-        base_lr = float(self.params.get("lr", 0.001))
-        batch_size = int(self.params.get("batch_size", 1024))
-        n_last = int(self.params.get("n_last_blocks", 4))
-        avgpool = bool(self.params.get("avgpool_patchtokens", False))
-        seed = int(self.params.get("seed", 0))
+        epochs, base_lr, batch_size, seed = self.params.epochs, self.params.lr, self.params.batch_size, self.params.seed
+        n_last, avgpool = self.params.n_last_blocks, self.params.avgpool_patchtokens
         device = torch.device(ctx.device)
 
         if getattr(encoder, "model", False) is None:  # a ViT not yet prepared (the runner prepares it)

@@ -14,10 +14,11 @@ computed exactly as the `medmnist` package's Evaluator does:
   ACC = mean over labels of the accuracy of score > 0.5, AUC = mean over labels of
   the ROC AUC.
 
-Both are reported in percent (100 x the Evaluator's value), for every k and vote; the
-headline is ACC with the weighted vote at k = 20, fixed in advance (Table 3 reports
-ACC). The headline cell's scores are saved to `<out>/medmnist/<dataset>__<encoder>.npz`
-(`scores`, `labels`) so that any evaluator can be run on them.
+Both are reported in percent (100 x the Evaluator's value), for every k in `ks` and
+both votes; the headline is ACC with the weighted vote at k = `headline_k` (20), fixed
+in advance (Table 3 reports ACC). The headline cell's scores are saved to
+`<out>/medmnist/<dataset>__<encoder>.npz` (`scores`, `labels`) so that any evaluator can
+be run on them.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from pydantic import Field, PositiveInt
+
 from harness.hookspecs import hookimpl
 from harness.kinds import Task
+
+from harness_plugins.tasks._memory import NeighbourVoteParams
 
 KS = (1, 5, 10, 20, 100, 200)
 VOTES = ("weighted", "majority")
@@ -78,8 +83,12 @@ def normalised_scores(sims: np.ndarray, neighbour_labels: np.ndarray, vote: str,
 
 
 class MedMNISTTask(Task):
-    """Params: datasets (the paper's 10), ks (1, 5, 10, 20, 100, 200), temperature (0.07), headline_k (20)."""
+    """MedMNIST ACC and AUC of the normalised kNN vote, as the medmnist Evaluator computes them."""
 
+    class Params(NeighbourVoteParams):
+        ks: list[PositiveInt] = Field(list(KS), min_length=1, description="numbers of neighbours k to report")
+
+    params: Params
     default_datasets = PAPER_DATASETS
     title = "MedMNIST kNN classification (ACC %, Table 3)"
 
@@ -87,9 +96,7 @@ class MedMNISTTask(Task):
         from harness.cache import save_arrays
         from harness.memory import VisualMemory
 
-        temperature = float(self.params.get("temperature", 0.07))
-        headline_k = int(self.params.get("headline_k", 20))
-        ks = sorted({int(k) for k in self.params.get("ks", KS)} | {headline_k})
+        ks, temperature, headline_k = self.params.reported_ks, self.params.temperature, self.params.headline_k
         data = ctx.open_dataset()
         label_type = getattr(data, "label_type", "multi-class")
         train = ctx.embed_split(data.train, "train")

@@ -18,9 +18,10 @@ Per-triplet outcomes are written to `<out>/nights/<dataset>__<encoder>__<split>.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt
 
 from harness.hookspecs import hookimpl
 from harness.kinds import Task
@@ -50,14 +51,21 @@ def _sem(scores: np.ndarray) -> float:
 
 
 class NightsTask(Task):
-    """Params: datasets ([nights]), splits (val, test_imagenet, test_no_imagenet), batch_size (64)."""
+    """NIGHTS 2AFC: agreement of the encoder's distances with human similarity votes."""
 
+    class Params(Task.Params):
+        splits: list[Literal["val", "test_imagenet", "test_no_imagenet"]] = Field(
+            list(SPLITS), min_length=1, description="NIGHTS splits to score (val is the headline)"
+        )
+        batch_size: PositiveInt = Field(64, description="images per embedding batch")
+
+    params: Params
     default_datasets = ("nights",)
     title = "NIGHTS 2AFC (val; all splits in the figure)"
 
     def distances(self, encoder: Any, ctx: Any, triplets: Any) -> tuple[np.ndarray, np.ndarray]:
         """d0 = d(ref, left), d1 = d(ref, right) for every triplet of a split."""
-        batch_size = int(self.params.get("batch_size", 64))
+        batch_size = self.params.batch_size
         pairwise = getattr(encoder, "pairwise_distance", None)
         if callable(pairwise):
             d0, d1 = [], []
@@ -79,10 +87,10 @@ class NightsTask(Task):
         from harness.metrics import two_afc
 
         data = ctx.open_dataset()
-        splits = list(self.params.get("splits", SPLITS))
-        unknown = [s for s in splits if s not in data.splits]
-        if unknown:
-            raise HarnessError(f"task {self.name!r}: unknown NIGHTS split(s) {unknown}; known: {', '.join(data.splits)}")
+        splits = self.params.splits
+        missing = [s for s in splits if s not in getattr(data, "splits", {})]
+        if missing:
+            raise HarnessError(f"task {self.name!r}: dataset {ctx.dataset!r} has no NIGHTS split(s) {missing}; is its format nights?")
         out_dir = Path(ctx.run.out_dir) / "nights"
         out_dir.mkdir(parents=True, exist_ok=True)
         method = "pairwise_distance" if callable(getattr(encoder, "pairwise_distance", None)) else "1 - cosine(embed)"

@@ -5,35 +5,40 @@ non-private when removing it changes the prediction of at least one query; the c
 is exact (`VisualMemory.privacy_report` equals brute-force leave-one-out). Reported per
 encoder and dataset: kNN top-1 with the same rule, the number of non-private rows and
 their percentage of the memory (the headline), plus the queries whose prediction some
-single removal changes. Params: datasets, k (20), vote ("weighted"), temperature (0.07).
+single removal changes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt
 
 from harness.hookspecs import hookimpl
 from harness.kinds import Task
 
+from harness_plugins.tasks._memory import train_memory
+
 
 class PrivacyTask(Task):
-    """Params: datasets ([digits]), k (20), vote (weighted), temperature (0.07)."""
+    """The memory rows whose removal changes some query's kNN prediction (exact leave-one-out)."""
 
+    class Params(Task.Params):
+        k: PositiveInt = Field(20, description="neighbours per query")
+        vote: Literal["weighted", "majority"] = Field("weighted", description="kNN vote: DINO's exp(similarity / T) weights or counts")
+        temperature: float = Field(0.07, gt=0, description="T of the weighted vote")
+
+    params: Params
     default_datasets = ("digits",)
     title = "Privacy: non-private memory rows (count and % of the memory)"
 
     def run(self, encoder: Any, ctx: Any) -> list:
-        from harness_plugins.tasks._memory import train_memory
-
-        k = int(self.params.get("k", 20))
-        vote = str(self.params.get("vote", "weighted"))
-        temperature = float(self.params.get("temperature", 0.07))
+        k, vote, temperature = self.params.k, self.params.vote, self.params.temperature
         _, memory, test, test_labels = train_memory(ctx, "the privacy audit needs one class per memory row")
-        predictions = memory.classify(test, k=k, vote=vote, temperature=temperature)  # type: ignore[arg-type]
-        report = memory.privacy_report(test, k=k, vote=vote, temperature=temperature)  # type: ignore[arg-type]
+        predictions = memory.classify(test, k=k, vote=vote, temperature=temperature)
+        report = memory.privacy_report(test, k=k, vote=vote, temperature=temperature)
         top1 = 100.0 * float((predictions == test_labels).mean())
         params = {"k": k, "vote": vote, "temperature": temperature}
         n_memory, n_queries = report.memory_size, report.num_queries

@@ -20,17 +20,17 @@ All three read any `SegmentationData` dataset, so they also run on the procedura
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveInt
 
+from harness.datasets.segmentation import SegmentationData
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
-from harness.kinds import Task, stable_hash
-
-# registers the coco, voc, ade20k and synthetic-scenes dataset formats
-from harness_plugins.tasks import _seg_data  # noqa: F401
-from harness_plugins.tasks._seg_data import SegmentationData
+from harness.keys import stable_hash
+from harness.kinds import Task
+from harness.metrics import SEGMENTATION_SIZE
 
 PHOTOGRAPHS = ("astronaut", "coffee", "chelsea")
 
@@ -42,6 +42,11 @@ def _percent(x: float) -> float:
 class SegmentationTask(Task):
     """Shared plumbing: the dataset, its input size, batches of patch features."""
 
+    class Params(Task.Params):
+        image_size: PositiveInt | None = Field(None, description="side the images are resized to for the encoder (default: the dataset's)")
+        batch_size: PositiveInt = Field(32, description="images per embedding batch")
+
+    params: Params
     needs_patches = True
 
     def data(self, ctx: Any) -> SegmentationData:
@@ -55,12 +60,11 @@ class SegmentationTask(Task):
         return data
 
     def image_size(self, data: SegmentationData) -> int | None:
-        size = self.params.get("image_size")
-        return int(size) if size else data.image_size
+        return self.params.image_size or data.image_size
 
     @property
     def batch_size(self) -> int:
-        return int(self.params.get("batch_size", 32))
+        return self.params.batch_size
 
     def progress(self, ctx: Any, total: int, desc: str) -> Any:
         from tqdm import tqdm
@@ -70,29 +74,37 @@ class SegmentationTask(Task):
 
 # ---------------------------------------------------------------------------- coco-r2
 class CocoR2Task(SegmentationTask):
-    """Params: datasets ([coco]), n_images (5000), split (val), image_size (dataset's:
-    448 for COCO), size (112), batch_size (32), figure_images (2 dataset images in the
-    PCA figure), photographs (astronaut, coffee, chelsea)."""
+    """Zero-shot segmentation R^2 of each image's feature PCA against its human labels."""
 
+    class Params(SegmentationTask.Params):
+        n_images: PositiveInt = Field(5000, description="the split's first images to score")
+        split: str = Field("val", description="dataset split to score")
+        size: PositiveInt = Field(SEGMENTATION_SIZE, description="side at which R^2 compares features and labels")
+        figure_images: NonNegativeInt = Field(2, description="dataset images shown in the feature-PCA figure")
+        photographs: list[Literal["astronaut", "camera", "chelsea", "coffee", "rocket"]] = Field(
+            list(PHOTOGRAPHS), description="scikit-image photographs shown first in the feature-PCA figure"
+        )
+
+    params: Params
     default_datasets = ("coco",)
     title = "Zero-shot segmentation R^2 of feature PCA vs human labels (%, Table 2)"
 
     def run(self, encoder: Any, ctx: Any) -> list:
-        from harness.leaderboard import FIGURES
-        from harness.metrics import SEGMENTATION_SIZE, segmentation_inertia
+        from harness.metrics import segmentation_inertia
+        from harness.results.leaderboard import FIGURES
         from harness_plugins.tasks._seg_ops import embed_patches, photographs, write_pca_parts
-        from harness_plugins.tasks._seg_data import resize_image
+        from harness.datasets.segmentation import resize_image
 
         data = self.data(ctx)
-        split = data.split(self.params.get("split", "val"))
-        count = min(int(self.params.get("n_images", 5000)), len(split))
-        size = int(self.params.get("size", SEGMENTATION_SIZE))
+        split = data.split(self.params.split)
+        count = min(self.params.n_images, len(split))
+        size = self.params.size
         image_size = self.image_size(data)
         means = ("scalar", "per_component")
         inertia = np.empty((count, len(means)))
         figure_items: list[tuple[str, np.ndarray, np.ndarray | None]] = []
         figure_feats: list[Any] = []
-        n_figure = int(self.params.get("figure_images", 2))
+        n_figure = self.params.figure_images
         bar = self.progress(ctx, count, "r2")
         for start in range(0, count, self.batch_size):
             indices = list(range(start, min(start + self.batch_size, count)))
@@ -106,7 +118,7 @@ class CocoR2Task(SegmentationTask):
             bar.update(len(indices))
         bar.close()
         # the feature-PCA figure: fixed photographs, then the dataset's first images
-        photos = photographs(self.params.get("photographs", PHOTOGRAPHS))
+        photos = photographs(self.params.photographs)
         if photos:
             import torch
 
@@ -153,27 +165,35 @@ class CocoR2Task(SegmentationTask):
 
 # ---------------------------------------------------------------------------- knn-seg
 class KnnSegTask(SegmentationTask):
-    """Params: datasets ([voc2012]), memory_images (512), seed (0), queries (all of val),
-    train_split (train), val_split (val), image_size (dataset's: 448), batch_size (32),
-    query_chunk (1024), key_chunk (65536)."""
+    """kNN segmentation: each val patch takes the attention-weighted vote of a memory of patch labels."""
 
+    class Params(SegmentationTask.Params):
+        memory_images: PositiveInt = Field(512, description="train images drawn (seed) into the memory")
+        seed: NonNegativeInt = Field(0, description="seed of the draw of memory images")
+        queries: PositiveInt | None = Field(None, description="first val images to segment (default: all)")
+        train_split: str = Field("train", description="split the memory is drawn from")
+        val_split: str = Field("val", description="split of the query images")
+        query_chunk: PositiveInt = Field(1024, description="query patches per attention block (bounds memory use)")
+        key_chunk: PositiveInt = Field(65536, description="memory patches per attention block (bounds memory use)")
+
+    params: Params
     default_datasets = ("voc2012",)
     title = "kNN segmentation: attention over a memory of patch labels (%, Figure 10)"
 
     def run(self, encoder: Any, ctx: Any) -> list:
         import torch
 
-        from harness_plugins.tasks._seg_data import resize_labels
+        from harness.datasets.segmentation import resize_labels
         from harness_plugins.tasks._seg_ops import attention_transfer, confusion_matrix, embed_patches, segmentation_scores
 
         data = self.data(ctx)
-        train = data.split(self.params.get("train_split", "train"))
-        val = data.split(self.params.get("val_split", "val"))
+        train = data.split(self.params.train_split)
+        val = data.split(self.params.val_split)
         image_size = self.image_size(data)
-        seed = int(self.params.get("seed", 0))
-        n_memory = min(int(self.params.get("memory_images", 512)), len(train))
+        seed = self.params.seed
+        n_memory = min(self.params.memory_images, len(train))
         memory_ids = np.sort(np.random.default_rng(seed).choice(len(train), size=n_memory, replace=False))
-        n_queries = min(int(self.params.get("queries") or len(val)), len(val))
+        n_queries = min(self.params.queries or len(val), len(val))
         num_classes = data.num_classes
 
         def patch_batches(split: Any, indices: Any, desc: str) -> Any:
@@ -198,7 +218,7 @@ class KnnSegTask(SegmentationTask):
         for feats, labels in patch_batches(val, np.arange(n_queries), "queries"):
             soft = attention_transfer(
                 feats.reshape(-1, feats.shape[-1]), keys_t, onehot, scale,
-                query_chunk=int(self.params.get("query_chunk", 1024)), key_chunk=int(self.params.get("key_chunk", 65536)),
+                query_chunk=self.params.query_chunk, key_chunk=self.params.key_chunk,
                 device=ctx.device,
             )
             predicted = soft.argmax(dim=1).numpy()
@@ -251,20 +271,26 @@ def draw_pairs(
 
 
 class InContextSegTask(SegmentationTask):
-    """Params: datasets ([ade20k]), pairs (500), seed (0), split (val), min_fraction
-    (0.05), exclude ([0]: ADE's "other" / background), image_size (dataset's),
-    eval_size (112), threshold (0.5), batch_size (32)."""
+    """In-context segmentation: a prompt image's class mask transferred to a query by attention."""
 
+    class Params(SegmentationTask.Params):
+        pairs: PositiveInt = Field(500, description="(prompt, query) pairs drawn")
+        seed: NonNegativeInt = Field(0, description="seed of the draw of pairs")
+        split: str = Field("val", description="dataset split the pairs are drawn from")
+        min_fraction: float = Field(0.05, gt=0, le=1, description="a class is present in an image covering at least this fraction")
+        exclude: list[int] = Field([0], description="classes never drawn (ADE's 0: other / background)")
+        eval_size: PositiveInt = Field(SEGMENTATION_SIZE, description="side at which the transferred mask is scored")
+        threshold: float = Field(0.5, ge=0, le=1, description="soft mask level above which a pixel counts for IoU")
+
+    params: Params
     default_datasets = ("ade20k",)
     title = "In-context segmentation: prompt mask transferred by attention (%, Figure 9)"
 
     def pairs(self, ctx: Any, split: Any, data: SegmentationData) -> list[tuple[int, int, int]]:
         from harness.cache import cached_arrays
 
-        count = int(self.params.get("pairs", 500))
-        seed = int(self.params.get("seed", 0))
-        min_fraction = float(self.params.get("min_fraction", 0.05))
-        exclude = tuple(int(x) for x in self.params.get("exclude", [0])) + ((data.ignore_index,) if data.ignore_index is not None else ())
+        count, seed, min_fraction = self.params.pairs, self.params.seed, self.params.min_fraction
+        exclude = tuple(self.params.exclude) + ((data.ignore_index,) if data.ignore_index is not None else ())
         spec = ctx.registry.dataset(ctx.dataset).model_dump()
         key = stable_hash([ctx.dataset, spec, split.name, len(split), count, seed, min_fraction, exclude])
         path = ctx.run.cache_path("segmentation", f"pairs-{ctx.dataset}-{key}.npz")
@@ -281,15 +307,14 @@ class InContextSegTask(SegmentationTask):
         import torch
         import torch.nn.functional as F
 
-        from harness_plugins.tasks._seg_data import resize_labels
+        from harness.datasets.segmentation import resize_labels
         from harness_plugins.tasks._seg_ops import attention_transfer, binary_ious, embed_patches
 
         data = self.data(ctx)
-        split = data.split(self.params.get("split", "val"))
+        split = data.split(self.params.split)
         pairs = self.pairs(ctx, split, data)
         image_size = self.image_size(data)
-        eval_size = int(self.params.get("eval_size", 112))
-        threshold = float(self.params.get("threshold", 0.5))
+        eval_size, threshold = self.params.eval_size, self.params.threshold
         needed = sorted({i for _, p, q in pairs for i in (p, q)})
         feats: dict[int, torch.Tensor] = {}
         labels: dict[int, np.ndarray] = {}
@@ -320,7 +345,7 @@ class InContextSegTask(SegmentationTask):
             iou, soft_iou = binary_ious(soft_map, truth, threshold)
             ious.append(iou)
             soft_ious.append(soft_iou)
-        extra = {"pairs": len(pairs), "eval_size": eval_size, "seed": int(self.params.get("seed", 0))}
+        extra = {"pairs": len(pairs), "eval_size": eval_size, "seed": self.params.seed}
         records = []
         for metric, values in (("iou50", np.asarray(ious)), ("soft_iou", np.asarray(soft_ious))):
             valid = values[~np.isnan(values)]

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache import atomic_write
-from harness.registry import SlurmSpec, load_registry, use_registry
-from harness.results import Result, exclusive_run
-from harness.runner import Cell, Plan, Runner, run_cell
+from harness.config.schema import SlurmSpec
+from harness.config.registry import load_registry, use_registry
+from harness.results.store import Result, exclusive_run
+from harness.runner.cells import Cell, Plan, Runner, run_cell
 
 ALIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN"}
 

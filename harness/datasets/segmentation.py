@@ -12,7 +12,7 @@ images and label maps are resized (as the released code did for that dataset):
   ade20k            images/{training,validation}/*.jpg +                   bilinear, antialiased /
                     annotations/{training,validation}/*.png, or a flat     nearest at centres
                     images/ + annotations/ (or masks/) pair of folders
-  synthetic-scenes  (no root: generated, see _seg_synthetic)               native size / nearest at centres
+  synthetic-scenes  no root: generated, see synthetic_scenes.py            native size / nearest at centres
 
 Label maps are integer class indices per pixel: COCO's category id (later annotations
 overwrite earlier ones, crowd regions included), VOC's palette index (255 = object
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from harness.datasets import IMAGE_EXTENSIONS, dataset_format, decode_image
+from harness.datasets.images import IMAGE_EXTENSIONS, decode_image
+from harness.datasets.spec import dataset_options, default_workers
 from harness.errors import DataFormatError, HarnessError
 
 if TYPE_CHECKING:
     import torch
 
-    from harness.registry import DatasetSpec
+    from harness.config.schema import DatasetSpec
 
 IMAGE_MODES = ("bilinear", "bilinear-aa", "bicubic-aa")
 LABEL_MODES = ("nearest", "nearest-exact")
@@ -107,7 +107,7 @@ class SegmentationSplit:
 
     def __init__(self, name: str, workers: int | None = None) -> None:
         self.name = name
-        self.workers = workers or max(1, min(8, os.cpu_count() or 1))
+        self.workers = workers or default_workers()
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -222,31 +222,6 @@ class CocoSplit(SegmentationSplit):
         return image, self.read_labels(index)
 
 
-class SyntheticSplit(SegmentationSplit):
-    """Scenes generated on demand: item i of split `stream` is compose_scene([seed, stream, i])."""
-
-    image_mode = "bilinear-aa"
-    label_mode = "nearest-exact"
-
-    def __init__(self, name: str, count: int, seed: int, stream: int, scene: dict[str, Any]) -> None:
-        super().__init__(name, workers=1)
-        self.count, self.seed, self.stream, self.scene = count, seed, stream, scene
-
-    def __len__(self) -> int:
-        return self.count
-
-    def compose(self, index: int) -> Any:
-        from harness_plugins.tasks._seg_synthetic import compose_scene
-
-        if not 0 <= index < self.count:
-            raise IndexError(f"{self.name}: item {index} out of range (0..{self.count - 1})")
-        return compose_scene([self.seed, self.stream, int(index)], **self.scene)
-
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        scene = self.compose(index)
-        return scene.image, scene.labels
-
-
 # ---------------------------------------------------------------------------- dataset
 @dataclass
 class SegmentationData:
@@ -269,15 +244,7 @@ class SegmentationData:
         return self.splits[name]
 
 
-def _options(name: str, spec: DatasetSpec, defaults: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(spec.options) - set(defaults))
-    if unknown:
-        raise HarnessError(f"datasets.{name}.options: unknown option(s) {unknown}; known: {', '.join(sorted(defaults))}")
-    return {**defaults, **spec.options}
-
-
 # --------------------------------------------------------------------------------- COCO
-@dataset_format("coco")
 def read_coco(name: str, spec: DatasetSpec) -> SegmentationData:
     """COCO (2017) instance annotations as semantic label maps: label = category id.
 
@@ -285,7 +252,7 @@ def read_coco(name: str, spec: DatasetSpec) -> SegmentationData:
     image_size (448), limit (None: every image, in the annotation file's order).
     Needs pycocotools.
     """
-    options = _options(name, spec, {"annotations": "annotations/instances_val2017.json", "images": "val2017",
+    options = dataset_options(name, spec, {"annotations": "annotations/instances_val2017.json", "images": "val2017",
                                     "image_size": 448, "limit": None, "workers": None})
     root = spec.resolved_root(name)
     annotations = root / options["annotations"]
@@ -328,12 +295,11 @@ def _find_voc(root: Path) -> Path:
     )
 
 
-@dataset_format("voc")
 def read_voc(name: str, spec: DatasetSpec) -> SegmentationData:
     """Pascal VOC 2012 segmentation: splits from ImageSets/Segmentation/{train,val}.txt,
     labels = the palette indices of SegmentationClass/*.png (255 = boundary).
     Options: image_size (448), splits ([train, val])."""
-    options = _options(name, spec, {"image_size": 448, "splits": ["train", "val"], "workers": None})
+    options = dataset_options(name, spec, {"image_size": 448, "splits": ["train", "val"], "workers": None})
     base = _find_voc(spec.resolved_root(name))
     splits = {}
     for split in options["splits"]:
@@ -364,13 +330,12 @@ def _paired_files(images: Path, masks: Path) -> tuple[list[Path], list[Path]]:
     return image_paths, mask_paths
 
 
-@dataset_format("ade20k")
 def read_ade20k(name: str, spec: DatasetSpec) -> SegmentationData:
     """ADE20k SceneParsing (ADEChallengeData2016): images/{training,validation}/*.jpg and
     annotations/{training,validation}/*.png (class indices, 0 = other). A root holding
     flat images/ and annotations/ (or masks/) folders is read as one split "val".
     Options: image_size (448), num_classes (151)."""
-    options = _options(name, spec, {"image_size": 448, "num_classes": 151, "workers": None})
+    options = dataset_options(name, spec, {"image_size": 448, "num_classes": 151, "workers": None})
     root = spec.resolved_root(name)
     if (root / "ADEChallengeData2016").is_dir():
         root = root / "ADEChallengeData2016"
@@ -392,29 +357,4 @@ def read_ade20k(name: str, spec: DatasetSpec) -> SegmentationData:
     return SegmentationData(
         name=name, splits=splits, classes=classes, image_size=options["image_size"],
         description=f"ADE20k ({', '.join(f'{k} {len(v)}' for k, v in splits.items())})",
-    )
-
-
-# ----------------------------------------------------------------------- synthetic scenes
-@dataset_format("synthetic-scenes")
-def read_synthetic_scenes(name: str, spec: DatasetSpec) -> SegmentationData:
-    """Procedural scenes with exact masks (see _seg_synthetic): 6 object classes, each a
-    (shape, texture) pair, over a textured background (label 0); no download.
-
-    Options: size (128 px), train (256), val (128) scenes, seed (0), min_objects (2),
-    max_objects (4), radius ([0.14, 0.3] of the side). Splits "train" and "val" are
-    disjoint streams of one seed.
-    """
-    from harness_plugins.tasks._seg_synthetic import CLASS_NAMES, scene_options
-
-    options = _options(name, spec, {"size": 128, "train": 256, "val": 128, "seed": 0, "min_objects": 2,
-                                    "max_objects": 4, "radius": [0.14, 0.3]})
-    scene = scene_options(options)
-    splits: dict[str, SegmentationSplit] = {
-        split: SyntheticSplit(f"{name}/{split}", int(options[split]), int(options["seed"]), stream, scene)
-        for stream, split in enumerate(("train", "val"))
-    }
-    return SegmentationData(
-        name=name, splits=splits, classes=list(CLASS_NAMES), image_size=None, synthetic=True,
-        description=f"synthetic scenes, {options['size']} px, train {options['train']} / val {options['val']}, seed {options['seed']}",
     )

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from harness.datasets.segmentation import SegmentationData, SegmentationSplit
+from harness.datasets.spec import dataset_options
+
+if TYPE_CHECKING:
+    from harness.config.schema import DatasetSpec
 
 # label -> (name, shape, texture); label 0 is the background
 CLASSES: tuple[tuple[str, str, str], ...] = (
@@ -192,3 +198,47 @@ def scene_options(options: dict[str, Any]) -> dict[str, Any]:
     out["max_objects"] = int(options["max_objects"])
     out["radius"] = tuple(float(r) for r in options["radius"])
     return out
+
+
+class SyntheticSplit(SegmentationSplit):
+    """Scenes generated on demand: item i of split `stream` is compose_scene([seed, stream, i])."""
+
+    image_mode = "bilinear-aa"
+    label_mode = "nearest-exact"
+
+    def __init__(self, name: str, count: int, seed: int, stream: int, scene: dict[str, Any]) -> None:
+        super().__init__(name, workers=1)
+        self.count, self.seed, self.stream, self.scene = count, seed, stream, scene
+
+    def __len__(self) -> int:
+        return self.count
+
+    def compose(self, index: int) -> Scene:
+        if not 0 <= index < self.count:
+            raise IndexError(f"{self.name}: item {index} out of range (0..{self.count - 1})")
+        return compose_scene([self.seed, self.stream, int(index)], **self.scene)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        scene = self.compose(index)
+        return scene.image, scene.labels
+
+
+def read_synthetic_scenes(name: str, spec: DatasetSpec) -> SegmentationData:
+    """Procedural scenes with exact masks: 6 object classes, each a (shape, texture)
+    pair, over a textured background (label 0); no root, nothing to download.
+
+    Options: size (128 px), train (256), val (128) scenes, seed (0), min_objects (2),
+    max_objects (4), radius ([0.14, 0.3] of the side). Splits "train" and "val" are
+    disjoint streams of one seed.
+    """
+    options = dataset_options(name, spec, {"size": 128, "train": 256, "val": 128, "seed": 0, "min_objects": 2,
+                                           "max_objects": 4, "radius": [0.14, 0.3]})
+    scene = scene_options(options)
+    splits: dict[str, SegmentationSplit] = {
+        split: SyntheticSplit(f"{name}/{split}", int(options[split]), int(options["seed"]), stream, scene)
+        for stream, split in enumerate(("train", "val"))
+    }
+    return SegmentationData(
+        name=name, splits=splits, classes=list(CLASS_NAMES), image_size=None, synthetic=True,
+        description=f"synthetic scenes, {options['size']} px, train {options['train']} / val {options['val']}, seed {options['seed']}",
+    )

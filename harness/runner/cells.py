@@ -3,27 +3,26 @@
 Each cell is keyed by everything that determines it (encoder key, task key, dataset
 spec). A cell already in results.jsonl (ok or skipped) is not recomputed unless
 `force`; a cell that raises is recorded as `error` with its traceback saved under
-`<out>/errors/`, and the run goes on. `harness.launch` runs the same cells as cluster
+`<out>/errors/`, and the run goes on. `harness.runner.launch` runs the same cells as cluster
 jobs.
 """
 
 from __future__ import annotations
 
-import json
 import platform
-import re
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.cache import atomic_write
-from harness.context import CellContext, RunContext, default_device
+from harness.device import default_device
+from harness.runner.context import CellContext, RunContext
 from harness.errors import DatasetUnavailable, HarnessError, RegistryError, UnknownNameError
-from harness.kinds import NAME_PATTERN, Encoder, Task, stable_hash
-from harness.registry import Registry
-from harness.results import Result, ResultStore, exclusive_run
+from harness.keys import stable_hash
+from harness.kinds import Encoder, Task
+from harness.config.registry import Registry
+from harness.results.store import Result, ResultStore, exclusive_run, latest, write_training_summary
 
 
 @dataclass
@@ -64,8 +63,10 @@ class Runner:
         force: bool = False,
         seed: int = 0,
         progress: bool = True,
+        threads: int | None = None,
     ) -> None:
         self.registry = registry
+        self.threads = threads
         self.store = ResultStore(out_dir)
         self.force = force
         self.ctx = RunContext(
@@ -98,7 +99,7 @@ class Runner:
 
     def create(self, kind: str, name: str) -> Any:
         """`registry.create`, with the registry field at fault named when an instance's plugin
-        is not loaded (and the plugins that failed to load), and a task's datasets checked."""
+        is not loaded (and the plugins that failed to load)."""
         try:
             plugin = self.registry.create(kind, name)
         except UnknownNameError as exc:
@@ -108,29 +109,33 @@ class Runner:
             broken = "; ".join(f"{b.source}: {b.error}" for b in self.registry.plugins.broken)
             hint = f" Plugins that failed to load (see `harness list`): {broken}" if broken else ""
             raise RegistryError(f"{self.registry.path}: {kind}s.{name}.plugin: {exc}{hint}") from None
-        if kind == "task":
-            _check_datasets(self.registry, plugin)
         return plugin
 
     def cell_key(self, encoder: Encoder, task: Task, dataset: str) -> str:
-        spec = self.registry.config.datasets.get(dataset)
-        return stable_hash([encoder.key, task.key, dataset, spec.model_dump() if spec else None])
+        return stable_hash([encoder.key, task.key, dataset, self.registry.dataset_description(dataset)])
 
     def cells(self, plan: Plan) -> list[Cell]:
         encoders = [self.create("encoder", name) for name in plan.encoders]
         tasks = [self.create("task", name) for name in plan.tasks]
         return [Cell(e, t, d, self.cell_key(e, t, d)) for e in encoders for t in tasks for d in t.datasets]
 
-    def pending(self, plan: Plan) -> tuple[list[Cell], int]:
-        """Cells still to compute, and how many are already in results.jsonl."""
+    def pending(self, plan: Plan) -> tuple[list[Cell], list[Result]]:
+        """Cells still to compute, and the records of the plan's cells that results.jsonl
+        already holds (reused, unless `force`)."""
         cells = self.cells(plan)
-        done = set() if self.force else self.store.done_cells()
-        todo = [c for c in cells if c.key not in done]
-        return todo, len(cells) - len(todo)
+        if self.force:
+            return cells, []
+        keys = {c.key for c in cells}
+        reused = [r for r in self.store.read() if r.cell_key in keys and r.status != "error"]
+        done = {r.cell_key for r in reused}
+        return [c for c in cells if c.key not in done], latest(reused)
 
     def run(self, plan: Plan) -> list[Result]:
         from tqdm import tqdm
 
+        from harness.runner.determinism import pin_threads
+
+        pin_threads(self.threads)
         with exclusive_run(self.store.out_dir):
             todo, reused = self.pending(plan)
             produced: list[Result] = []
@@ -144,44 +149,16 @@ class Runner:
             self.finish(plan, produced, reused)
         return produced
 
-    def finish(self, plan: Plan, produced: list[Result], reused: int) -> None:
-        """Generator grids, the leaderboard and the summary table."""
-        from harness.leaderboard import render_leaderboard, write_generator_grids
+    def finish(self, plan: Plan, produced: list[Result], reused: list[Result]) -> None:
+        """The run manifest, generator grids, the leaderboard and the summary table."""
+        from harness.results.leaderboard import render_leaderboard, write_generator_grids
+        from harness.results.manifest import write_manifest
 
+        write_manifest(self.store.out_dir, self.ctx.device, produced, reused)
         write_generator_grids(self.registry, plan.generators, self.store.out_dir, self.ctx.seed)
         render_leaderboard(self.store.out_dir, registry=self.registry)
         if self.ctx.progress:
             print(summary_table(produced, reused))
-
-
-def _check_datasets(registry: Registry, task: Task) -> None:
-    """A task's `datasets` must be a list of dataset names (a bare string or a number in
-    registry.yaml would otherwise be iterated, or crash the run with a TypeError)."""
-    raw = task.params.get("datasets")
-    try:
-        names = None if isinstance(raw, (str, bytes)) else task.datasets
-    except TypeError:
-        names = None
-    if names is None or not all(isinstance(n, str) and re.match(NAME_PATTERN, n) for n in names):
-        shown = raw if "datasets" in task.params else names
-        raise RegistryError(
-            f"{registry.path}: tasks.{task.name}.params.datasets: must be a list of dataset names "
-            f"(e.g. [digits]), got {shown!r}"
-        )
-
-
-TRAINING = "training"  # <out>/training/<encoder>.json: how each trained encoder was trained
-
-
-def write_training_summary(out_dir: Path, encoder: Encoder) -> None:
-    """Keep a trained encoder's training summary beside the results, for the leaderboard."""
-    summary = encoder.training_summary()
-    if summary is None:
-        return
-    path = Path(out_dir) / TRAINING / f"{encoder.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(summary, default=str)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | None] | None = None) -> list[Result]:
@@ -238,18 +215,23 @@ def exit_status(produced: list[Result]) -> int:
     return 1 if errors else 0
 
 
-def summary_table(produced: list[Result], reused: int) -> str:
+def summary_table(produced: list[Result], reused: list[Result]) -> str:
+    """The headline value and status of every cell of the plan: computed in this run, or
+    reused from results.jsonl (marked so)."""
     from tabulate import tabulate
 
     rows = [
-        (r.encoder, r.task, r.dataset, r.metric, "" if r.value is None else f"{r.value:.4g}", r.status, f"{r.seconds:.1f}")
-        for r in produced
+        (r.encoder, r.task, r.dataset, r.metric, "" if r.value is None else f"{r.value:.4g}", status, f"{r.seconds:.1f}")
+        for records, mark in ((reused, " (reused)"), (produced, ""))
+        for r in records
         if r.headline or r.status != "ok"
+        for status in [r.status + mark]
     ]
     counts = {s: sum(r.status == s for r in produced) for s in ("ok", "skipped", "error")}
     table = tabulate(rows, headers=["encoder", "task", "dataset", "metric", "value", "status", "s"])
     return (
-        f"{table}\n\n{len({r.cell_key for r in produced})} cells computed, {reused} reused from results.jsonl; "
+        f"{table}\n\n{len({r.cell_key for r in produced})} cells computed, "
+        f"{len({r.cell_key for r in reused})} reused from results.jsonl; "
         f"records: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} error "
         f"({platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')})"
     )

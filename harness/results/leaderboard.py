@@ -14,14 +14,15 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import __version__
-from harness.registry import GROUPS
-from harness.results import ResultStore, latest
+from harness.version import __version__
+from harness.config.schema import GROUPS
+from harness.results.manifest import newest_manifest
+from harness.results.store import ResultStore, latest
 
 if TYPE_CHECKING:
     import pandas
 
-    from harness.registry import Registry
+    from harness.config.registry import Registry
 
 FIGURES = "figures"
 
@@ -98,7 +99,7 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
     """Write `<out_dir>/LEADERBOARD.md` (and figures) from `<out_dir>/results.jsonl`."""
     import pandas
 
-    from harness.registry import active_registry
+    from harness.config.registry import active_registry
 
     out_dir = Path(out_dir)
     registry = registry or active_registry()
@@ -107,6 +108,10 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
     figures_dir = out_dir / FIGURES
     figures_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# Leaderboard", "", f"_{provenance(frame)}_" if not frame.empty else "_no results yet_", ""]
+    manifest = newest_manifest(out_dir)
+    if manifest is not None:
+        lines += [f"Last run: [{manifest.relative_to(out_dir).as_posix()}]({manifest.relative_to(out_dir).as_posix()}) "
+                  "(command, code revision, library versions, machine, thread counts, cells computed and reused).", ""]
     lines += [
         "Rows are grouped by the encoder's training data: target (the benchmark's own domain), "
         "realistic (other real images), procedural, white-box. `paper` columns give the number "
@@ -144,7 +149,7 @@ def training_section(out_dir: Path, figures_dir: Path) -> list[str]:
 
     from tabulate import tabulate
 
-    from harness.runner import TRAINING
+    from harness.results.store import TRAINING
 
     summaries = {}
     for path in sorted((out_dir / TRAINING).glob("*.json")):

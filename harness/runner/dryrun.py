@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import DatasetUnavailable
-from harness.runner import Plan, Runner
+from harness.kinds import Encoder
+from harness.runner.cells import Plan, Runner
 
 # Images embedded per dataset (memory + queries) at the published split sizes.
 PUBLISHED_IMAGES = {
@@ -32,7 +33,7 @@ PUBLISHED_IMAGES = {
 }
 
 
-def _signature(stage: str, architecture: Any, recipe: Any = None) -> str:
+def _signature(stage: str, architecture: str, recipe: str | None = None) -> str:
     return f"{stage}:{architecture}" + (f":{recipe}" if stage == "train" else "")
 
 
@@ -55,12 +56,14 @@ def _throughputs(report: Path) -> dict[str, float]:
     return out
 
 
-def _measured_rate(measured: dict[str, float], stage: str, encoder: Any) -> float | None:
+def _measured_rate(measured: dict[str, float], stage: str, encoder: Encoder) -> float | None:
     by_name = measured.get(f"{stage}:{encoder.name}")
     if by_name is not None:
         return by_name
-    architecture = getattr(encoder, "architecture", None)
-    return measured.get(_signature(stage, architecture, getattr(encoder, "recipe", None))) if architecture else None
+    if encoder.architecture is None:
+        return None
+    cost = encoder.training_cost() if stage == "train" else None
+    return measured.get(_signature(stage, encoder.architecture, cost.recipe if cost else None))
 
 
 def describe_plan(
@@ -76,7 +79,8 @@ def describe_plan(
     registry = runner.registry
     todo, reused = runner.pending(plan)
     measured = _throughputs(report)
-    lines = [f"profile {plan.profile}: {len(todo) + reused} cells, {reused} already in {runner.store.path}, {len(todo)} to run", ""]
+    done = len({r.cell_key for r in reused})
+    lines = [f"profile {plan.profile}: {len(todo) + done} cells, {done} already in {runner.store.path}, {len(todo)} to run", ""]
 
     datasets: dict[str, str] = {}
     for cell in todo:
@@ -99,9 +103,10 @@ def describe_plan(
     gpus = registry.config.slurm
     for cell in todo:
         encoder = cell.encoder
-        if encoder.trainable and encoder.name not in trained:
+        cost = encoder.training_cost()
+        if cost is not None and encoder.name not in trained:
             trained.add(encoder.name)
-            images = getattr(encoder, "training_images", None)
+            images = cost.images
             rate = train_images_per_s or _measured_rate(measured, "train", encoder)
             hours = images / (rate * max(1, gpus.train_gpus)) / 3600 if images and rate else None  # wall time
             rows.append([f"train {encoder.name}", gpus.train_gpus if launcher == "slurm" else "local", images or "?", rate or "?", _hours(hours)])

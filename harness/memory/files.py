@@ -1,6 +1,6 @@
-"""Unlearning and privacy audits of a saved visual memory, and the memory benchmark.
+"""Saved visual memories and id files: building, unlearning and auditing them.
 
-Behind `harness memory build|remove|audit` and `harness bench memory`:
+Behind `harness memory build|remove|audit` (`harness.memory.cli`):
 
   * `build_memory`: embed one split of a dataset with an encoder and save the memory,
     with its provenance (encoder, dataset, split) in the file;
@@ -8,15 +8,11 @@ Behind `harness memory build|remove|audit` and `harness bench memory`:
   * `audit`: the memory rows whose removal changes at least one query's prediction
     (the paper's non-private samples, section 6), by `VisualMemory.privacy_report`;
   * `verify_unlearning`: every answer after removal equals that of a memory rebuilt
-    without those ids, with the time to unlearn beside the time to rebuild;
-  * `leave_one_out`: the brute-force reference the audit is checked against;
-  * `bench_memory`: kNN classification and audit throughput against memory size, and
-    the audit's speed-up over brute-force leave-one-out.
+    without those ids, with the time to unlearn beside the time to rebuild.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import time
 from pathlib import Path
@@ -25,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.memory import PrivacyReport, VisualMemory
+from harness.memory.index import VisualMemory
 
 if TYPE_CHECKING:
-    from harness.registry import Registry
+    from harness.config.registry import Registry
 
 NO_RETRAINING = {
     "procedural": (
@@ -49,7 +45,7 @@ NO_RETRAINING = {
 
 
 def _registry(registry: Registry | str | Path | None) -> Registry:
-    from harness.registry import Registry, active_registry, use_registry
+    from harness.config.registry import Registry, active_registry, use_registry
 
     if isinstance(registry, Registry):
         return registry
@@ -62,8 +58,12 @@ def _note(group: str | None) -> str:
     return NO_RETRAINING["real"]
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def _encoder_group(registry: Registry, encoder: Any) -> str:
-    from harness.registry import EncoderSpec
+    from harness.config.schema import EncoderSpec
 
     spec = registry.spec("encoder", encoder.name)
     return (spec.group if isinstance(spec, EncoderSpec) and spec.group else None) or encoder.group
@@ -87,7 +87,8 @@ def embed_dataset_split(
 
     Embeddings are cached exactly as the tasks cache them, so a memory built after
     `harness run` reuses the run's embeddings."""
-    from harness.context import CellContext, RunContext, default_device
+    from harness.device import default_device
+    from harness.runner.context import CellContext, RunContext
 
     registry = _registry(registry)
     run = RunContext(registry=registry, device=device or default_device(), progress=False)
@@ -328,227 +329,3 @@ def verify_unlearning(
         "seconds_to_rebuild": rebuild_seconds,
         "note": _note(original.metadata.get("encoder_group")),
     }
-
-
-# ------------------------------------------------------------- brute force
-def leave_one_out(
-    memory: VisualMemory,
-    queries: object,
-    k: int = 20,
-    vote: str = "weighted",
-    temperature: float = 0.07,
-    rows: object | None = None,
-) -> dict[int, int]:
-    """Brute force: for each row (all, or the positions `rows`), rebuild the memory without
-    it, classify every query, and count the predictions that change. {id: flips}.
-    The reference `privacy_report` must equal; one rebuild + classification per row."""
-    queries = np.asarray(queries, dtype=np.float32)
-    before = memory.classify(queries, k=k, vote=vote, temperature=temperature)  # type: ignore[arg-type]
-    features, labels, ids = memory.features, memory.labels, memory.ids
-    positions = np.arange(len(memory)) if rows is None else np.asarray(rows, dtype=np.int64)
-    flips = {}
-    for position in positions:
-        keep = np.arange(len(memory)) != position
-        if not keep.any():
-            flips[int(ids[position])] = len(queries)  # nothing left to classify with
-            continue
-        reduced = VisualMemory.from_arrays(features[keep], labels[keep], ids[keep], device=memory.device, backend=memory.backend)
-        after = reduced.classify(queries, k=k, vote=vote, temperature=temperature)  # type: ignore[arg-type]
-        flips[int(ids[position])] = int((after != before).sum())
-    return flips
-
-
-def report_flips(report: PrivacyReport, ids: object) -> dict[int, int]:
-    """{id: flips} from a privacy report, 0 for private rows."""
-    table = dict(zip(report.ids.tolist(), report.flips.tolist()))
-    return {int(i): int(table.get(int(i), 0)) for i in np.asarray(ids).reshape(-1)}
-
-
-# ---------------------------------------------------------------- benchmark
-def _centres(classes: int, dim: int) -> np.ndarray:
-    return np.random.default_rng(99).standard_normal((classes, dim)).astype(np.float32) * 0.35
-
-
-def synthetic_memory(n: int, dim: int, classes: int, seed: int, device: str | None = None) -> VisualMemory:
-    """n rows in `classes` loose clusters (so votes are neither unanimous nor noise)."""
-    rng = np.random.default_rng(seed)
-    centres = _centres(classes, dim)
-    memory = VisualMemory(dim, device=device)
-    for start in range(0, n, 100_000):
-        size = min(100_000, n - start)
-        labels = rng.integers(0, classes, size)
-        rows = centres[labels] + rng.standard_normal((size, dim), dtype=np.float32)
-        memory.add(rows, labels)
-    return memory
-
-
-def synthetic_queries(q: int, dim: int, classes: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return _centres(classes, dim)[rng.integers(0, classes, q)] + rng.standard_normal((q, dim), dtype=np.float32)
-
-
-def bench_memory(
-    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
-    queries: int = 1000,
-    dim: int = 384,
-    device: str | None = None,
-    quick: bool = False,
-    k: int = 20,
-    classes: int = 100,
-    brute_force_rows: int = 40,
-    brute_force_max_size: int = 10_000,
-) -> list[dict[str, Any]]:
-    """kNN classification and privacy-audit throughput (queries/s, best of 2 runs) against
-    memory size, on synthetic rows; where brute force is feasible (size <= `brute_force_max_size`),
-    the audit's speed-up over brute-force leave-one-out and a check that both agree.
-
-    Brute force needs one rebuild + classification of every query per memory row: a
-    random sample of `brute_force_rows` rows is measured (half of them non-private where
-    there are that many), the time is extrapolated to all rows, and the flip counts of the
-    sampled rows are compared with the audit's (`identical_on_sample`)."""
-    from harness.bench import best_time
-    from harness.context import default_device
-
-    device = device or default_device()
-    repeats = 1 if quick else 2
-    if quick:
-        sizes, queries, brute_force_rows = (2_000, 10_000), min(queries, 200), 10
-    rows = []
-    # the same queries (drawn around the same centres as the memory) at every size
-    seed = 1234
-    query_rows = synthetic_queries(queries, dim, classes, seed + 1)
-    for size in sizes:
-        memory = synthetic_memory(size, dim, classes, seed, device)
-        memory.search(query_rows[:1], 1)  # build the index outside the timings
-        memory.classify(query_rows[: min(50, queries)], k=k)  # warm-up
-        classify_seconds = best_time(lambda: memory.classify(query_rows, k=k), repeats, warmup=False)
-        audit_seconds = best_time(lambda: memory.privacy_report(query_rows, k=k), repeats, warmup=False)
-        report = memory.privacy_report(query_rows, k=k)
-        row: dict[str, Any] = {
-            "memory": size,
-            "dim": dim,
-            "queries": queries,
-            "k": k,
-            "classify_queries_per_s": round(queries / classify_seconds, 1),
-            "audit_queries_per_s": round(queries / audit_seconds, 1),
-            "audit_s": round(audit_seconds, 4),
-            "non_private": report.count,
-        }
-        if size <= brute_force_max_size:
-            rng = np.random.default_rng(0)
-            non_private = np.flatnonzero(np.isin(memory.ids, report.ids))
-            private = np.flatnonzero(~np.isin(memory.ids, report.ids))
-            half = brute_force_rows // 2
-            sample = np.concatenate([
-                rng.choice(non_private, min(half, len(non_private)), replace=False),
-                rng.choice(private, min(brute_force_rows - min(half, len(non_private)), len(private)), replace=False),
-            ])
-            start = time.perf_counter()
-            brute = leave_one_out(memory, query_rows, k=k, rows=sample)
-            per_row = (time.perf_counter() - start) / len(sample)
-            extrapolated = per_row * size
-            row.update({
-                "brute_force_rows_measured": len(sample),
-                "brute_force_s_per_row": round(per_row, 4),
-                "brute_force_s_extrapolated": round(extrapolated, 1),
-                "speedup_vs_brute_force": round(extrapolated / audit_seconds, 1),
-                "identical_on_sample": brute == report_flips(report, memory.ids[sample]),
-            })
-        rows.append(row)
-        del memory
-    return rows
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------- command line
-def _print_summary(summary: dict[str, Any], keys: list[str]) -> None:
-    for key in keys:
-        if key in summary:
-            value = summary[key]
-            if isinstance(value, float):
-                value = f"{value:.4g}"
-            print(f"{key}: {value}")
-
-
-def _registry_option(args: argparse.Namespace) -> str | None:
-    return getattr(args, "registry", None)
-
-
-def cmd_memory_build(args: argparse.Namespace) -> int:
-    summary = build_memory(args.encoder, args.dataset, args.split, args.out, registry=_registry_option(args), device=args.device)
-    _print_summary(summary, ["path", "rows", "dim", "encoder", "encoder_group", "dataset", "split", "seconds"])
-    return 0
-
-
-def cmd_memory_remove(args: argparse.Namespace) -> int:
-    summary = remove_ids(args.memory, args.ids, args.out)
-    _print_summary(summary, ["path", "requested", "removed", "rows_before", "rows_after", "seconds_to_unlearn"])
-    if summary["missing"]:
-        shown = ", ".join(map(str, summary["missing"][:10]))
-        print(f"not in the memory ({len(summary['missing'])}): {shown}{' ...' if len(summary['missing']) > 10 else ''}")
-    status = 0
-    if args.verify:
-        check = verify_unlearning(
-            args.memory, args.ids, args.queries, args.k, args.vote, args.temperature,
-            registry=_registry_option(args), device=args.device,
-        )
-        _print_summary(
-            check, ["queries", "num_queries", "identical", "differing_predictions", "seconds_to_unlearn", "seconds_to_rebuild"]
-        )
-        status = 0 if check["identical"] else 1
-    print(summary["note"])
-    return status
-
-
-def cmd_memory_audit(args: argparse.Namespace) -> int:
-    summary = audit(
-        args.memory, args.queries, args.k, args.vote, args.temperature,
-        out_path=args.out, registry=_registry_option(args), device=args.device,
-    )
-    _print_summary(
-        summary,
-        ["queries", "num_queries", "memory_size", "k", "vote", "top1", "non_private_count", "non_private_fraction",
-         "changed_queries", "seconds", "path"],
-    )
-    return 0
-
-
-def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `memory build|remove|audit` to the `harness` command line's subparsers."""
-    memory = subparsers.add_parser("memory", help="build a visual memory, unlearn ids from it, audit its privacy")
-    commands = memory.add_subparsers(dest="memory_command", required=True)
-
-    def query_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--queries", help="a split of the memory's dataset (default: test), or a .npy/.npz of query features")
-        p.add_argument("--k", type=int, default=20, help="neighbours per vote (default: 20)")
-        p.add_argument(
-            "--vote", choices=["weighted", "majority"], default="weighted", help="DINO's weighted vote or a majority count"
-        )
-        p.add_argument("--temperature", type=float, default=0.07, help="for the weighted vote (default: 0.07)")
-        p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-
-    p = commands.add_parser("build", help="embed a dataset split with an encoder and save it as a memory")
-    p.add_argument("encoder")
-    p.add_argument("dataset")
-    p.add_argument("--split", default="train", help="default: train")
-    p.add_argument("--out", required=True, help="the memory file to write (.npz)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.set_defaults(func=cmd_memory_build)
-
-    p = commands.add_parser("remove", help="unlearn the ids listed in a file (one integer per line)")
-    p.add_argument("memory", help="a memory file written by `harness memory build`")
-    p.add_argument("--ids", required=True, help="file of ids to remove, one integer per line")
-    p.add_argument("--out", required=True, help="the reduced memory file to write")
-    p.add_argument("--verify", action="store_true", help="check every answer against a memory rebuilt without the ids")
-    query_options(p)
-    p.set_defaults(func=cmd_memory_remove)
-
-    p = commands.add_parser("audit", help="the rows whose removal changes a query's prediction (non-private)")
-    p.add_argument("memory", help="a memory file")
-    p.add_argument("--out", help="write the non-private ids here, one per line")
-    query_options(p)
-    p.set_defaults(func=cmd_memory_audit)
-    return memory

@@ -10,91 +10,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import ValidationError
 
-from harness.errors import DatasetUnavailable, RegistryError, UnknownNameError
-from harness.kinds import NAME_PATTERN, Plugin
-from harness.plugins import PluginRegistry, load_plugins
+from harness.config.loading import PluginRegistry, load_plugins
+from harness.config.schema import DatasetSpec, InstanceSpec, ProfileSpec, RegistryFile
+from harness.errors import RegistryError, UnknownNameError
+from harness.keys import code_fingerprint
+from harness.kinds import ParamsError, Plugin, references
 
 INSTALLED_REGISTRY = Path(__file__).with_name("default_registry.yaml")
-GROUPS = ("target", "realistic", "procedural", "white-box")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InstanceSpec(_Strict):
-    """A named instance: which plugin, with which parameters."""
-
-    plugin: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    description: str = ""
-
-
-class EncoderSpec(InstanceSpec):
-    group: Literal["target", "realistic", "procedural", "white-box"] | None = None
-    paper_row: str | None = Field(None, description="the paper's row label, to show its numbers beside ours")
-
-
-class DatasetSpec(_Strict):
-    """Where a dataset lives. `env`, when set in the environment, overrides `root`."""
-
-    format: str
-    root: str | None = None
-    env: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    def resolved_root(self, name: str) -> Path:
-        """The dataset's root on this machine, or DatasetUnavailable naming what to set."""
-        raw = os.environ.get(self.env) if self.env else None
-        raw = raw or self.root
-        where = f"set datasets.{name}.root in registry.yaml" + (f" or the environment variable {self.env}" if self.env else "")
-        if not raw:
-            raise DatasetUnavailable(f"dataset {name!r} has no root: {where}")
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise DatasetUnavailable(f"dataset {name!r}: {path} does not exist; {where}")
-        return path
-
-
-class ProfileSpec(_Strict):
-    encoders: list[str] = Field(default_factory=list)
-    tasks: list[str] = Field(default_factory=list)
-    generators: list[str] = Field(default_factory=list, description="generators shown as sample grids")
-
-
-class SlurmSpec(_Strict):
-    """Resources of the jobs `harness run --launcher slurm` submits (CLI flags override)."""
-
-    partition: str | None = None
-    account: str | None = None
-    train_gpus: int = Field(8, ge=0, description="GPUs of one encoder's training job (one node)")
-    eval_gpus: int = Field(1, ge=0, description="GPUs of one evaluation cell's job")
-    cpus_per_gpu: int = Field(10, ge=1)
-    mem_gb: int = Field(64, ge=1, description="memory per job")
-    train_time_min: int = Field(72 * 60, ge=1)
-    eval_time_min: int = Field(4 * 60, ge=1)
-    setup: list[str] = Field(default_factory=list, description="shell lines run before each job (module load, conda activate)")
-
-
-# Names become parts of file names (caches, tracebacks, figures): no separators, no "..".
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-
-
-class RegistryFile(_Strict):
-    plugins: list[str] = Field(default_factory=list)
-    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
-    datasets: dict[Name, DatasetSpec] = Field(default_factory=dict)
-    generators: dict[Name, InstanceSpec] = Field(default_factory=dict)
-    encoders: dict[Name, EncoderSpec] = Field(default_factory=dict)
-    tasks: dict[Name, InstanceSpec] = Field(default_factory=dict)
-    profiles: dict[Name, ProfileSpec] = Field(default_factory=dict)
-
-
 def _field_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -174,28 +101,54 @@ class Registry:
     def spec(self, kind: str, name: str) -> InstanceSpec | None:
         return self.section(kind).get(name)
 
-    def create(self, kind: str, name: str, **overrides: Any) -> Plugin:
-        """An instance by registry name, or a plugin by its own name with default params."""
+    def create(self, kind: str, name: str, _chain: tuple[str, ...] = (), **overrides: Any) -> Plugin:
+        """An instance by registry name, or a plugin by its own name with default params.
+
+        Parameters are validated by the plugin's `Params`; every reference parameter is
+        resolved here, in this registry, so that the instance's key sees what it names.
+        """
         spec = self.spec(kind, name)
         if spec is not None:
             cls = self.plugins.get(kind, spec.plugin)
             params = {**spec.params, **overrides}
+            where = f"{self.path}: {kind}s.{name}"
         elif name in self.plugins.classes[kind]:
             cls = self.plugins.get(kind, name)
             params = overrides
+            where = f"{kind} plugin {name!r}"
         else:
             known = sorted(set(self.instance_names(kind)) | set(self.plugins.names(kind)))
             raise UnknownNameError(f"{kind} (instance or plugin)", name, known)
         try:
-            return cls(name, **params)
-        except TypeError as exc:
-            raise RegistryError(f"{self.path}: {kind}s.{name}.params: {exc}") from None
+            instance = cls(name, **params)
+        except ParamsError as exc:
+            raise exc.located(f"{where}.params") from None
+        chain = _chain + (f"{kind} {name}",)
+        for field, reference in references(instance.params):
+            link = f"{reference.kind} {reference}"
+            if link in chain:
+                raise RegistryError(f"{where}.params.{field}: instances refer to each other in a cycle: {' -> '.join(chain + (link,))}")
+            try:
+                instance.resolved[(reference.kind, str(reference))] = self.create(reference.kind, str(reference), chain)
+            except UnknownNameError as exc:
+                raise RegistryError(f"{where}.params.{field}: {exc}") from None
+        return instance
 
     def dataset(self, name: str) -> DatasetSpec:
         try:
             return self.config.datasets[name]
         except KeyError:
             raise UnknownNameError("dataset", name, sorted(self.config.datasets)) from None
+
+    def dataset_description(self, name: str) -> dict[str, Any] | None:
+        """What determines a dataset's images for the keys: its registry entry and the code
+        of its format's reader (None for a name the registry does not define)."""
+        spec = self.config.datasets.get(name)
+        if spec is None:
+            return None
+        reader = self.plugins.formats.get(spec.format)
+        code = code_fingerprint(reader.reader.__module__) if reader is not None else None
+        return {"spec": spec.model_dump(), "reader_code": code}
 
     def profile(self, name: str) -> ProfileSpec:
         try:

@@ -11,19 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness import __version__
+from harness.version import __version__
 from harness.cache import cache_root, cached_arrays
-from harness.kinds import Encoder, Task, stable_hash
+from harness.keys import stable_hash
+from harness.kinds import Encoder, Task
 
 if TYPE_CHECKING:
-    from harness.registry import Registry
-    from harness.results import Result
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from harness.config.registry import Registry
+    from harness.results.store import Result
 
 
 @dataclass
@@ -66,12 +61,12 @@ class CellContext:
         from harness.datasets import open_dataset
 
         name = name or self.dataset
-        return open_dataset(name, self.registry.dataset(name))
+        return open_dataset(name, self.registry.dataset(name), self.registry.plugins.readers())
 
     def embed_split(self, split: Any, split_name: str, batch_size: int = 256) -> np.ndarray:
         """Global features of every image of `split`, cached per (encoder, dataset, split)."""
-        spec = self.registry.dataset(self.dataset).model_dump()
-        key = stable_hash([self.encoder.key, self.dataset, spec, split_name, len(split)])
+        data = self.registry.dataset_description(self.dataset)
+        key = stable_hash([self.encoder.key, self.dataset, data, split_name, len(split)])
         path = self.run.cache_path("embeddings", self.encoder.name, f"{self.dataset}-{split_name}-{key}.npz")
 
         def compute() -> dict[str, np.ndarray]:
@@ -87,8 +82,8 @@ class CellContext:
         return cached_arrays(path, compute)["features"]
 
     def result(self, metric: str, value: float | None, n: int = 0, headline: bool = False, **params: Any) -> Result:
-        from harness.registry import EncoderSpec
-        from harness.results import Result
+        from harness.config.schema import EncoderSpec
+        from harness.results.store import Result
 
         spec = self.registry.spec("encoder", self.encoder.name)
         group = (spec.group if isinstance(spec, EncoderSpec) and spec.group else None) or self.encoder.group

@@ -12,11 +12,15 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pydantic import BaseModel, Field
 
+from harness.cache import atomic_write
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.kinds import Encoder
 
 
 class Result(BaseModel):
@@ -111,3 +115,17 @@ def exclusive_run(out_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+TRAINING = "training"  # <out>/training/<encoder>.json: how each trained encoder was trained
+
+
+def write_training_summary(out_dir: Path, encoder: Encoder) -> None:
+    """Keep a trained encoder's training summary beside the results, for the leaderboard."""
+    summary = encoder.training_summary()
+    if summary is None:
+        return
+    path = Path(out_dir) / TRAINING / f"{encoder.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(summary, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -1,0 +1,1 @@
+"""`harness bench`: throughput of each stage on this machine, written to PERFORMANCE.md."""

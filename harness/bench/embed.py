@@ -1,0 +1,63 @@
+"""The embed stage: embedding images/s of the profile's encoders that need no training,
+with FLOPs per image and, on a GPU, the fraction of the card's bf16 limit reached."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from harness.bench.timing import best_time, peak_flops
+from harness.bench.train import is_trainable
+from harness.runner.context import RunContext
+
+if TYPE_CHECKING:
+    from harness.config.schema import ProfileSpec
+    from harness.config.registry import Registry
+    from harness.kinds import Encoder
+
+
+def flops_per_image(encoder: Encoder, size: int) -> float | None:
+    """Forward FLOPs of one image through the encoder's torch module (None without one)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = encoder.torch_module()
+    if model is None:
+        return None
+    parameter = next(model.parameters())
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, 3, size, size, device=parameter.device, dtype=parameter.dtype))
+    return float(counter.get_total_flops())
+
+
+def bench_embed(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
+    """Embedding images/s of the profile's encoders that need no training (a trained
+    encoder embeds as fast as its architecture at random init), on images of the
+    encoder's own input size."""
+    import torch
+
+    rows: list[dict[str, Any]] = []
+    for name in [n for n in profile.encoders if not is_trainable(registry, n)]:
+        encoder = registry.create("encoder", name)
+        try:
+            encoder.prepare(RunContext(registry=registry, device=device))
+        except Exception as exc:
+            rows.append({"encoder": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        size = encoder.input_size
+        n = 64 if quick else (1024 if device.startswith("cuda") else 256)
+        images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+        seconds = best_time(lambda: encoder.embed(images), repeats=1 if quick else 3)
+        row: dict[str, Any] = {
+            "encoder": name, "arch": encoder.architecture, "input": size, "images": n,
+            "images_per_s": round(n / seconds, 1),
+        }
+        flops = flops_per_image(encoder, size)
+        if flops:
+            row["gflops_per_image"] = float(f"{flops / 1e9:.4g}")
+            peak = peak_flops(device)
+            if peak:
+                row["bf16_limit_images_per_s"] = round(peak / flops, 0)
+                row["fraction_of_limit"] = round(n / seconds * flops / peak, 3)
+        rows.append(row)
+    return rows

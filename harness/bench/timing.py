@@ -1,0 +1,91 @@
+"""Timing and the reference data path's costs, shared by the benchmark stages and by
+plugins that report how fast the released research code makes their images."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+
+def best_time(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> float:
+    """Best wall time of `repeats` calls (after one untimed warm-up call)."""
+    if warmup:
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def encode_jpegs(images: Any, quality: int = 95) -> list[bytes]:
+    """uint8 images [n, 3, H, W] as JPEG files (quality 95): how a pre-rendered dataset stores them."""
+    import io
+
+    from PIL import Image
+
+    blobs = []
+    for image in images.permute(0, 2, 3, 1).numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+        blobs.append(buffer.getvalue())
+    return blobs
+
+
+def decode_image(blob: bytes) -> Any:
+    """An encoded image file (JPEG, PNG, ...) as a decoded RGB PIL image."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(blob)).convert("RGB")
+    image.load()
+    return image
+
+
+def _decode_all(blobs: list[bytes]) -> int:
+    for blob in blobs:
+        decode_image(blob)
+    return len(blobs)
+
+
+def parallel_rate(work: Callable[[Any], int], jobs: list[Any], workers: int | None = None) -> float:
+    """Items/s of running `work` (returning how many items a job made) over `jobs` on
+    `workers` threads (default: one per core), the way a data loader's workers share a
+    reference pipeline (PIL, numpy and scikit-learn release the GIL in their loops).
+    Best of two passes after a warm-up pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        items = 0
+
+        def one_pass() -> None:
+            nonlocal items
+            items = sum(pool.map(work, jobs))
+
+        seconds = best_time(one_pass, repeats=2)
+    return items / seconds
+
+
+def jpeg_decode_rate(images: Any) -> float:
+    """images/s of decoding these images from JPEG on one thread per core: the reference
+    pipeline's cost per image when a dataset is pre-rendered (disk reads excluded)."""
+    blobs = encode_jpegs(images)
+    blobs = blobs * max(1, 1024 // len(blobs))  # passes long enough to time
+    workers = os.cpu_count() or 1
+    return parallel_rate(_decode_all, [blobs[i::workers] for i in range(workers)], workers)
+
+
+# Dense bf16 tensor-core peaks (FLOP/s), for the physical limit of GPU figures.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "V100": 125e12, "L40S": 362e12, "A10": 125e12}
+
+
+def peak_flops(device: str) -> float | None:
+    import torch
+
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)

@@ -1,0 +1,1 @@
+"""Configuration: the registry file's schema, plugin loading, and the merged registry."""

@@ -1,0 +1,91 @@
+"""The schema of registry.yaml: what each section may hold, validated by pydantic.
+
+Only data shapes live here (no plugin loading, no dataset reading), so any module may
+import these types: `harness.config.registry` reads and merges the files, the dataset
+readers take a `DatasetSpec`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from harness.errors import DatasetUnavailable
+from harness.keys import NAME_PATTERN
+
+GROUPS = ("target", "realistic", "procedural", "white-box")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InstanceSpec(_Strict):
+    """A named instance: which plugin, with which parameters."""
+
+    plugin: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+
+class EncoderSpec(InstanceSpec):
+    group: Literal["target", "realistic", "procedural", "white-box"] | None = None
+    paper_row: str | None = Field(None, description="the paper's row label, to show its numbers beside ours")
+
+
+class DatasetSpec(_Strict):
+    """Where a dataset lives. `env`, when set in the environment, overrides `root`."""
+
+    format: str
+    root: str | None = None
+    env: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def resolved_root(self, name: str) -> Path:
+        """The dataset's root on this machine, or DatasetUnavailable naming what to set."""
+        raw = os.environ.get(self.env) if self.env else None
+        raw = raw or self.root
+        where = f"set datasets.{name}.root in registry.yaml" + (f" or the environment variable {self.env}" if self.env else "")
+        if not raw:
+            raise DatasetUnavailable(f"dataset {name!r} has no root: {where}")
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise DatasetUnavailable(f"dataset {name!r}: {path} does not exist; {where}")
+        return path
+
+
+class ProfileSpec(_Strict):
+    encoders: list[str] = Field(default_factory=list)
+    tasks: list[str] = Field(default_factory=list)
+    generators: list[str] = Field(default_factory=list, description="generators shown as sample grids")
+
+
+class SlurmSpec(_Strict):
+    """Resources of the jobs `harness run --launcher slurm` submits (CLI flags override)."""
+
+    partition: str | None = None
+    account: str | None = None
+    train_gpus: int = Field(8, ge=0, description="GPUs of one encoder's training job (one node)")
+    eval_gpus: int = Field(1, ge=0, description="GPUs of one evaluation cell's job")
+    cpus_per_gpu: int = Field(10, ge=1)
+    mem_gb: int = Field(64, ge=1, description="memory per job")
+    train_time_min: int = Field(72 * 60, ge=1)
+    eval_time_min: int = Field(4 * 60, ge=1)
+    setup: list[str] = Field(default_factory=list, description="shell lines run before each job (module load, conda activate)")
+
+
+# Names become parts of file names (caches, tracebacks, figures): no separators, no "..".
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+class RegistryFile(_Strict):
+    plugins: list[str] = Field(default_factory=list)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    datasets: dict[Name, DatasetSpec] = Field(default_factory=dict)
+    generators: dict[Name, InstanceSpec] = Field(default_factory=dict)
+    encoders: dict[Name, EncoderSpec] = Field(default_factory=dict)
+    tasks: dict[Name, InstanceSpec] = Field(default_factory=dict)
+    profiles: dict[Name, ProfileSpec] = Field(default_factory=dict)

@@ -1,0 +1,293 @@
+"""Datasets of image files: plain class folders and the published layouts of
+ImageNet, Flowers-102, CUB-200-2011 and Food-101 (torchvision's and the authors').
+
+Each split is an `ImageFileSplit`: files are decoded as batches are asked for, with the
+protocol's preprocessing (shorter side to `resize`, centre crop `crop`). Options shared
+by these formats: crop (224), resize (crop x 256/224), workers (decoding threads).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from harness.datasets.images import IMAGE_EXTENSIONS, RESIZE_PER_CROP, Preprocess
+from harness.datasets.spec import dataset_options
+from harness.datasets.splits import ClassificationData, ImageFileSplit
+from harness.errors import DataFormatError, HarnessError
+
+if TYPE_CHECKING:
+    from harness.config.schema import DatasetSpec
+
+
+IMAGE_OPTIONS: dict[str, Any] = {"crop": 224, "resize": None, "workers": None}
+
+
+def _preprocess(name: str, options: dict[str, Any]) -> Preprocess:
+    crop = int(options["crop"])
+    resize = int(options["resize"]) if options["resize"] else int(round(crop * RESIZE_PER_CROP))
+    if crop < 1 or resize < crop:
+        raise HarnessError(f"datasets.{name}.options: need 1 <= crop <= resize, got crop={crop}, resize={resize}")
+    return Preprocess(crop=crop, resize=resize)
+
+
+def _find_layout(root: Path, marker: str, subdirs: Sequence[str], name: str, layout: str) -> Path:
+    """`root` itself or one of `subdirs` under it, whichever holds `marker`."""
+    for base in (root, *(root / s for s in subdirs)):
+        if (base / marker).exists():
+            return base
+    tried = ", ".join(str(b / marker) for b in (root, *(root / s for s in subdirs)))
+    raise DataFormatError(f"dataset {name!r}: {root} does not hold the {layout} layout (no {tried})")
+
+
+def _read_columns(path: Path, columns: int) -> list[tuple[int, list[str]]]:
+    """Whitespace-separated lines of a text file: (line number, fields); blank lines skipped."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{path}: cannot read: {exc}") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=columns - 1)
+        if len(parts) != columns:
+            raise DataFormatError(f"{path}: line {number}: expected {columns} fields, got {line!r}")
+        rows.append((number, parts))
+    return rows
+
+
+def _int_field(path: Path, number: int, value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DataFormatError(f"{path}: line {number}: {what} must be an integer, got {value!r}") from None
+
+
+# ----------------------------------------------------------------- image folders
+def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """Files under folder/<class>/ (recursively, sorted) with their class index.
+
+    With `classes` given (the train split's), a class directory not among them is an
+    error; without, the classes are the sorted sub-directory names.
+    """
+    if not folder.is_dir():
+        raise DataFormatError(f"{folder}: directory not found (expected <split>/<class>/<image> files)")
+    found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    if classes is None:
+        classes = found
+    else:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DataFormatError(f"{folder}: class directories {extra[:5]} are not in the train split")
+    index = {c: i for i, c in enumerate(classes)}
+    paths: list[Path] = []
+    labels: list[int] = []
+    for cls in found:
+        for directory, subdirs, files in sorted(os.walk(folder / cls, followlinks=True)):
+            subdirs.sort()
+            for file in sorted(files):
+                if file.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(Path(directory) / file)
+                    labels.append(index[cls])
+    if not paths:
+        raise DataFormatError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under <class>/ directories")
+    return paths, labels, classes
+
+
+def _read_folder_pair(name: str, spec: DatasetSpec, test_dir: str, what: str) -> ClassificationData:
+    options = dataset_options(name, spec, {**IMAGE_OPTIONS, "train_dir": "train", "test_dir": test_dir})
+    root = spec.resolved_root(name)
+    preprocess = _preprocess(name, options)
+    workers = options["workers"]
+    train_paths, train_labels, classes = scan_image_folder(root / options["train_dir"])
+    test_paths, test_labels, _ = scan_image_folder(root / options["test_dir"], classes)
+    return ClassificationData(
+        name=name,
+        train=ImageFileSplit(train_paths, train_labels, preprocess, workers),
+        test=ImageFileSplit(test_paths, test_labels, preprocess, workers),
+        classes=classes,
+        description=f"{what}: {options['train_dir']}/ as memory, {options['test_dir']}/ as queries",
+    )
+
+
+def read_imagefolder(name: str, spec: DatasetSpec) -> ClassificationData:
+    """root/train/<class>/* (memory) and root/test/<class>/* (queries).
+
+    Options: train_dir ("train"), test_dir ("test"), crop (224), resize (crop x 256/224),
+    workers (decoding threads).
+    """
+    return _read_folder_pair(name, spec, "test", "image folder")
+
+
+def read_imagenet(name: str, spec: DatasetSpec) -> ClassificationData:
+    """ImageNet as torchvision's ImageFolder sees it: root/train/<wnid>/*, root/val/<wnid>/*.
+
+    Memory = train, queries = val (the paper's protocol). Same options as `imagefolder`.
+    """
+    return _read_folder_pair(name, spec, "val", "ImageNet")
+
+
+# -------------------------------------------------------------------- Flowers102
+def _load_mat(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    import scipy.io
+
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found")
+    try:
+        data = scipy.io.loadmat(str(path), squeeze_me=True)
+    except Exception as exc:
+        raise DataFormatError(f"{path}: not a readable .mat file ({exc})") from None
+    out = {}
+    for key in keys:
+        if key not in data:
+            found = sorted(k for k in data if not k.startswith("__"))
+            raise DataFormatError(f"{path}: missing key {key!r} (found: {', '.join(found) or 'none'})")
+        try:
+            out[key] = np.atleast_1d(np.asarray(data[key])).astype(np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{path}: key {key!r} must hold integers") from None
+    return out
+
+
+FLOWERS_SPLITS = {"train": "trnid", "val": "valid", "test": "tstid"}
+
+
+def read_flowers102(name: str, spec: DatasetSpec) -> ClassificationData:
+    """Oxford Flowers-102 in torchvision's layout: jpg/image_NNNNN.jpg, imagelabels.mat
+    (`labels`, 1..102) and setid.mat (`trnid`, `valid`, `tstid`, 1-based image ids),
+    at the root or under root/flowers-102.
+
+    Memory = train (1020), queries = val (1020) as the paper's released code does;
+    option `test_split: test` queries the official 6149-image test split instead.
+    """
+    options = dataset_options(name, spec, {**IMAGE_OPTIONS, "test_split": "val"})
+    if options["test_split"] not in ("val", "test"):
+        raise HarnessError(f"datasets.{name}.options.test_split must be 'val' or 'test', got {options['test_split']!r}")
+    base = _find_layout(spec.resolved_root(name), "imagelabels.mat", ["flowers-102"], name, "Flowers-102")
+    labels = _load_mat(base / "imagelabels.mat", ["labels"])["labels"]
+    setid = _load_mat(base / "setid.mat", list(FLOWERS_SPLITS.values()))
+    if labels.min(initial=1) < 1:
+        raise DataFormatError(f"{base / 'imagelabels.mat'}: key 'labels' must hold classes 1..102, found {labels.min()}")
+    preprocess = _preprocess(name, options)
+    classes = [str(c) for c in range(1, int(labels.max()) + 1)]
+    splits = {}
+    for split, key in FLOWERS_SPLITS.items():
+        ids = setid[key]
+        bad = ids[(ids < 1) | (ids > len(labels))]
+        if len(bad):
+            raise DataFormatError(f"{base / 'setid.mat'}: key {key!r} holds image ids outside 1..{len(labels)} (e.g. {int(bad[0])})")
+        paths = [base / "jpg" / f"image_{i:05d}.jpg" for i in ids]
+        origin = (lambda key: lambda i: f"setid.mat key {key!r} entry {i}")(key)
+        splits[split] = ImageFileSplit(paths, labels[ids - 1] - 1, preprocess, options["workers"], origin)
+    return ClassificationData(
+        name=name,
+        train=splits["train"],
+        test=splits[options["test_split"]],
+        classes=classes,
+        description=f"Flowers-102: train as memory, {options['test_split']} as queries",
+        splits=splits,
+    )
+
+
+# ------------------------------------------------------------------------ CUB-200
+def read_cub200(name: str, spec: DatasetSpec) -> ClassificationData:
+    """CUB-200-2011 as released: images.txt (id path), image_class_labels.txt (id class),
+    train_test_split.txt (id is_train), classes.txt (id name), images/, at the root or
+    under root/CUB_200_2011. Memory = the official train images (5994), queries = test (5794).
+    """
+    options = dataset_options(name, spec, dict(IMAGE_OPTIONS))
+    base = _find_layout(spec.resolved_root(name), "images.txt", ["CUB_200_2011"], name, "CUB_200_2011")
+    images_txt = base / "images.txt"
+    labels_txt = base / "image_class_labels.txt"
+    split_txt = base / "train_test_split.txt"
+    images = {}
+    lines = {}
+    for number, (image_id, rel) in _read_columns(images_txt, 2):
+        key = _int_field(images_txt, number, image_id, "the image id")
+        if key in images:
+            raise DataFormatError(f"{images_txt}: line {number}: image id {key} appears twice")
+        images[key] = rel.strip()
+        lines[key] = number
+    labels = {}
+    for number, (image_id, cls) in _read_columns(labels_txt, 2):
+        labels[_int_field(labels_txt, number, image_id, "the image id")] = (_int_field(labels_txt, number, cls, "the class id"), number)
+    is_train = {}
+    for number, (image_id, flag) in _read_columns(split_txt, 2):
+        value = _int_field(split_txt, number, flag, "is_training_image")
+        if value not in (0, 1):
+            raise DataFormatError(f"{split_txt}: line {number}: is_training_image must be 0 or 1, got {flag!r}")
+        is_train[_int_field(split_txt, number, image_id, "the image id")] = value
+    for key in images:
+        if key not in labels:
+            raise DataFormatError(f"{labels_txt}: no class for image id {key} (images.txt line {lines[key]})")
+        if key not in is_train:
+            raise DataFormatError(f"{split_txt}: no split for image id {key} (images.txt line {lines[key]})")
+    class_ids = sorted({cls for cls, _ in labels.values()})
+    if class_ids and class_ids[0] < 1:
+        raise DataFormatError(f"{labels_txt}: class ids start at 1, found {class_ids[0]}")
+    classes_txt = base / "classes.txt"
+    if classes_txt.exists():
+        named = {_int_field(classes_txt, n, cid, "the class id"): cname.strip() for n, (cid, cname) in _read_columns(classes_txt, 2)}
+        count = max([*named, *class_ids])
+        classes = [named.get(i, str(i)) for i in range(1, count + 1)]
+    else:
+        classes = [str(i) for i in range(1, max(class_ids, default=0) + 1)]
+    preprocess = _preprocess(name, options)
+    splits = {}
+    for split, flag in (("train", 1), ("test", 0)):
+        keys = [k for k in sorted(images) if is_train[k] == flag]
+        origin = (lambda keys: lambda i: f"images.txt line {lines[keys[i]]}")(keys)
+        splits[split] = ImageFileSplit(
+            [base / "images" / images[k] for k in keys], [labels[k][0] - 1 for k in keys], preprocess, options["workers"], origin
+        )
+    return ClassificationData(
+        name=name, train=splits["train"], test=splits["test"], classes=classes,
+        description="CUB-200-2011, official train_test_split.txt", splits=splits,
+    )
+
+
+# ----------------------------------------------------------------------- Food-101
+def read_food101(name: str, spec: DatasetSpec) -> ClassificationData:
+    """Food-101 as released: meta/train.txt and meta/test.txt (lines `class/image_id`),
+    meta/classes.txt, images/<class>/<image_id>.jpg, at the root or under root/food-101.
+    Memory = train (75750), queries = test (25250).
+    """
+    options = dataset_options(name, spec, dict(IMAGE_OPTIONS))
+    base = _find_layout(spec.resolved_root(name), "meta", ["food-101"], name, "Food-101")
+    entries: dict[str, list[tuple[int, str, str]]] = {}
+    for split in ("train", "test"):
+        path = base / "meta" / f"{split}.txt"
+        rows = []
+        for number, (item,) in _read_columns(path, 1):
+            cls, _, image_id = item.strip().partition("/")
+            if not cls or not image_id or "/" in image_id:
+                raise DataFormatError(f"{path}: line {number}: expected 'class/image_id', got {item!r}")
+            rows.append((number, cls, image_id))
+        entries[split] = rows
+    classes_txt = base / "meta" / "classes.txt"
+    if classes_txt.exists():
+        classes = [fields[0].strip() for _, fields in _read_columns(classes_txt, 1)]
+    else:
+        classes = sorted({cls for _, cls, _ in entries["train"]})
+    index = {c: i for i, c in enumerate(classes)}
+    preprocess = _preprocess(name, options)
+    splits = {}
+    for split, rows in entries.items():
+        for number, cls, _ in rows:
+            if cls not in index:
+                raise DataFormatError(f"{base / 'meta' / f'{split}.txt'}: line {number}: class {cls!r} is not in {classes_txt.name if classes_txt.exists() else 'train.txt'}")
+        origin = (lambda split, rows: lambda i: f"meta/{split}.txt line {rows[i][0]}")(split, rows)
+        splits[split] = ImageFileSplit(
+            [base / "images" / cls / f"{image_id}.jpg" for _, cls, image_id in rows],
+            [index[cls] for _, cls, _ in rows], preprocess, options["workers"], origin,
+        )
+    return ClassificationData(
+        name=name, train=splits["train"], test=splits["test"], classes=classes,
+        description="Food-101, official meta/train.txt and meta/test.txt", splits=splits,
+    )

@@ -1,0 +1,97 @@
+"""Exact top-k from an engine's float32 candidates.
+
+Candidates are re-scored in float64 and ordered by (similarity descending, id
+ascending), with the candidate list widened until every row within float32 rounding of
+the k-th similarity is in it. So ties are broken by the lower id and every engine
+returns identical neighbours and similarities.
+
+The float64 similarity of a (query, row) pair is a fixed function of the two vectors:
+every product of two float32 values is exact in float64, and the products are summed by
+numpy's pairwise reduction over one contiguous row, whose order depends only on the
+dimension (not on how many candidates or queries are scored together, nor on what else
+the memory holds). The privacy audit relies on that too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.memory.engines import Engine
+
+_FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+_RESCORE_ELEMENTS = 1 << 22  # float64 products per re-scoring block (32 MiB)
+
+
+def tie_margin(dim: int) -> float:
+    """How far below the k-th float32 candidate similarity a row must be to be safely out.
+
+    A float32 dot product of two unit vectors of dimension d is within d * 2^-24 of the
+    exact value whatever the summation order (BLAS blocking, FMA, GPU reductions), so a
+    row whose float32 similarity is more than twice that below the k-th candidate's
+    cannot be among the exact k nearest. (Reduced-precision matmul such as TF32 breaks
+    this bound; the torch engine switches it off while it searches.)
+    """
+    return max(1e-5, 2.5 * dim * _FLOAT32_UNIT_ROUNDOFF)
+
+
+def exact_neighbours(
+    engine: Engine, rows: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (float64 similarities, positions into `rows`) [q, k], ordered by
+    (similarity desc, id asc). `engine` holds `rows`; `ids` are their ids."""
+    n, dim = rows.shape
+    out_sims = np.empty((len(queries), k), np.float64)
+    out_pos = np.empty((len(queries), k), np.int64)
+    if len(queries) == 0:
+        return out_sims, out_pos
+    margin = tie_margin(dim)
+    pending = np.arange(len(queries))
+    width = min(n, k + 8)
+    while len(pending):
+        cand_sims, cand_pos = engine.search(queries[pending], width)
+        if width < n:
+            boundary_open = cand_sims[:, -1] >= cand_sims[:, k - 1] - margin
+        else:
+            boundary_open = np.zeros(len(pending), bool)
+        closed = ~boundary_open
+        if closed.any():
+            done = pending[closed]
+            out_sims[done], out_pos[done] = _rescore(queries[done], rows, ids, cand_pos[closed], k)
+        pending = pending[boundary_open]
+        width = min(n, width * 4)
+    return out_sims, out_pos
+
+
+def _rescore(
+    queries: np.ndarray, rows: np.ndarray, ids: np.ndarray, candidates: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best candidates per query by (float64 similarity desc, id asc)."""
+    width = candidates.shape[1]
+    out_sims = np.empty((len(queries), k), np.float64)
+    out_pos = np.empty((len(queries), k), np.int64)
+    rows_per_block = max(1, _RESCORE_ELEMENTS // (width * rows.shape[1]))
+    for start in range(0, len(queries), rows_per_block):
+        block = slice(start, start + rows_per_block)
+        cands = candidates[block]
+        sims = pair_similarities(queries[block], rows, cands)
+        order = np.lexsort((ids[cands], -sims), axis=-1)[:, :k]
+        out_sims[block] = np.take_along_axis(sims, order, 1)
+        out_pos[block] = np.take_along_axis(cands, order, 1)
+    return out_sims, out_pos
+
+
+def pair_similarities(queries: np.ndarray, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """float64 similarity of query i with rows[positions[i, j]], as [q, c].
+
+    Each value depends on the two vectors only: float32 x float32 products are exact in
+    float64, and numpy sums each contiguous row of products pairwise in an order fixed by
+    the dimension. Blocks over candidates keep the [q, c, d] products bounded.
+    """
+    queries64 = np.asarray(queries, dtype=np.float64)
+    out = np.empty(positions.shape, np.float64)
+    dim = queries64.shape[1]
+    columns = max(1, _RESCORE_ELEMENTS // max(1, len(queries64) * dim))
+    for start in range(0, positions.shape[1], columns):
+        cols = slice(start, start + columns)
+        out[:, cols] = (queries64[:, None, :] * rows[positions[:, cols]]).sum(axis=-1)
+    return out

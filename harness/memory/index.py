@@ -1,0 +1,342 @@
+"""The visual memory: a kNN database of L2-normalised image embeddings with labels.
+
+Learning real data is `add`, unlearning is `remove`: afterwards every answer equals
+that of a memory that never held the removed rows, because the rows are simply gone
+(there is no approximate index to retrain).
+
+Search runs on one of two engines (`harness.memory.engines`), chosen by `backend`; their
+float32 candidates are made exact by `harness.memory.exact`, so ties are broken by the
+lower id and both engines return identical neighbours and similarities. Votes follow
+`harness.memory.voting`, the privacy audit `harness.memory.privacy`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from harness.cache import atomic_write
+from harness.device import default_device
+from harness.errors import HarnessError
+from harness.memory.engines import Engine, make_engine
+from harness.memory.exact import exact_neighbours
+from harness.memory.privacy import FlipCounts, PrivacyReport, count_flips
+from harness.memory.voting import Vote, check_vote, vote_mass
+
+_CLASSIFY_BLOCK = 8192  # queries per classification block (bounds the [q, classes] scores)
+_AUDIT_ELEMENTS = 1 << 20  # (query, neighbour) pairs per privacy-audit block
+
+
+def _as_unit_rows(values: object, dim: int, what: str) -> np.ndarray:
+    """`values` ([n, dim] or [dim], numpy or torch) as contiguous L2-normalised float32 rows."""
+    array = values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise HarnessError(f"{what} must have shape [n, {dim}], got {list(array.shape)}")
+    bad = ~np.isfinite(array).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise HarnessError(f"{what} contain NaN or infinite values (rows {rows}); check the encoder's output")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return np.ascontiguousarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+class VisualMemory:
+    """Cosine-similarity kNN memory with integer labels and stable integer ids."""
+
+    def __init__(self, dim: int, device: str | None = None, backend: Literal["auto", "faiss", "torch"] = "auto") -> None:
+        if dim <= 0:
+            raise HarnessError(f"VisualMemory dim must be positive, got {dim}")
+        if backend not in ("auto", "faiss", "torch"):
+            raise HarnessError(f"VisualMemory backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+        self.dim = int(dim)
+        self.device = device or default_device()
+        self.backend = "faiss" if backend == "auto" else backend
+        self._features = np.zeros((0, dim), np.float32)
+        self._labels = np.zeros(0, np.int64)
+        self._ids = np.zeros(0, np.int64)
+        self._next_id = 0
+        self._engine: Engine | None = None
+        self.metadata: dict = {}
+        """Free-form provenance (encoder, dataset, split, unlearning log), saved with the memory."""
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return f"VisualMemory(dim={self.dim}, size={len(self)}, backend={self.backend!r}, device={self.device!r})"
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids.copy()
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels.copy()
+
+    @property
+    def features(self) -> np.ndarray:
+        """The stored (L2-normalised) features, a copy."""
+        return self._features.copy()
+
+    @classmethod
+    def from_arrays(
+        cls,
+        features: object,
+        labels: object,
+        ids: object,
+        next_id: int | None = None,
+        device: str | None = None,
+        backend: Literal["auto", "faiss", "torch"] = "auto",
+        metadata: dict | None = None,
+    ) -> VisualMemory:
+        """A memory holding exactly these stored rows (another memory's `features`, already
+        L2-normalised, kept bit for bit: `add` would normalise them once more, and a second
+        normalisation can move a row by a rounding step)."""
+        rows = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
+        if rows.ndim != 2:
+            raise HarnessError(f"from_arrays: features must have shape [n, dim], got {list(rows.shape)}")
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not len(rows) == len(labels) == len(ids):
+            raise HarnessError(f"from_arrays: {len(rows)} rows, {len(labels)} labels and {len(ids)} ids")
+        if not np.isfinite(rows).all():
+            raise HarnessError("from_arrays: features contain NaN or infinite values")
+        norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+        if not ((np.abs(norms - 1.0) < 1e-4) | (norms == 0)).all():
+            raise HarnessError("from_arrays: features must be L2-normalised rows (use add() for raw features)")
+        if (labels < 0).any():
+            raise HarnessError("from_arrays: labels must be non-negative integers (class indices)")
+        if len(np.unique(ids)) != len(ids):
+            raise HarnessError("from_arrays: ids must be unique")
+        memory = cls(rows.shape[1], device=device, backend=backend)
+        memory._features, memory._labels, memory._ids = rows, labels, ids
+        floor = int(ids.max(initial=-1)) + 1
+        memory._next_id = floor if next_id is None else max(int(next_id), floor)
+        memory.metadata = dict(metadata or {})
+        return memory
+
+    # ----------------------------------------------------------------- learning
+    def add(self, features: object, labels: object, ids: object | None = None) -> np.ndarray:
+        """Add rows; returns their ids (a running counter unless given)."""
+        rows = _as_unit_rows(features, self.dim, "features")
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(labels) != len(rows):
+            raise HarnessError(f"add: {len(rows)} feature rows but {len(labels)} labels")
+        if (labels < 0).any():
+            raise HarnessError("add: labels must be non-negative integers (class indices)")
+        if ids is None:
+            new_ids = np.arange(self._next_id, self._next_id + len(rows), dtype=np.int64)
+        else:
+            new_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            if len(new_ids) != len(rows):
+                raise HarnessError(f"add: {len(rows)} feature rows but {len(new_ids)} ids")
+            if len(np.unique(new_ids)) != len(new_ids) or np.isin(new_ids, self._ids).any():
+                raise HarnessError("add: ids must be unique and not already in the memory")
+        self._features = np.concatenate([self._features, rows])
+        self._labels = np.concatenate([self._labels, labels])
+        self._ids = np.concatenate([self._ids, new_ids])
+        self._next_id = max(self._next_id, int(new_ids.max(initial=-1)) + 1)
+        if self._engine is not None:
+            self._engine.add(rows)
+        return new_ids
+
+    def remove(self, ids: object) -> int:
+        """Forget the rows with these ids (exact unlearning); returns how many were removed."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        keep = ~np.isin(self._ids, ids)
+        removed = int((~keep).sum())
+        if removed:
+            self._features = self._features[keep]
+            self._labels = self._labels[keep]
+            self._ids = self._ids[keep]
+            self._engine = None
+        return removed
+
+    def build_index(self) -> VisualMemory:
+        """Build the search index now (otherwise the first search builds it); returns self."""
+        self._engine_ready()
+        return self
+
+    # ---------------------------------------------------------------- querying
+    def search(self, queries: object, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar rows per query: (similarities [q, k], ids [q, k]), best first."""
+        k = self._check_k(k, clip=False)
+        sims, positions = self._search_positions(_as_unit_rows(queries, self.dim, "queries"), k)
+        return sims.astype(np.float32), self._ids[positions]
+
+    def class_scores(
+        self,
+        queries: object,
+        k: int = 20,
+        vote: Vote = "weighted",
+        temperature: float = 0.07,
+        num_classes: int | None = None,
+    ) -> np.ndarray:
+        """Vote mass per class [q, C]: sum of exp(sim / T) ("weighted") or counts ("majority")
+        over the min(k, len) nearest rows."""
+        check_vote(vote, temperature)
+        k = self._check_k(k, clip=True)
+        sims, positions = self._search_positions(_as_unit_rows(queries, self.dim, "queries"), k)
+        return vote_mass(sims, self._labels[positions], vote, temperature, num_classes or self.num_classes)
+
+    def classify(
+        self, queries: object, k: int = 20, vote: Vote = "weighted", temperature: float = 0.07
+    ) -> np.ndarray:
+        """Predicted label per query: the class with the most vote mass (lowest label on ties)."""
+        check_vote(vote, temperature)
+        k = self._check_k(k, clip=True)
+        queries = _as_unit_rows(queries, self.dim, "queries")
+        predictions = np.empty(len(queries), np.int64)
+        for start in range(0, len(queries), _CLASSIFY_BLOCK):
+            block = slice(start, start + _CLASSIFY_BLOCK)
+            sims, positions = self._search_positions(queries[block], k)
+            scores = vote_mass(sims, self._labels[positions], vote, temperature, self.num_classes)
+            predictions[block] = scores.argmax(axis=1)
+        return predictions
+
+    def privacy_audit(
+        self, queries: object, k: int = 20, vote: Vote = "weighted", temperature: float = 0.07
+    ) -> np.ndarray:
+        """The ids (ascending) of the memory rows whose removal changes the prediction of at
+        least one query (the paper's non-private samples, section 6). Exact: equal to
+        rebuilding the memory without each row in turn and classifying every query."""
+        return self.privacy_report(queries, k, vote, temperature).ids
+
+    def privacy_report(
+        self,
+        queries: object,
+        k: int = 20,
+        vote: Vote = "weighted",
+        temperature: float = 0.07,
+        block: int | None = None,
+    ) -> PrivacyReport:
+        """`privacy_audit` with, per non-private row, how many queries its removal flips.
+
+        One (k+1)-NN search per query decides it: only a query's k nearest rows can change
+        its prediction, and removing one of them lets the (k+1)-th enter (the list is
+        ordered by (similarity desc, id asc), so that is exactly the row a fresh search on
+        the reduced memory returns). For every (query, neighbour) pair the class scores
+        are recomputed with that neighbour swapped out, in the same order and float64
+        arithmetic as `classify`, and compared under classify's own tie rule (lowest label
+        wins). With k >= len(memory) a removal leaves a vote over all remaining rows.
+        The removal of the only row of a one-row memory leaves nothing to classify with;
+        it counts as changing every query's prediction. `block` bounds the queries
+        handled at once (default: about a million (query, neighbour) pairs).
+        """
+        check_vote(vote, temperature)
+        queries = _as_unit_rows(queries, self.dim, "queries")
+        used = self._check_k(k, clip=True)
+        n = len(self)
+        width = min(used + 1, n)  # the k nearest, plus the row that enters after a removal
+        block = int(block) if block else max(1, _AUDIT_ELEMENTS // width)
+        counts = FlipCounts(per_position=np.zeros(n, np.int64))
+        for start in range(0, len(queries), block):
+            sims, positions = self._search_positions(queries[start : start + block], width)
+            count_flips(counts, sims, positions, self._labels[positions], used, vote, temperature)
+        rows = np.flatnonzero(counts.per_position)
+        order = np.argsort(self._ids[rows], kind="stable")
+        return PrivacyReport(
+            ids=self._ids[rows][order],
+            flips=counts.per_position[rows][order],
+            memory_size=n,
+            num_queries=len(queries),
+            k=int(k),
+            vote=vote,
+            temperature=float(temperature),
+            changed_queries=counts.changed_queries,
+            other_class_flips=counts.other_class_flips,
+        )
+
+    def labels_of(self, ids: object) -> np.ndarray:
+        """The labels of rows given by id (any shape)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self) == 0:
+            if ids.size:
+                raise HarnessError("labels_of: the memory is empty")
+            return np.zeros(ids.shape, np.int64)
+        order = np.argsort(self._ids, kind="stable")
+        found = np.searchsorted(self._ids, ids, sorter=order)
+        positions = order[np.minimum(found, len(order) - 1)]
+        if not np.array_equal(self._ids[positions], ids):
+            raise HarnessError("labels_of: some ids are not in the memory")
+        return self._labels[positions]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._labels.max(initial=-1)) + 1
+
+    # -------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the memory to a .npz file (atomically; no pickled objects)."""
+        path = Path(path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(
+                    handle,
+                    features=self._features,
+                    labels=self._labels,
+                    ids=self._ids,
+                    next_id=np.int64(self._next_id),
+                    metadata=np.array(json.dumps(self.metadata, sort_keys=True, default=str)),
+                )
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None, backend: Literal["auto", "faiss", "torch"] = "auto") -> VisualMemory:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in ("features", "labels", "ids", "next_id")}
+                metadata = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+        except FileNotFoundError:
+            raise HarnessError(f"{path}: no such memory file") from None
+        except KeyError as exc:
+            raise HarnessError(f"{path}: not a saved VisualMemory (missing key {exc})") from None
+        except Exception as exc:
+            raise HarnessError(f"{path}: cannot read memory file ({exc})") from None
+        features = arrays["features"]
+        if features.ndim != 2 or features.shape[1] == 0:
+            raise HarnessError(f"{path}: features must have shape [n, dim], got {list(features.shape)}")
+        if not len(features) == len(arrays["labels"]) == len(arrays["ids"]):
+            raise HarnessError(
+                f"{path}: {len(features)} feature rows, {len(arrays['labels'])} labels and {len(arrays['ids'])} ids"
+            )
+        memory = cls(features.shape[1], device=device, backend=backend)
+        memory._features = np.ascontiguousarray(features, dtype=np.float32)
+        memory._labels = arrays["labels"].astype(np.int64)
+        memory._ids = arrays["ids"].astype(np.int64)
+        memory._next_id = int(arrays["next_id"])
+        memory.metadata = metadata if isinstance(metadata, dict) else {}
+        return memory
+
+    # ---------------------------------------------------------------- internals
+    def _check_k(self, k: int, clip: bool) -> int:
+        if len(self) == 0:
+            raise HarnessError("the visual memory is empty: add features before searching")
+        k = int(k)
+        if k < 1:
+            raise HarnessError(f"k must be at least 1, got {k}")
+        if k > len(self):
+            if clip:
+                return len(self)
+            raise HarnessError(f"k={k} is larger than the memory ({len(self)} rows); use k <= {len(self)}")
+        return k
+
+    def _engine_ready(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.backend, self.dim, self.device)
+            self._engine.add(self._features)
+        return self._engine
+
+    def _search_positions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k positions, ordered by (float64 similarity desc, id asc)."""
+        return exact_neighbours(self._engine_ready(), self._features, self._ids, queries, k)
