@@ -69,6 +69,7 @@ generators:
   flat-a: {{plugin: flat, params: {{level: 10}}}}
 encoders:
   rgb-tiny: {{plugin: rgb, params: {{size: 4}}}}
+  dino-flat: {{plugin: dino, params: {{data: flat-a, recipe: tiny}}}}
 tasks:
   mean-a: {{plugin: mean-level, params: {{source: flat-a}}}}
 profiles:
@@ -182,11 +183,13 @@ def test_a_reference_is_hashed_whole(toy):
 
 
 def test_keys_see_code(toy):
-    first = keys_in_subprocess(toy, "task:mean-a", "generator:flat-a", "encoder:rgb-tiny")
-    assert keys_in_subprocess(toy, "task:mean-a", "generator:flat-a", "encoder:rgb-tiny") == first
+    names = ("task:mean-a", "generator:flat-a", "encoder:rgb-tiny", "encoder:dino-flat")
+    first = keys_in_subprocess(toy, *names)
+    assert keys_in_subprocess(toy, *names) == first
     toy["source"].write_text(TOY_PLUGIN.replace("LEVEL_OFFSET = 0", "LEVEL_OFFSET = 1"))
-    edited = keys_in_subprocess(toy, "task:mean-a", "generator:flat-a", "encoder:rgb-tiny")
+    edited = keys_in_subprocess(toy, *names)
     assert edited["generator:flat-a"] != first["generator:flat-a"]
+    assert edited["encoder:dino-flat"] != first["encoder:dino-flat"]  # trained on the edited generator
     assert edited["task:mean-a"] != first["task:mean-a"]
     assert edited["encoder:rgb-tiny"] == first["encoder:rgb-tiny"]  # its code did not change
 

@@ -100,12 +100,21 @@ def _cells(records: list[Result]) -> list[dict[str, Any]]:
     return list(cells.values())
 
 
+def command_line(argv: list[str]) -> list[str]:
+    """The command as the user typed it: `harness ...` for the command line (however the
+    interpreter was started), the script's file name otherwise; no folder of this machine."""
+    program = Path(argv[0]).name if argv else "python"
+    if program in ("harness", "__main__.py"):
+        program = "harness"
+    return [program, *argv[1:]]
+
+
 def write_manifest(out_dir: Path, device: str, computed: list[Result], reused: list[Result], argv: list[str] | None = None) -> Path:
     """Write `<out>/runs/<UTC timestamp>.json` and return its path."""
     now = _dt.datetime.now(_dt.timezone.utc)
     manifest = {
-        "started": now.isoformat(timespec="seconds"),
-        "command": list(sys.argv if argv is None else argv),
+        "written": now.isoformat(timespec="seconds"),
+        "command": command_line(sys.argv if argv is None else argv),
         "harness": __version__,
         "git": git_revision(Path(__file__).resolve().parent),
         "libraries": library_versions(),
