@@ -150,10 +150,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.results.leaderboard import render_leaderboard
+    from harness.results.store import output_errors
     from harness.config.registry import use_registry
 
     use_registry(args.registry)
-    print(render_leaderboard(Path(args.out)))
+    out_dir = Path(args.out)
+    with output_errors(out_dir / "LEADERBOARD.md"):
+        print(render_leaderboard(out_dir))
     return 0
 
 
@@ -164,6 +167,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     registry = use_registry(args.registry)
     print(run_benchmarks(registry, args.stages, Path(args.report), quick=args.quick, profile=args.profile))
     return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option when it is not)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute cells already in results.jsonl")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch and BLAS threads, fixed for the whole run (default: one per core); "
+    p.add_argument("--threads", type=positive_int, help="torch and BLAS threads, fixed for the whole run (default: one per core); "
                    "the same command with the same thread count gives the same values")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="run cells here, or as Slurm jobs via submitit")
     p.add_argument("--dry-run", action="store_true", help="print the cells, jobs, datasets and expected GPU-hours; run nothing")
@@ -204,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write a sample grid (and optionally a dataset) of a generator")
     p.add_argument("generator")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--n", type=positive_int, default=64)
+    p.add_argument("--size", type=positive_int, default=128)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", action="store_true", help="also write an ImageFolder of PNGs (resumable)")

@@ -71,3 +71,11 @@ def test_help_lists_commands_without_torch():
     code = "import sys\nfrom harness.cli import build_parser\nbuild_parser().format_help()\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("option, value", [("--size", "-5"), ("--n", "0"), ("--size", "big")])
+def test_generate_refuses_sizes_below_one_naming_the_option(tmp_path, option, value):
+    args = {"--n": "4", "--size": "8"} | {option: value}
+    done = cli("generate", "dead-leaves", "--n", args["--n"], "--size", args["--size"], "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert f"argument {option}:" in done.stderr and "Traceback" not in done.stderr

@@ -281,14 +281,15 @@ def test_kml_composes_with_any_base():
 
 
 def numpy_kml_mask(s1: torch.Tensor, size: int) -> np.ndarray:
-    """The KML recipe written independently: numpy unique for the initial centroids,
-    argmin over both distances, float64."""
-    x = F.interpolate(s1[None].float(), size=(256, 256), mode="bilinear", align_corners=False)
-    pixels = x[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).reshape(-1, 3).numpy()
+    """The KML recipe written independently: the float [0, 1] source resized with
+    antialiasing (never quantised), numpy unique for the initial centroids, argmin over
+    both distances in float64, the released Niter = 3 (two updates, three assignments)."""
+    x = F.interpolate(s1[None].float() / 255, size=(256, 256), mode="bilinear", align_corners=False, antialias=True)
+    pixels = x[0].permute(1, 2, 0).reshape(-1, 3).numpy()
     distinct = np.unique(pixels, axis=0)
     centroids = np.stack([distinct[0], distinct[-1]]).astype(np.float64)
     points = pixels.astype(np.float64)
-    for _ in range(3):
+    for _ in range(2):
         labels = np.argmin(((points[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
         for k in range(2):
             if (labels == k).any():

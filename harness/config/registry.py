@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from harness.config.loading import PluginRegistry, load_plugins
 from harness.config.schema import DatasetSpec, InstanceSpec, ProfileSpec, RegistryFile
+from harness.config.yaml_file import YamlFileError, load_yaml_file
 from harness.errors import RegistryError, UnknownNameError
 from harness.keys import code_fingerprint
 from harness.kinds import ParamsError, Plugin, references
@@ -32,11 +32,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 def read_registry_file(path: Path) -> RegistryFile:
     """Parse and validate one registry file; errors name the file and the field path."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise RegistryError(f"{path}: cannot read registry file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise RegistryError(f"{path}: not valid YAML: {exc}") from None
+        raw = load_yaml_file(path) or {}
+    except YamlFileError as exc:
+        raise RegistryError(str(exc)) from None
     if not isinstance(raw, dict):
         raise RegistryError(f"{path}: the top level must be a mapping (plugins, datasets, generators, encoders, tasks, profiles)")
     try:
@@ -141,14 +139,17 @@ class Registry:
             raise UnknownNameError("dataset", name, sorted(self.config.datasets)) from None
 
     def dataset_description(self, name: str) -> dict[str, Any] | None:
-        """What determines a dataset's images for the keys: its registry entry and the code
-        of its format's reader (None for a name the registry does not define)."""
+        """What determines a dataset's images for the keys: its registry entry, the code of
+        its format's reader and a fingerprint of its contents, so that changed data is never
+        served from a cache (None for a name the registry does not define)."""
+        from harness.datasets.fingerprint import dataset_fingerprint
+
         spec = self.config.datasets.get(name)
         if spec is None:
             return None
         reader = self.plugins.formats.get(spec.format)
         code = code_fingerprint(reader.reader.__module__) if reader is not None else None
-        return {"spec": spec.model_dump(), "reader_code": code}
+        return {"spec": spec.model_dump(), "reader_code": code, "contents": dataset_fingerprint(name, spec)}
 
     def profile(self, name: str) -> ProfileSpec:
         try:

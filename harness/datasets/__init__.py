@@ -16,10 +16,13 @@ need no root.
 Formats are registered through the `register_dataset_formats` hook, the core's own
 (`harness.datasets.formats`) the same way as a plugin's. A reader is a function
 `reader(name, spec)`; a plugin's reader builds its dataset from the pieces below.
+
+The keys of cached embeddings and results see a fingerprint of the data under a
+dataset's root (`harness.datasets.fingerprint`), whatever its format.
 """
 
 from harness.datasets.formats import open_dataset
-from harness.datasets.images import IMAGE_EXTENSIONS, Preprocess, decode_image
+from harness.datasets.images import IMAGE_EXTENSIONS, PixelLimit, Preprocess, decode_image, pixel_limit
 from harness.datasets.nights import NightsData
 from harness.datasets.segmentation import SegmentationData
 from harness.datasets.spec import Reader, dataset_options
@@ -31,10 +34,12 @@ __all__ = [
     "ClassificationData",
     "ImageFileSplit",
     "NightsData",
+    "PixelLimit",
     "Preprocess",
     "Reader",
     "SegmentationData",
     "dataset_options",
     "decode_image",
     "open_dataset",
+    "pixel_limit",
 ]

@@ -16,6 +16,13 @@ from harness.datasets.splits import ArraySplit, ClassificationData, stratified_s
 if TYPE_CHECKING:
     from harness.config.schema import DatasetSpec
 
+BUNDLED_PACKAGES: dict[str, tuple[str, ...]] = {
+    "digits": ("scikit-learn",),
+    "lfw-faces": ("scikit-image",),
+    "textures": ("scikit-image",),
+}
+"""The package that ships each bundled format's images: its version is the data's fingerprint."""
+
 
 def grey_to_rgb_uint8(images: np.ndarray, max_value: float) -> np.ndarray:
     """[n, H, W] grey values in [0, max_value] -> uint8 [n, 3, H, W]."""

@@ -3,27 +3,30 @@ ImageNet, Flowers-102, CUB-200-2011 and Food-101 (torchvision's and the authors'
 
 Each split is an `ImageFileSplit`: files are decoded as batches are asked for, with the
 protocol's preprocessing (shorter side to `resize`, centre crop `crop`). Options shared
-by these formats: crop (224), resize (crop x 256/224), workers (decoding threads).
+by these formats: crop (224), resize (crop x 256/224), workers (decoding threads),
+max_pixels (the largest image decoded, width x height; PIL's threshold of 89478485).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from harness.datasets.images import IMAGE_EXTENSIONS, RESIZE_PER_CROP, Preprocess
+from harness.datasets.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RESIZE_PER_CROP, Preprocess, pixel_limit
 from harness.datasets.spec import dataset_options
 from harness.datasets.splits import ClassificationData, ImageFileSplit
+from harness.datasets.walk import list_tree
 from harness.errors import DataFormatError, HarnessError
 
 if TYPE_CHECKING:
     from harness.config.schema import DatasetSpec
 
 
-IMAGE_OPTIONS: dict[str, Any] = {"crop": 224, "resize": None, "workers": None}
+IMAGE_OPTIONS: dict[str, Any] = {"crop": 224, "resize": None, "workers": None, "max_pixels": DEFAULT_MAX_PIXELS}
 
 
 def _preprocess(name: str, options: dict[str, Any]) -> Preprocess:
@@ -74,7 +77,9 @@ def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
     """Files under folder/<class>/ (recursively, sorted) with their class index.
 
     With `classes` given (the train split's), a class directory not among them is an
-    error; without, the classes are the sorted sub-directory names.
+    error; without, the classes are the sorted sub-directory names. Directory links are
+    followed, each real directory once; a link back up the tree (a loop) or into another
+    class is skipped with a warning naming it.
     """
     if not folder.is_dir():
         raise DataFormatError(f"{folder}: directory not found (expected <split>/<class>/<image> files)")
@@ -88,29 +93,32 @@ def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
     index = {c: i for i, c in enumerate(classes)}
     paths: list[Path] = []
     labels: list[int] = []
+    visited: set[str] = set()
     for cls in found:
-        for directory, subdirs, files in sorted(os.walk(folder / cls, followlinks=True)):
-            subdirs.sort()
-            for file in sorted(files):
-                if file.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(Path(directory) / file)
-                    labels.append(index[cls])
+        for path in list_tree(folder / cls, visited, fence=folder, on_skip=_warn_skipped_link):
+            if path.name.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(path)
+                labels.append(index[cls])
     if not paths:
         raise DataFormatError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under <class>/ directories")
     return paths, labels, classes
+
+
+def _warn_skipped_link(path: Path, reason: str) -> None:
+    warnings.warn(f"{path}: directory not scanned for images: {reason}", stacklevel=4)
 
 
 def _read_folder_pair(name: str, spec: DatasetSpec, test_dir: str, what: str) -> ClassificationData:
     options = dataset_options(name, spec, {**IMAGE_OPTIONS, "train_dir": "train", "test_dir": test_dir})
     root = spec.resolved_root(name)
     preprocess = _preprocess(name, options)
-    workers = options["workers"]
+    workers, limit = options["workers"], pixel_limit(name, options)
     train_paths, train_labels, classes = scan_image_folder(root / options["train_dir"])
     test_paths, test_labels, _ = scan_image_folder(root / options["test_dir"], classes)
     return ClassificationData(
         name=name,
-        train=ImageFileSplit(train_paths, train_labels, preprocess, workers),
-        test=ImageFileSplit(test_paths, test_labels, preprocess, workers),
+        train=ImageFileSplit(train_paths, train_labels, preprocess, workers, limit=limit),
+        test=ImageFileSplit(test_paths, test_labels, preprocess, workers, limit=limit),
         classes=classes,
         description=f"{what}: {options['train_dir']}/ as memory, {options['test_dir']}/ as queries",
     )
@@ -184,7 +192,7 @@ def read_flowers102(name: str, spec: DatasetSpec) -> ClassificationData:
             raise DataFormatError(f"{base / 'setid.mat'}: key {key!r} holds image ids outside 1..{len(labels)} (e.g. {int(bad[0])})")
         paths = [base / "jpg" / f"image_{i:05d}.jpg" for i in ids]
         origin = (lambda key: lambda i: f"setid.mat key {key!r} entry {i}")(key)
-        splits[split] = ImageFileSplit(paths, labels[ids - 1] - 1, preprocess, options["workers"], origin)
+        splits[split] = ImageFileSplit(paths, labels[ids - 1] - 1, preprocess, options["workers"], origin, pixel_limit(name, options))
     return ClassificationData(
         name=name,
         train=splits["train"],
@@ -244,7 +252,8 @@ def read_cub200(name: str, spec: DatasetSpec) -> ClassificationData:
         keys = [k for k in sorted(images) if is_train[k] == flag]
         origin = (lambda keys: lambda i: f"images.txt line {lines[keys[i]]}")(keys)
         splits[split] = ImageFileSplit(
-            [base / "images" / images[k] for k in keys], [labels[k][0] - 1 for k in keys], preprocess, options["workers"], origin
+            [base / "images" / images[k] for k in keys], [labels[k][0] - 1 for k in keys], preprocess, options["workers"], origin,
+            pixel_limit(name, options),
         )
     return ClassificationData(
         name=name, train=splits["train"], test=splits["test"], classes=classes,
@@ -285,7 +294,7 @@ def read_food101(name: str, spec: DatasetSpec) -> ClassificationData:
         origin = (lambda split, rows: lambda i: f"meta/{split}.txt line {rows[i][0]}")(split, rows)
         splits[split] = ImageFileSplit(
             [base / "images" / cls / f"{image_id}.jpg" for _, cls, image_id in rows],
-            [index[cls] for _, cls, _ in rows], preprocess, options["workers"], origin,
+            [index[cls] for _, cls, _ in rows], preprocess, options["workers"], origin, pixel_limit(name, options),
         )
     return ClassificationData(
         name=name, train=splits["train"], test=splits["test"], classes=classes,

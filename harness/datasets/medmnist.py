@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 
 from harness.datasets.spec import dataset_options
 from harness.datasets.splits import ClassificationData
-from harness.errors import DataFormatError, DatasetUnavailable
+from harness.errors import DataFormatError, DatasetUnavailable, HarnessError
 
 if TYPE_CHECKING:
     import torch
@@ -170,6 +171,11 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
     dataset (chestmnist) keeps its [n, 14] 0/1 matrix and `label_type` says so.
     """
     options = dataset_options(name, spec, {"flag": None, "size": 224, "label_type": None})
+    size = options["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise HarnessError(
+            f"datasets.{name}.options.size must be a positive integer (the image size in pixels: 28, 64, 128 or 224), got {size!r}"
+        )
     root = spec.resolved_root(name)
     flag = options["flag"] or name
     if root.is_dir():
@@ -186,7 +192,15 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
         raise DataFormatError(f"{path}: not a valid .npz file ({exc})") from None
     headers = {}
     with archive:
-        members = {m[:-4] for m in archive.namelist() if m.endswith(".npy")}
+        names = archive.namelist()
+        counts = Counter(names)
+        duplicates = sorted(m for m, count in counts.items() if count > 1)
+        if duplicates:
+            raise DataFormatError(
+                f"{path}: member {duplicates[0]!r} appears {counts[duplicates[0]]} times in the archive; "
+                "numpy would read only the last copy, so the file is refused: rewrite it with one member per key"
+            )
+        members = {m[:-4] for m in names if m.endswith(".npy")}
         for key in MEDMNIST_KEYS:
             if key not in members:
                 raise DataFormatError(f"{path}: missing key {key!r} (found: {', '.join(sorted(members)) or 'none'})")
@@ -210,6 +224,8 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
             values = values[:, None]
         if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer) and not np.issubdtype(values.dtype, np.floating):
             raise DataFormatError(f"{path}: key {key!r} must be an N x L array of integers, got shape {list(values.shape)} {values.dtype}")
+        if shape[0] == 0:
+            raise DataFormatError(f"{path}: key '{split}_images' holds no images (0 rows); every split needs at least one")
         if len(values) != shape[0]:
             raise DataFormatError(f"{path}: key {key!r} has {len(values)} rows but {split}_images has {shape[0]}")
         if not np.isfinite(values).all() or (values < 0).any() or (values != np.round(values)).any():

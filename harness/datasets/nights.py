@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.datasets.images import Preprocess
+from harness.datasets.images import DEFAULT_MAX_PIXELS, Preprocess, pixel_limit
 from harness.datasets.spec import dataset_options
 from harness.datasets.splits import ImageFileSplit
 from harness.errors import DataFormatError
@@ -69,11 +69,12 @@ def read_nights(name: str, spec: DatasetSpec) -> NightsData:
     test_imagenet and test_no_imagenet (test split by is_imagenet). `p` is the
     fraction of votes for the right image: right_vote itself when the two vote
     columns are fractions (they sum to 1, as released), else right / (left + right).
-    Images: bicubic resize to `size` x `size` (224), no crop.
+    Images: bicubic resize to `size` x `size` (224), no crop; `max_pixels` is the largest
+    image decoded (width x height, PIL's threshold of 89478485).
     """
     import pandas
 
-    options = dataset_options(name, spec, {"size": 224, "min_votes": 6, "workers": None})
+    options = dataset_options(name, spec, {"size": 224, "min_votes": 6, "workers": None, "max_pixels": DEFAULT_MAX_PIXELS})
     root = spec.resolved_root(name)
     csv = root / "data.csv"
     if not csv.is_file():
@@ -116,6 +117,7 @@ def read_nights(name: str, spec: DatasetSpec) -> NightsData:
     keep = numeric["votes"] >= float(options["min_votes"])
     size = int(options["size"])
     preprocess = Preprocess(crop=size, resize=size, mode="squash")
+    limit = pixel_limit(name, options)
     splits = {}
     for split in NIGHTS_SPLITS:
         if split.startswith("test"):
@@ -127,7 +129,7 @@ def read_nights(name: str, spec: DatasetSpec) -> NightsData:
         images = {}
         for column in ("ref_path", "left_path", "right_path"):
             paths = [root / str(v).strip() for v in table[column].to_numpy()[rows]]
-            images[column] = ImageFileSplit(paths, np.zeros(len(rows), np.int64), preprocess, options["workers"], origin)
+            images[column] = ImageFileSplit(paths, np.zeros(len(rows), np.int64), preprocess, options["workers"], origin, limit)
         splits[split] = TripletSplit(
             name=split, ref=images["ref_path"], left=images["left_path"], right=images["right_path"],
             p=p[rows].astype(np.float64), ids=table["id"].to_numpy()[rows], is_imagenet=is_imagenet[rows], rows=rows + 2,

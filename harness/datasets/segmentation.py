@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from harness.datasets.images import IMAGE_EXTENSIONS, decode_image
+from harness.datasets.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PixelLimit, decode_image, pixel_limit
 from harness.datasets.spec import dataset_options, default_workers
 from harness.errors import DataFormatError, HarnessError
 
@@ -99,15 +99,16 @@ class SegmentationSplit:
 
     Subclasses implement `read(i)` (and may implement a cheaper `read_labels(i)`).
     `batch(indices, image_size, label_size)` decodes in a thread pool and resizes
-    with the split's `image_mode` / `label_mode`.
+    with the split's `image_mode` / `label_mode`. `limit` is the largest image decoded.
     """
 
     image_mode = "bilinear-aa"
     label_mode = "nearest-exact"
 
-    def __init__(self, name: str, workers: int | None = None) -> None:
+    def __init__(self, name: str, workers: int | None = None, limit: PixelLimit = PixelLimit()) -> None:
         self.name = name
         self.workers = workers or default_workers()
+        self.limit = limit
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -155,8 +156,8 @@ class FileSplit(SegmentationSplit):
     """One image file and one label PNG per item (VOC, ADE20k and plain folders)."""
 
     def __init__(self, name: str, images: Sequence[Path], masks: Sequence[Path], image_mode: str, label_mode: str,
-                 workers: int | None = None) -> None:
-        super().__init__(name, workers)
+                 workers: int | None = None, limit: PixelLimit = PixelLimit()) -> None:
+        super().__init__(name, workers, limit)
         self.images, self.masks = list(images), list(masks)
         self.image_mode, self.label_mode = image_mode, label_mode
 
@@ -183,7 +184,7 @@ class FileSplit(SegmentationSplit):
             raise DataFormatError(f"{path}: cannot decode label map: {exc}") from None
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image = np.asarray(decode_image(self.images[index]), dtype=np.uint8)
+        image = np.asarray(decode_image(self.images[index], limit=self.limit), dtype=np.uint8)
         return image, self.read_labels(index)
 
 
@@ -193,8 +194,9 @@ class CocoSplit(SegmentationSplit):
     image_mode = "bilinear"
     label_mode = "nearest"
 
-    def __init__(self, name: str, coco: Any, image_dir: Path, ids: list[int], workers: int | None = None) -> None:
-        super().__init__(name, workers)
+    def __init__(self, name: str, coco: Any, image_dir: Path, ids: list[int], workers: int | None = None,
+                 limit: PixelLimit = PixelLimit()) -> None:
+        super().__init__(name, workers, limit)
         self.coco, self.image_dir, self.ids = coco, image_dir, ids
 
     def __len__(self) -> int:
@@ -218,7 +220,7 @@ class CocoSplit(SegmentationSplit):
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         info = self.coco.imgs[self.ids[index]]
         path = self.image_dir / info["file_name"]
-        image = np.asarray(decode_image(path, self.origin(index)), dtype=np.uint8)
+        image = np.asarray(decode_image(path, self.origin(index), self.limit), dtype=np.uint8)
         return image, self.read_labels(index)
 
 
@@ -249,11 +251,11 @@ def read_coco(name: str, spec: DatasetSpec) -> SegmentationData:
     """COCO (2017) instance annotations as semantic label maps: label = category id.
 
     Options: annotations ("annotations/instances_val2017.json"), images ("val2017"),
-    image_size (448), limit (None: every image, in the annotation file's order).
-    Needs pycocotools.
+    image_size (448), limit (None: every image, in the annotation file's order),
+    max_pixels (the largest image decoded, PIL's threshold of 89478485). Needs pycocotools.
     """
     options = dataset_options(name, spec, {"annotations": "annotations/instances_val2017.json", "images": "val2017",
-                                    "image_size": 448, "limit": None, "workers": None})
+                                    "image_size": 448, "limit": None, "workers": None, "max_pixels": DEFAULT_MAX_PIXELS})
     root = spec.resolved_root(name)
     annotations = root / options["annotations"]
     image_dir = root / options["images"]
@@ -277,7 +279,7 @@ def read_coco(name: str, spec: DatasetSpec) -> SegmentationData:
     classes = ["background"] + [""] * top
     for cat_id, cat in coco.cats.items():
         classes[int(cat_id)] = str(cat.get("name", cat_id))
-    split = CocoSplit(f"{name}/{options['images']}", coco, image_dir, ids, options["workers"])
+    split = CocoSplit(f"{name}/{options['images']}", coco, image_dir, ids, options["workers"], pixel_limit(name, options))
     return SegmentationData(
         name=name, splits={"val": split}, classes=classes, image_size=options["image_size"],
         description=f"COCO {annotations.name}: {len(ids)} images, semantic labels = category ids",
@@ -298,8 +300,10 @@ def _find_voc(root: Path) -> Path:
 def read_voc(name: str, spec: DatasetSpec) -> SegmentationData:
     """Pascal VOC 2012 segmentation: splits from ImageSets/Segmentation/{train,val}.txt,
     labels = the palette indices of SegmentationClass/*.png (255 = boundary).
-    Options: image_size (448), splits ([train, val])."""
-    options = dataset_options(name, spec, {"image_size": 448, "splits": ["train", "val"], "workers": None})
+    Options: image_size (448), splits ([train, val]), max_pixels (as for COCO)."""
+    options = dataset_options(
+        name, spec, {"image_size": 448, "splits": ["train", "val"], "workers": None, "max_pixels": DEFAULT_MAX_PIXELS}
+    )
     base = _find_voc(spec.resolved_root(name))
     splits = {}
     for split in options["splits"]:
@@ -310,6 +314,7 @@ def read_voc(name: str, spec: DatasetSpec) -> SegmentationData:
         splits[split] = FileSplit(
             f"{name}/{split}", [base / "JPEGImages" / f"{i}.jpg" for i in ids],
             [base / "SegmentationClass" / f"{i}.png" for i in ids], "bilinear-aa", "nearest-exact", options["workers"],
+            pixel_limit(name, options),
         )
     return SegmentationData(
         name=name, splits=splits, classes=list(VOC_CLASSES), image_size=options["image_size"], ignore_index=255,
@@ -334,8 +339,9 @@ def read_ade20k(name: str, spec: DatasetSpec) -> SegmentationData:
     """ADE20k SceneParsing (ADEChallengeData2016): images/{training,validation}/*.jpg and
     annotations/{training,validation}/*.png (class indices, 0 = other). A root holding
     flat images/ and annotations/ (or masks/) folders is read as one split "val".
-    Options: image_size (448), num_classes (151)."""
-    options = dataset_options(name, spec, {"image_size": 448, "num_classes": 151, "workers": None})
+    Options: image_size (448), num_classes (151), max_pixels (as for COCO)."""
+    options = dataset_options(name, spec, {"image_size": 448, "num_classes": 151, "workers": None, "max_pixels": DEFAULT_MAX_PIXELS})
+    limit = pixel_limit(name, options)
     root = spec.resolved_root(name)
     if (root / "ADEChallengeData2016").is_dir():
         root = root / "ADEChallengeData2016"
@@ -344,7 +350,7 @@ def read_ade20k(name: str, spec: DatasetSpec) -> SegmentationData:
         images, masks = root / "images" / folder, root / "annotations" / folder
         if images.is_dir() and masks.is_dir():
             paths = _paired_files(images, masks)
-            splits[split] = FileSplit(f"{name}/{split}", *paths, "bilinear-aa", "nearest-exact", options["workers"])
+            splits[split] = FileSplit(f"{name}/{split}", *paths, "bilinear-aa", "nearest-exact", options["workers"], limit)
     if not splits:
         masks = root / "annotations" if (root / "annotations").is_dir() else root / "masks"
         if not ((root / "images").is_dir() and masks.is_dir()):
@@ -352,7 +358,8 @@ def read_ade20k(name: str, spec: DatasetSpec) -> SegmentationData:
                 f"{root}: no ADE20k layout found (expected images/{{training,validation}}/ and "
                 "annotations/{training,validation}/, or flat images/ and annotations/ folders)"
             )
-        splits["val"] = FileSplit(f"{name}/val", *_paired_files(root / "images", masks), "bilinear-aa", "nearest-exact", options["workers"])
+        paths = _paired_files(root / "images", masks)
+        splits["val"] = FileSplit(f"{name}/val", *paths, "bilinear-aa", "nearest-exact", options["workers"], limit)
     classes = ["other"] + [f"class {i}" for i in range(1, int(options["num_classes"]))]
     return SegmentationData(
         name=name, splits=splits, classes=classes, image_size=options["image_size"],

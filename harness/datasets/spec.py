@@ -19,12 +19,29 @@ if TYPE_CHECKING:
 Reader = Callable[[str, "DatasetSpec"], Any]
 
 
+FINGERPRINT_MODES = ("sample", "full")
+COMMON_OPTIONS: dict[str, Any] = {"fingerprint": "sample"}
+"""Options every dataset takes, whatever its format. `fingerprint`: how much of the
+data's content the cache and result keys hash, "sample" or "full" (harness.datasets.fingerprint)."""
+
+
+def fingerprint_mode(name: str, spec: DatasetSpec) -> str:
+    """The dataset's `fingerprint` option, checked."""
+    mode = spec.options.get("fingerprint", COMMON_OPTIONS["fingerprint"])
+    if mode not in FINGERPRINT_MODES:
+        raise HarnessError(f"datasets.{name}.options.fingerprint must be one of {', '.join(FINGERPRINT_MODES)}, got {mode!r}")
+    return mode
+
+
 def dataset_options(name: str, spec: DatasetSpec, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The dataset's options over `defaults`; an unknown option is an error naming it."""
-    unknown = sorted(set(spec.options) - set(defaults))
+    """The dataset's options over `defaults` (and COMMON_OPTIONS); an unknown option is an
+    error naming it."""
+    known = {**COMMON_OPTIONS, **defaults}
+    unknown = sorted(set(spec.options) - set(known))
     if unknown:
-        raise HarnessError(f"datasets.{name}.options: unknown option(s) {unknown}; known: {', '.join(sorted(defaults))}")
-    return {**defaults, **spec.options}
+        raise HarnessError(f"datasets.{name}.options: unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
+    fingerprint_mode(name, spec)
+    return {**known, **spec.options}
 
 
 def default_workers() -> int:

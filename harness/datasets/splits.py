@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from harness.datasets.images import Preprocess, decode_image
+from harness.datasets.images import PixelLimit, Preprocess, decode_image
 from harness.datasets.spec import default_workers
 from harness.errors import HarnessError
 
@@ -67,8 +67,8 @@ class ImageFileSplit:
     """One image file per item, decoded in a thread pool as batches are asked for.
 
     `origin(i)` says where item i is listed (e.g. "images.txt line 12"); it is added to
-    the message of a decoding error. Batches are prefetched one ahead, so decoding
-    overlaps the caller's work on the previous batch.
+    the message of a decoding error; `limit` is the largest image it decodes. Batches
+    are prefetched one ahead, so decoding overlaps the caller's work on the previous batch.
     """
 
     def __init__(
@@ -78,6 +78,7 @@ class ImageFileSplit:
         preprocess: Preprocess,
         workers: int | None = None,
         origin: Callable[[int], str] | None = None,
+        limit: PixelLimit = PixelLimit(),
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -86,6 +87,7 @@ class ImageFileSplit:
         self.preprocess = preprocess
         self.workers = workers or default_workers()
         self.origin = origin
+        self.limit = limit
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -98,7 +100,7 @@ class ImageFileSplit:
         return self.preprocess.size
 
     def decode(self, index: int) -> Image.Image:
-        return decode_image(self.paths[index], self.origin(index) if self.origin else "")
+        return decode_image(self.paths[index], self.origin(index) if self.origin else "", self.limit)
 
     def load(self, index: int) -> np.ndarray:
         """Item `index` after the split's preprocessing, uint8 [3, S, S]."""

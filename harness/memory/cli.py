@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harness.memory.files import audit, build_memory, remove_ids, verify_unlearning
+from harness.memory.files import audit, build_memory, remove_ids
 
 
 def _print_summary(summary: dict[str, Any], keys: list[str]) -> None:
     for key in keys:
-        if key in summary:
+        if summary.get(key) is not None:
             value = summary[key]
             if isinstance(value, float):
                 value = f"{value:.4g}"
@@ -28,23 +28,25 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
 
 
 def cmd_memory_remove(args: argparse.Namespace) -> int:
-    summary = remove_ids(args.memory, args.ids, args.out)
+    summary = remove_ids(
+        args.memory, args.ids, args.out, verify=args.verify, queries=args.queries, k=args.k, vote=args.vote,
+        temperature=args.temperature, registry=_registry_option(args), device=args.device,
+    )
     _print_summary(summary, ["path", "requested", "removed", "rows_before", "rows_after", "seconds_to_unlearn"])
     if summary["missing"]:
         shown = ", ".join(map(str, summary["missing"][:10]))
         print(f"not in the memory ({len(summary['missing'])}): {shown}{' ...' if len(summary['missing']) > 10 else ''}")
-    status = 0
-    if args.verify:
-        check = verify_unlearning(
-            args.memory, args.ids, args.queries, args.k, args.vote, args.temperature,
-            registry=_registry_option(args), device=args.device,
-        )
+    check = summary.get("verification")
+    if check is not None:
         _print_summary(
-            check, ["queries", "num_queries", "identical", "differing_predictions", "seconds_to_unlearn", "seconds_to_rebuild"]
+            check,
+            ["queries", "num_queries", "rebuilt_from", "identical", "differing_predictions", "seconds_to_rebuild"],
         )
-        status = 0 if check["identical"] else 1
+    if summary["path"] is None:
+        print(f"nothing written: the reduced memory answers differently from the rebuild; {args.out} is untouched")
+        return 1
     print(summary["note"])
-    return status
+    return 0
 
 
 def cmd_memory_audit(args: argparse.Namespace) -> int:
@@ -84,9 +86,16 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = commands.add_parser("remove", help="unlearn the ids listed in a file (one integer per line)")
     p.add_argument("memory", help="a memory file written by `harness memory build`")
-    p.add_argument("--ids", required=True, help="file of ids to remove, one integer per line")
-    p.add_argument("--out", required=True, help="the reduced memory file to write")
-    p.add_argument("--verify", action="store_true", help="check every answer against a memory rebuilt without the ids")
+    p.add_argument("--ids", required=True, help="file of ids to remove, one decimal integer per line (`#` comments allowed)")
+    p.add_argument(
+        "--out", required=True,
+        help="the reduced memory file to write; it may be the memory file itself only with --verify",
+    )
+    p.add_argument(
+        "--verify", action="store_true",
+        help="before writing, check every answer against a memory rebuilt from the original rows without the ids; "
+        "when any differs, nothing is written (exit status 1)",
+    )
     query_options(p)
     p.set_defaults(func=cmd_memory_remove)
 

@@ -4,11 +4,15 @@ Behind `harness memory build|remove|audit` (`harness.memory.cli`):
 
   * `build_memory`: embed one split of a dataset with an encoder and save the memory,
     with its provenance (encoder, dataset, split) in the file;
-  * `remove_ids`: exact unlearning of the ids listed in a file (one integer per line);
+  * `remove_ids`: exact unlearning of the ids listed in a file (one integer per line),
+    optionally verified against the original rows before the reduced memory is written;
   * `audit`: the memory rows whose removal changes at least one query's prediction
     (the paper's non-private samples, section 6), by `VisualMemory.privacy_report`;
   * `verify_unlearning`: every answer after removal equals that of a memory rebuilt
     without those ids, with the time to unlearn beside the time to rebuild.
+
+The ids, query and output files themselves are read and checked by
+`harness.memory.user_files`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.memory.index import VisualMemory
+from harness.memory.user_files import (
+    cannot_write,
+    output_file,
+    read_ids,
+    read_query_file,
+    same_file,
+    write_ids,
+)
 
 if TYPE_CHECKING:
     from harness.config.registry import Registry
@@ -133,52 +145,49 @@ def build_memory(
     return {"path": str(path), "rows": len(memory), "dim": memory.dim, "seconds": time.perf_counter() - start, **provenance}
 
 
-def read_ids(ids_file: str | Path) -> np.ndarray:
-    """Integers, one per line; blank lines and `#` comments are ignored."""
-    path = Path(ids_file)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise HarnessError(f"{path}: no such ids file") from None
-    ids = []
-    for number, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            ids.append(int(text))
-        except ValueError:
-            raise HarnessError(f"{path}:{number}: expected one integer id per line, got {line.strip()!r}") from None
-    return np.asarray(ids, dtype=np.int64)
-
-
-def write_ids(path: str | Path, ids: np.ndarray) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{int(i)}\n" for i in ids))
-    return path
-
-
-def remove_ids(memory_path: str | Path, ids_file: str | Path, out_path: str | Path) -> dict[str, Any]:
+def remove_ids(
+    memory_path: str | Path,
+    ids_file: str | Path,
+    out_path: str | Path,
+    *,
+    verify: bool = False,
+    queries: object = None,
+    k: int = 20,
+    vote: str = "weighted",
+    temperature: float = 0.07,
+    registry: Registry | str | Path | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Remove the ids listed in `ids_file` and save the reduced memory to `out_path`.
 
     Reports how many rows were removed, which requested ids were not in the memory,
-    and the time to unlearn (the removal itself, and including re-indexing)."""
-    memory = VisualMemory.load(memory_path, device="cpu")
-    requested = np.unique(read_ids(ids_file))
+    and the time to unlearn (the removal itself, and including re-indexing).
+
+    With `verify`, before anything is written, every answer of the reduced memory for
+    `queries` (see `load_queries`) is compared with that of a memory rebuilt from the
+    original rows without the ids (the result is under "verification"); when any answer
+    differs nothing is written and "path" is None. `out_path` may be `memory_path` itself
+    (or a link to it) only with `verify`: once the file is replaced, the original rows
+    that a check needs are gone."""
+    if same_file(memory_path, out_path) and not verify:
+        raise HarnessError(
+            f"{out_path}: --out is the memory file being reduced, so its original rows would be gone before "
+            "anything checked the removal; write to a new file, or add --verify to check before it is replaced"
+        )
+    out_path = output_file(out_path, "--out")
+    memory = VisualMemory.load(memory_path, device=device if verify else "cpu")
+    requested = np.unique(read_ids(ids_file, memory))
     missing = np.setdiff1d(requested, memory.ids)
+    loaded_queries = load_queries(queries, memory, registry, device) if verify else None
+    original = (memory.features, memory.labels, memory.ids) if verify else None
     before = len(memory)
     start = time.perf_counter()
     removed = memory.remove(requested)
     removal_seconds = time.perf_counter() - start
     memory.build_index()  # what the next search would do
     unlearn_seconds = time.perf_counter() - start
-    memory.metadata = {**memory.metadata}
-    entry = {"when": _now(), "removed": removed, "ids_file": Path(ids_file).name}
-    memory.metadata["unlearned"] = [*memory.metadata.get("unlearned", []), entry]
-    path = memory.save(Path(out_path))
-    return {
-        "path": str(path),
+    summary: dict[str, Any] = {
+        "path": None,
         "requested": len(requested),
         "removed": removed,
         "missing": missing.tolist(),
@@ -188,6 +197,20 @@ def remove_ids(memory_path: str | Path, ids_file: str | Path, out_path: str | Pa
         "seconds_to_unlearn": unlearn_seconds,
         "note": _note(memory.metadata.get("encoder_group")),
     }
+    if loaded_queries is not None and original is not None:
+        query_features, _, described = loaded_queries
+        check = _compare_with_rebuild(memory, original, requested, query_features, k, vote, temperature)
+        summary["verification"] = {"queries": described, **check, "seconds_to_unlearn": unlearn_seconds}
+        if not check["identical"]:
+            return summary
+    memory.metadata = {**memory.metadata}
+    entry = {"when": _now(), "removed": removed, "ids_file": Path(ids_file).name}
+    memory.metadata["unlearned"] = [*memory.metadata.get("unlearned", []), entry]
+    try:
+        summary["path"] = str(memory.save(out_path))
+    except OSError as exc:
+        raise cannot_write(out_path, "the reduced memory", exc) from None
+    return summary
 
 
 def load_queries(
@@ -209,13 +232,8 @@ def load_queries(
     if path.suffix in (".npy", ".npz"):
         if not path.is_file():
             raise HarnessError(f"{path}: no such query file")
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False), None, str(path)
-        with np.load(path, allow_pickle=False) as data:
-            if "features" not in data.files:
-                raise HarnessError(f"{path}: expected an array named 'features' (has {', '.join(data.files)})")
-            labels = data["labels"] if "labels" in data.files else None
-            return data["features"], labels, str(path)
+        features, labels = read_query_file(path, memory.dim)
+        return features, labels, str(path)
     meta = memory.metadata
     if not meta.get("encoder") or not meta.get("dataset"):
         raise HarnessError(
@@ -238,6 +256,7 @@ def audit(
 ) -> dict[str, Any]:
     """The memory's non-private rows for `queries` (see `load_queries`), optionally written
     to `out_path` one id per line (a file `remove_ids` reads)."""
+    out_path = None if out_path is None else output_file(out_path, "--out")
     memory = memory_path if isinstance(memory_path, VisualMemory) else VisualMemory.load(memory_path, device=device)
     features, labels, described = load_queries(queries, memory, registry, device)
     start = time.perf_counter()
@@ -282,22 +301,37 @@ def verify_unlearning(
     The rebuild starts from the stored embeddings of the remaining rows (re-embedding the
     images would give the same rows: encoders are deterministic and embeddings cached)."""
     original = memory if isinstance(memory, VisualMemory) else VisualMemory.load(memory, device=device)
-    ids = read_ids(ids) if isinstance(ids, (str, Path)) else np.asarray(ids, dtype=np.int64).reshape(-1)
+    ids = read_ids(ids, original) if isinstance(ids, (str, Path)) else np.asarray(ids, dtype=np.int64).reshape(-1)
     features, _, described = load_queries(queries, original, registry, device)
-    unlearned = VisualMemory.from_arrays(
-        original.features, original.labels, original.ids, device=original.device, backend=original.backend
-    )
+    rows = (original.features, original.labels, original.ids)
+    unlearned = VisualMemory.from_arrays(*rows, device=original.device, backend=original.backend)
     unlearned.build_index()  # a memory in use has its index built
 
     start = time.perf_counter()
-    removed = unlearned.remove(ids)
+    unlearned.remove(ids)
     unlearned.build_index()
     unlearn_seconds = time.perf_counter() - start
+    check = _compare_with_rebuild(unlearned, rows, ids, features, k, vote, temperature)
+    note = _note(original.metadata.get("encoder_group"))
+    return {"queries": described, **check, "seconds_to_unlearn": unlearn_seconds, "note": note}
 
+
+def _compare_with_rebuild(
+    unlearned: VisualMemory,
+    original: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ids: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    vote: str,
+    temperature: float,
+) -> dict[str, Any]:
+    """Compare every answer of `unlearned` with that of a memory rebuilt from the `original`
+    (features, labels, ids) rows less `ids`, and time the rebuild."""
+    features, labels, original_ids = original
     start = time.perf_counter()
-    keep = ~np.isin(original.ids, ids)
+    keep = ~np.isin(original_ids, ids)
     rebuilt = VisualMemory.from_arrays(
-        original.features[keep], original.labels[keep], original.ids[keep], device=original.device, backend=original.backend
+        features[keep], labels[keep], original_ids[keep], device=unlearned.device, backend=unlearned.backend
     )
     rebuilt.build_index()
     rebuild_seconds = time.perf_counter() - start
@@ -305,27 +339,28 @@ def verify_unlearning(
     if len(rebuilt) == 0:
         raise HarnessError("verify_unlearning: removing these ids empties the memory; nothing left to compare")
     used = min(int(k), len(rebuilt))
-    sims_a, ids_a = unlearned.search(features, used)
-    sims_b, ids_b = rebuilt.search(features, used)
-    scores_a = unlearned.class_scores(features, used, vote, temperature)  # type: ignore[arg-type]
-    scores_b = rebuilt.class_scores(features, used, vote, temperature)  # type: ignore[arg-type]
-    pred_a = unlearned.classify(features, used, vote, temperature)  # type: ignore[arg-type]
-    pred_b = rebuilt.classify(features, used, vote, temperature)  # type: ignore[arg-type]
+    sims_a, ids_a = unlearned.search(queries, used)
+    sims_b, ids_b = rebuilt.search(queries, used)
+    scores_a = unlearned.class_scores(queries, used, vote, temperature)  # type: ignore[arg-type]
+    scores_b = rebuilt.class_scores(queries, used, vote, temperature)  # type: ignore[arg-type]
+    pred_a = unlearned.classify(queries, used, vote, temperature)  # type: ignore[arg-type]
+    pred_b = rebuilt.classify(queries, used, vote, temperature)  # type: ignore[arg-type]
     identical = (
-        np.array_equal(ids_a, ids_b)
+        len(unlearned) == len(rebuilt)
+        and np.array_equal(ids_a, ids_b)
         and np.array_equal(sims_a, sims_b)
         and scores_a.shape == scores_b.shape
         and np.array_equal(scores_a, scores_b)
         and np.array_equal(pred_a, pred_b)
     )
+    removed = len(original_ids) - len(rebuilt)
     return {
-        "queries": described,
-        "num_queries": len(features),
+        "num_queries": len(queries),
+        "rows_before": len(original_ids),
         "removed": removed,
         "rows_after": len(unlearned),
+        "rebuilt_from": f"{len(original_ids)} original rows less the {removed} removed",
         "identical": bool(identical),
         "differing_predictions": int((pred_a != pred_b).sum()),
-        "seconds_to_unlearn": unlearn_seconds,
         "seconds_to_rebuild": rebuild_seconds,
-        "note": _note(original.metadata.get("encoder_group")),
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.version import __version__
+from harness.cache import atomic_write
 from harness.config.schema import GROUPS
 from harness.results.manifest import newest_manifest
 from harness.results.store import ResultStore, latest
@@ -138,7 +139,7 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
         for grid in grids:
             lines += [f"**{grid.stem}**", "", f"![{grid.stem}]({grid.relative_to(out_dir).as_posix()})", ""]
     path = out_dir / "LEADERBOARD.md"
-    path.write_text("\n".join(lines))
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
     return path
 
 

@@ -3,13 +3,16 @@
 Each cell is keyed by everything that determines it (encoder key, task key, dataset
 spec). A cell already in results.jsonl (ok or skipped) is not recomputed unless
 `force`; a cell that raises is recorded as `error` with its traceback saved under
-`<out>/errors/`, and the run goes on. `harness.runner.launch` runs the same cells as cluster
-jobs.
+`<out>/errors/`, and the run goes on. A cell that results.jsonl holds only in part (a
+write cut short) is named and computed again. A write to the output directory that fails
+(full disk, no permission) stops the run with a message naming the path; finished cells
+are kept. `harness.runner.launch` runs the same cells as cluster jobs.
 """
 
 from __future__ import annotations
 
 import platform
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from harness.errors import DatasetUnavailable, HarnessError, RegistryError, Unkn
 from harness.keys import stable_hash
 from harness.kinds import Encoder, Task
 from harness.config.registry import Registry
-from harness.results.store import Result, ResultStore, exclusive_run, latest, write_training_summary
+from harness.results.store import Result, ResultStore, exclusive_run, latest, output_errors, write_training_summary
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Runner:
             seed=seed,
             out_dir=Path(out_dir),
             progress=progress,
+            force=force,
         )
 
     def select(
@@ -126,7 +130,10 @@ class Runner:
         if self.force:
             return cells, []
         keys = {c.key for c in cells}
-        reused = [r for r in self.store.read() if r.cell_key in keys and r.status != "error"]
+        contents = self.store.scan()
+        for damage in contents.damaged:
+            print(f"warning: {damage}", file=sys.stderr)
+        reused = [r for r in contents.records if r.cell_key in keys and r.status != "error"]
         done = {r.cell_key for r in reused}
         return [c for c in cells if c.key not in done], latest(reused)
 
@@ -152,11 +159,14 @@ class Runner:
     def finish(self, plan: Plan, produced: list[Result], reused: list[Result]) -> None:
         """The run manifest, generator grids, the leaderboard and the summary table."""
         from harness.results.leaderboard import render_leaderboard, write_generator_grids
-        from harness.results.manifest import write_manifest
+        from harness.results.manifest import RUNS, write_manifest
 
-        write_manifest(self.store.out_dir, self.ctx.device, produced, reused)
-        write_generator_grids(self.registry, plan.generators, self.store.out_dir, self.ctx.seed)
-        render_leaderboard(self.store.out_dir, registry=self.registry)
+        out_dir = self.store.out_dir
+        with output_errors(out_dir / RUNS):
+            write_manifest(out_dir, self.ctx.device, produced, reused)
+        write_generator_grids(self.registry, plan.generators, out_dir, self.ctx.seed)
+        with output_errors(out_dir / "LEADERBOARD.md"):
+            render_leaderboard(out_dir, registry=self.registry)
         if self.ctx.progress:
             print(summary_table(produced, reused))
 
@@ -198,8 +208,9 @@ def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | No
         return [record]
     except Exception as exc:
         trace_path = ctx.out_dir / "errors" / f"{task.name}__{cell.dataset}__{encoder.name}.txt"
-        trace_path.parent.mkdir(parents=True, exist_ok=True)
-        trace_path.write_text(traceback.format_exc())
+        with output_errors(trace_path):
+            trace_path.parent.mkdir(parents=True, exist_ok=True)
+            trace_path.write_text(traceback.format_exc())
         record = cell_ctx.result("error", None)
         record.status = "error"
         record.error_kind = "input" if isinstance(exc, HarnessError) else "internal"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.version import __version__
-from harness.cache import cache_root, cached_arrays
+from harness.cache import cache_root, cached_arrays, save_arrays
 from harness.keys import stable_hash
 from harness.kinds import Encoder, Task
 
@@ -29,6 +29,10 @@ class RunContext:
     out_dir: Path = Path("leaderboard")
     cache_dir: Path = field(default_factory=cache_root)
     progress: bool = True
+    force: bool = False
+    """Recompute cached embeddings (once per run) instead of loading them."""
+    recomputed: set[Path] = field(default_factory=set)
+    """Embedding files computed in this run: with `force`, each is recomputed only once."""
 
     def cache_path(self, *parts: str) -> Path:
         return self.cache_dir.joinpath(*parts)
@@ -64,7 +68,10 @@ class CellContext:
         return open_dataset(name, self.registry.dataset(name), self.registry.plugins.readers())
 
     def embed_split(self, split: Any, split_name: str, batch_size: int = 256) -> np.ndarray:
-        """Global features of every image of `split`, cached per (encoder, dataset, split)."""
+        """Global features of every image of `split`, cached per (encoder, dataset, split).
+
+        The key holds the dataset's description, fingerprint of its contents included, so
+        changed images are embedded afresh; with `run.force` the cache is bypassed once."""
         data = self.registry.dataset_description(self.dataset)
         key = stable_hash([self.encoder.key, self.dataset, data, split_name, len(split)])
         path = self.run.cache_path("embeddings", self.encoder.name, f"{self.dataset}-{split_name}-{key}.npz")
@@ -79,6 +86,11 @@ class CellContext:
                 chunks.append(self.encoder.embed(batch).float().cpu().numpy())
             return {"features": np.concatenate(chunks).astype(np.float32)}
 
+        if self.run.force and path not in self.run.recomputed:
+            self.run.recomputed.add(path)
+            features = compute()
+            save_arrays(path, **features)
+            return features["features"]
         return cached_arrays(path, compute)["features"]
 
     def result(self, metric: str, value: float | None, n: int = 0, headline: bool = False, **params: Any) -> Result:

@@ -6,13 +6,18 @@ under torchrun). Each evaluation cell is one job that depends on its encoder's
 training. A cell job writes its records to `<out>/cells/<cell key>.jsonl` (atomically);
 the submitting process merges finished cell files into results.jsonl under its lock,
 so two jobs never write the same file. Running `harness run --launcher slurm` again
-merges what finished, leaves queued or running jobs alone, and resubmits the cells
-whose jobs died; finished cells are never resubmitted.
+merges what finished, waits for the jobs still queued or running (never submitting a
+cell twice), and resubmits the cells whose jobs ended without a result (cancelled, failed,
+node failure); finished cells are never resubmitted.
+
+Job states come from `squeue`, which asks the controller directly: it answers on clusters
+without accounting, where `sacct` (what submitit polls) fails and every job looks UNKNOWN.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +26,15 @@ from typing import Any
 from harness.cache import atomic_write
 from harness.config.schema import SlurmSpec
 from harness.config.registry import load_registry, use_registry
+from harness.errors import HarnessError
 from harness.results.store import Result, exclusive_run
 from harness.runner.cells import Cell, Plan, Runner, run_cell
 
-ALIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN"}
+# Slurm job states in which a job may still produce its result; every other state is final.
+ALIVE_STATES = {
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING",
+    "STAGE_OUT", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
+}
 
 
 @dataclass
@@ -87,6 +97,21 @@ def merge_cell_files(runner: Runner) -> int:
     return merged
 
 
+def slurm_job_states(job_ids: list[str]) -> dict[str, str] | None:
+    """The state of each job the Slurm controller still knows; a job it has forgotten
+    (ended more than MinJobAge ago) is absent. None when squeue cannot answer."""
+    if not job_ids:
+        return {}
+    command = ["squeue", "--noheader", "--states=all", "--format=%i|%T", f"--jobs={','.join(job_ids)}"]
+    try:
+        answer = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if answer.returncode != 0:
+        return {} if "Invalid job id" in answer.stderr else None  # every id forgotten
+    return dict(line.strip().split("|", 1) for line in answer.stdout.splitlines() if "|" in line)
+
+
 class SlurmLauncher:
     """Submits training and cell jobs; `cluster="local"` runs them as local processes (tests)."""
 
@@ -114,7 +139,8 @@ class SlurmLauncher:
             if self.slurm.account:
                 params["slurm_account"] = self.slurm.account
             if dependency:
-                params["slurm_additional_parameters"] = {"dependency": dependency}
+                # a failed training cancels its cells instead of leaving them pending forever
+                params["slurm_additional_parameters"] = {"dependency": dependency, "kill_on_invalid_dep": "yes"}
         else:
             params["tasks_per_node"] = 1
         executor.update_parameters(**params)
@@ -126,30 +152,37 @@ class SlurmLauncher:
     def _save_state(self, state: dict[str, str]) -> None:
         atomic_write(self.state_path, lambda tmp: tmp.write_text(json.dumps(state, indent=1)))
 
-    def _alive(self, job_id: str) -> bool:
-        """Is a previously submitted job still queued or running?"""
-        if self.cluster not in (None, "slurm"):
-            return False  # local jobs die with the process that submitted them
-        import submitit
+    @property
+    def _on_slurm(self) -> bool:
+        return self.cluster in (None, "slurm")
 
-        try:
-            return submitit.SlurmJob(self.folder / job_id, job_id).state in ALIVE_STATES
-        except Exception:
-            return False
+    def _live_jobs(self, job_ids: list[str]) -> set[str]:
+        """The jobs among `job_ids` that are still queued or running."""
+        states = slurm_job_states(job_ids)
+        if states is None:
+            raise HarnessError(
+                f"cannot ask Slurm about the jobs in {self.state_path} (squeue failed); "
+                "run again where squeue reaches the controller"
+            )
+        return {job_id for job_id, state in states.items() if state.split()[0] in ALIVE_STATES}
 
     def run(self, plan: Plan) -> list[Result]:
+        import submitit
+
         runner = self.runner
         with exclusive_run(runner.store.out_dir):
             merge_cell_files(runner)
             todo, reused = runner.pending(plan)
             state = self._load_state()
+            # local jobs die with the process that submitted them; Slurm jobs outlive it
+            live = self._live_jobs([state[c.key] for c in todo if c.key in state]) if self._on_slurm else set()
+            jobs = [submitit.SlurmJob(self.folder / "%j", job_id) for job_id in sorted(live)]
             base = dict(registry_path=str(runner.registry.path.resolve()), out_dir=str(runner.store.out_dir.resolve()), seed=runner.ctx.seed)
-            jobs: list[Any] = []
             by_encoder: dict[str, list[Cell]] = {}
             for cell in todo:
                 by_encoder.setdefault(cell.encoder.name, []).append(cell)
             for encoder_name, cells in by_encoder.items():
-                waiting = [c for c in cells if not (c.key in state and self._alive(state[c.key]))]
+                waiting = [c for c in cells if state.get(c.key) not in live]
                 if not waiting:
                     continue
                 encoder = cells[0].encoder
@@ -176,13 +209,35 @@ class SlurmLauncher:
         return produced
 
     def _wait(self, jobs: list[Any]) -> None:
-        """Wait for every job, merging cell files as they land."""
-        while any(not job.done() for job in jobs):
-            time.sleep(self.poll_s)
+        """Wait until every job has ended, merging cell files as they land."""
+        running = list(jobs)
+        while running:
             merge_cell_files(self.runner)
-        for job in jobs:
-            try:
-                job.result()
-            except Exception as exc:  # a dead job's cell is resubmitted by the next run
-                print(f"job {job.job_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            states = slurm_job_states([job.job_id for job in running]) if self._on_slurm else {}
+            still_running = []
+            for job in running:
+                if self._has_ended(job, states):
+                    self._report(job, (states or {}).get(job.job_id, "ended"))
+                else:
+                    still_running.append(job)
+            running = still_running
+            if running:
+                time.sleep(self.poll_s)
 
+    def _has_ended(self, job: Any, states: dict[str, str] | None) -> bool:
+        if not self._on_slurm:
+            return job.done()
+        if states is None:  # squeue did not answer this time: ask again at the next poll
+            return False
+        return states.get(job.job_id, "gone").split()[0] not in ALIVE_STATES
+
+    @staticmethod
+    def _report(job: Any, final_state: str) -> None:
+        """Say why an ended job left no usable result, if it did (the next run resubmits its cell)."""
+        if not all(job.task(i).paths.result_pickle.exists() for i in range(job.num_tasks)):
+            print(f"job {job.job_id} ended ({final_state}) without a result; run again to resubmit its cell")
+            return
+        try:
+            job.results()
+        except Exception as exc:
+            print(f"job {job.job_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")

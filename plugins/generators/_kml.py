@@ -1,250 +1,301 @@
-"""The K-Means Leaves recipe, batched: 2-means of an image's RGB pixels, the blurred
-leaf mask, and the blend of two images through it (the `kml` and `kml-mixup`
-generators of `harness_plugins.generators.mixing`).
+"""The K-Means Leaves recipe, batched: 2-means of an image's colours, the blurred leaf
+mask, the blend of two images through it and the 8-bit files the released research
+code stores (the `kml` and `kml-mixup` generators of `harness_plugins.generators.mixing`).
 
-Everything runs on batches of images: in numpy on the CPU (blocks of `_CPU_CHUNK`
-images across threads) or in torch on any device; `two_means` documents the arithmetic
-that makes both paths agree.
+Images are handled as the released code handles them: uint8 base images become float32
+in [0, 1] (x / 255); a KML image is stored as uint8(clamp(v * 255 + 0.5, 0, 255)), in
+float32, as torchvision's `save_image` rounds. Everything runs on batches: numpy on the
+CPU (blocks of `_CPU_CHUNK` images across threads) or torch on any device; the two
+paths perform the same float32 operations, and the mask's float64 stages are stored in
+float32 after each stage, so they agree to the bit except when a float64 result lies
+within about 1e-16 of a float32 rounding boundary.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
+
+_CPU_CHUNK = 4  # images per numpy work item: keeps the 256 x 256 x 3 arrays in cache
+_BLOCK = 64  # images whose mask sources are resized (by torch) at once on the CPU
+_DEVICE_BLOCK = 256  # images per torch pass on a device (its float64 copy: 400 MB)
 
 
-def lexicographic_extremes(pixels: Any) -> tuple[Any, Any]:
+def lexicographic_extremes(x: Any) -> tuple[Any, Any]:
     """Per image the lexicographically (R, then G, then B) smallest and largest colour of
-    integer-valued RGB pixels [b, 3, N] (numpy or torch): the first and last rows that
-    numpy.unique(pixels.T, axis=0) returns. Returned as float64 [b, 3]."""
+    pixels [b, 3, N] (numpy or torch): the first and last rows of
+    numpy.unique(pixels.T, axis=0). Returned in the pixels' dtype, [b, 3]."""
     import numpy as np
     import torch
 
-    if isinstance(pixels, torch.Tensor):
-        key = (pixels[:, 0].to(torch.int32) << 16) | (pixels[:, 1].to(torch.int32) << 8) | pixels[:, 2].to(torch.int32)
-        lo, hi = key.min(dim=1).values, key.max(dim=1).values
-        return tuple(torch.stack([(k >> 16) & 255, (k >> 8) & 255, k & 255], 1).double() for k in (lo, hi))
-    # R * 65536 + G * 256 + B is exact in float32 (below 2^24)
-    key = np.matmul(np.array([65536.0, 256.0, 1.0], dtype=np.float32), pixels.astype(np.float32, copy=False))
-    lo, hi = key.min(axis=-1).astype(np.int64), key.max(axis=-1).astype(np.int64)
-    return tuple(np.stack([(k >> 16) & 255, (k >> 8) & 255, k & 255], 1).astype(np.float64) for k in (lo, hi))
+    where, stack = (torch.where, torch.stack) if isinstance(x, torch.Tensor) else (np.where, np.stack)
+    extremes = []
+    for smallest in (True, False):
+        among, picked = None, []
+        for channel in range(3):
+            values = x[:, channel]
+            if among is not None:  # only pixels that tie on the earlier channels compete
+                values = where(among, values, float("inf") if smallest else float("-inf"))
+            best = values.min(-1) if smallest else values.max(-1)
+            best = best.values if isinstance(best, tuple) else best  # torch: (values, indices)
+            hit = values == best[:, None]
+            among = hit if among is None else among & hit
+            picked.append(best)
+        extremes.append(stack(picked, 1))
+    return extremes[0], extremes[1]
+
+
+def squared_distance(x: Any, c: Any) -> Any:
+    """float32 squared distances [b, N] of pixels [b, 3, N] to one centroid per image
+    [b, 3]: (R - cR)^2 + (G - cG)^2 + (B - cB)^2, added in that order (numpy in place,
+    the same operations)."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        d = np.subtract(x[:, 0], c[:, 0, None])
+        d *= d
+        t = np.empty_like(d)
+        for channel in (1, 2):
+            np.subtract(x[:, channel], c[:, channel, None], out=t)
+            t *= t
+            d += t
+        return d
+    d = x[:, 0] - c[:, 0, None]
+    d = d * d
+    for channel in (1, 2):
+        t = x[:, channel] - c[:, channel, None]
+        d = d + t * t
+    return d
+
+
+def _new_centroids(x64: Any, labels: Any) -> tuple[Any, Any]:
+    """The float32 centroids [b, 3] of clusters 0 and 1 (float64 sums and division, then
+    rounded to float32, as the released code stores them); a cluster without pixels
+    takes the other's centroid."""
+    import numpy as np
+    import torch
+
+    if isinstance(x64, torch.Tensor):
+        one = labels.to(torch.float64)[:, :, None]
+        s0, s1 = torch.bmm(x64, 1.0 - one)[..., 0], torch.bmm(x64, one)[..., 0]
+        where, to32 = torch.where, (lambda v: v.to(torch.float32))
+    else:
+        one = labels.astype(np.float64)[:, :, None]
+        s0, s1 = np.matmul(x64, 1.0 - one)[..., 0], np.matmul(x64, one)[..., 0]
+        where, to32 = np.where, (lambda v: v.astype(np.float32))
+    n1 = one.sum(1)
+    n0 = labels.shape[1] - n1
+    c0, c1 = to32(s0 / where(n0 > 0, n0, 1)), to32(s1 / where(n1 > 0, n1, 1))
+    return where(n0 > 0, c0, c1), where(n1 > 0, c1, c0)
 
 
 def two_means(pixels: Any, iterations: int = 3) -> Any:
-    """Cluster labels (bool, True = cluster 1) [b, N] of integer-valued RGB pixels
-    [b, 3, N] in 0..255 (uint8 or float32; numpy on the CPU, torch on any device).
-
-    Centroids start at the lexicographic extremes; `iterations` Lloyd steps (assign,
-    update; an emptied cluster keeps its centroid); then a final assignment. With two
-    centroids, "nearer to c1 than to c0" is the half-space x . (c1 - c0) > (|c1|^2 -
-    |c0|^2) / 2; ties go to cluster 0, as argmin does. Centroids are kept in float64;
-    the per-pixel products run in float32: exact while the centroids are integer
-    colours (the first step), afterwards a pixel within ~1e-2 of the boundary (about one
-    in a million) may fall either way. Cluster sums and counts are exact (float32 holds
-    every integer below 2^24, and 256 * 256 * 255 is below it), so the result does not
-    depend on summation order.
-    """
+    """Cluster labels (bool, True = cluster 1) [b, N] of float32 pixels [b, 3, N]
+    (numpy on the CPU, torch on any device), with the semantics of the released
+    `Fast2Means`: centroids start at the lexicographic extremes; labels are assigned
+    `iterations` times (the released `Niter`), each time to the centroid at the smaller
+    float32 squared distance (ties to cluster 0), with a centroid update between two
+    assignments; the last assignment is returned."""
     import numpy as np
     import torch
 
-    if isinstance(pixels, torch.Tensor):
-        x = pixels.to(torch.float32)
-        wide = torch.float64 if x.shape[-1] * 255 >= 2**24 else torch.float32
-        total = x.to(wide).sum(dim=-1).double()
-
-        def dot(v: Any) -> Any:
-            return torch.bmm(v.float()[:, None, :], x)[:, 0]
-
-        def sums(one: Any) -> Any:
-            return torch.bmm(x.to(wide), one.to(wide)[:, :, None])[..., 0].double(), one.sum(-1, keepdim=True).double()
-
-        where, floor = torch.where, (lambda a: a.clamp(min=1))
-    else:
-        x = pixels.astype(np.float32, copy=False)
-        wide = np.float64 if x.shape[-1] * 255 >= 2**24 else np.float32
-        xw = x.astype(wide, copy=False)
-        total = np.matmul(xw, np.ones((x.shape[-1], 1), dtype=wide))[..., 0].astype(np.float64)
-
-        def dot(v: Any) -> Any:
-            return np.matmul(v.astype(np.float32)[:, None, :], x)[:, 0]
-
-        def sums(one: Any) -> Any:
-            onew = one.astype(wide)
-            return np.matmul(xw, onew[:, :, None])[..., 0].astype(np.float64), onew.sum(-1, keepdims=True).astype(np.float64)
-
-        where, floor = np.where, (lambda a: np.maximum(a, 1))
-    n = x.shape[-1]
+    if iterations < 1:
+        raise ValueError(f"two_means needs iterations >= 1, got {iterations}")
+    x = pixels
+    x64 = x.to(torch.float64) if isinstance(x, torch.Tensor) else x.astype(np.float64)
     c0, c1 = lexicographic_extremes(x)
-
-    def assign(c0: Any, c1: Any) -> Any:
-        b = 0.5 * ((c1 * c1).sum(-1) - (c0 * c0).sum(-1))
-        return dot(c1 - c0) > b[:, None].astype(np.float32) if not isinstance(b, torch.Tensor) else dot(c1 - c0) > b.float()[:, None]
-
-    for _ in range(iterations):
-        s1, n1 = sums(assign(c0, c1))
-        n0, s0 = n - n1, total - s1
-        c0 = where(n0 > 0, s0 / floor(n0), c0)
-        c1 = where(n1 > 0, s1 / floor(n1), c1)
-    return assign(c0, c1)
+    labels = squared_distance(x, c1) < squared_distance(x, c0)
+    for _ in range(iterations - 1):
+        c0, c1 = _new_centroids(x64, labels)
+        labels = squared_distance(x, c1) < squared_distance(x, c0)
+    return labels
 
 
 def _bilinear_axis(x: Any, size: int, axis: int) -> Any:
-    """Bilinear resampling of a float32 numpy array along one axis, with half-pixel
-    centres and no antialiasing (the arithmetic of torch's
-    interpolate(mode="bilinear", align_corners=False) and OpenCV's INTER_LINEAR)."""
+    """Bilinear resampling of a numpy array along one axis, in its dtype, with half-pixel
+    centres and no antialiasing (torch's interpolate(mode="bilinear",
+    align_corners=False), OpenCV's INTER_LINEAR)."""
     import numpy as np
 
     n = x.shape[axis]
     if size == n:
         return x
-
-    def cut(start: int, stop: int | None, step: int = 1) -> tuple[slice, ...]:
-        index = [slice(None)] * x.ndim
-        index[axis] = slice(start, stop, step)
-        return tuple(index)
-
-    if size % n == 0:  # integer upsampling: each output phase mixes two shifted copies
-        f = size // n
-        edge = [np.take(x, [0], axis=axis), x, np.take(x, [n - 1], axis=axis)]
-        padded = np.concatenate(edge, axis=axis)
-        shape = list(x.shape)
-        shape[axis] = size
-        out = np.empty(shape, dtype=np.float32)
-        for j in range(f):
-            s = (j + 0.5) / f - 0.5
-            d = int(np.floor(s))
-            w = np.float32(s - d)
-            out[cut(j, None, f)] = padded[cut(1 + d, 1 + d + n)] * (1 - w) + padded[cut(2 + d, 2 + d + n)] * w
-        return out
-    if n % size == 0:  # integer downsampling: two fixed taps per output sample
-        f = n // size
-        s = (f - 1) / 2
-        d = int(np.floor(s))
-        w = np.float32(s - d)
-        if w == 0:
-            return np.ascontiguousarray(x[cut(d, None, f)])
-        return x[cut(d, None, f)] * (1 - w) + x[cut(d + 1, None, f)] * w
     src = np.maximum((np.arange(size) + 0.5) * (n / size) - 0.5, 0.0)
     i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
     i1 = np.minimum(i0 + 1, n - 1)
-    w1 = (src - i0).astype(np.float32)
     shape = [1] * x.ndim
     shape[axis] = size
-    w1 = w1.reshape(shape)
+    w1 = (src - i0).astype(x.dtype).reshape(shape)
     return np.take(x, i0, axis=axis) * (1 - w1) + np.take(x, i1, axis=axis) * w1
 
 
-def resize_bilinear(x: Any, size: int) -> Any:
-    """Bilinear resize of float32 numpy images [..., h, w] to [..., size, size]
-    (columns first: when upsampling, the strided writes then touch the smaller array)."""
-    return _bilinear_axis(_bilinear_axis(x, size, x.ndim - 1), size, x.ndim - 2)
-
-
-def _taps(n_in: int, n_out: int) -> tuple[Any, Any, Any]:
+def box_mean3(x: Any) -> Any:
+    """3x3 mean over the last two axes of a float array (numpy or torch), in its dtype,
+    borders reflected without repeating the edge (OpenCV's default); an axis of length 1
+    is not blurred. Neighbours are added in one order on both paths: below + centre +
+    above, columns then rows."""
     import numpy as np
+    import torch
 
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
-
-
-def blur_resize(x: Any, size: int) -> Any:
-    """resize_bilinear(box_blur3(x), size) for float32 numpy [..., h, w], computing the
-    blur only where the resize samples it (the two are separable, rows and columns)."""
-    import numpy as np
-
-    for axis in (x.ndim - 1, x.ndim - 2):
-        n = x.shape[axis]
+    is_torch = isinstance(x, torch.Tensor)
+    total = x
+    taps = 1
+    for axis in (total.ndim - 1, total.ndim - 2):
+        n = total.shape[axis]
         if n < 2:
-            x = _bilinear_axis(x, size, axis)
             continue
-        i0, i1, w = _taps(n, size)
-        shape = [1] * x.ndim
-        shape[axis] = size
-        w = w.reshape(shape)
+        if is_torch:
+            below = torch.cat([total.narrow(axis, 1, 1), total.narrow(axis, 0, n - 1)], axis)
+            above = torch.cat([total.narrow(axis, 1, n - 1), total.narrow(axis, n - 2, 1)], axis)
+            total = below + total + above
+        else:
+            pad = [(0, 0)] * total.ndim
+            pad[axis] = (1, 1)
+            padded = np.pad(total, pad, mode="reflect")
+            shifted = [tuple(slice(start, start + n) if a == axis else slice(None) for a in range(total.ndim)) for start in (0, 2)]
+            total = padded[shifted[0]] + total + padded[shifted[1]]
+        taps *= 3
+    return total / taps
 
-        def blurred(idx: Any) -> Any:
-            below = np.abs(idx - 1)  # reflect without repeating the edge
-            above = (n - 1) - np.abs((n - 1) - (idx + 1))
-            return (np.take(x, below, axis=axis) + np.take(x, idx, axis=axis) + np.take(x, above, axis=axis)) * np.float32(1 / 3)
 
-        x = blurred(i0) * (1 - w) + blurred(i1) * w
-    return x
-
-
-def box_blur3(x: Any) -> Any:
-    """3x3 mean filter over the last two axes with reflected borders (OpenCV's default
-    BORDER_REFLECT_101); numpy or torch."""
+def _leaf_mask(labels: Any, kmeans_size: int, size: int) -> Any:
+    """float32 masks [b, size, size] from 2-means labels [b, kmeans_size^2]: cluster 0 as
+    1.0, 3x3 blur, bilinear resize to `size`, 3x3 blur; each stage stored in float32 (as
+    OpenCV stores the released code's float32 images), the last two computed in float64.
+    The first blur is exact in float32: its sums are integers, its means k / 9 rounded."""
     import numpy as np
     import torch
 
-    if x.shape[-1] < 2 or x.shape[-2] < 2:
-        return x
-    if isinstance(x, torch.Tensor):
+    if isinstance(labels, torch.Tensor):
         import torch.nn.functional as F
 
-        flat = x.reshape(-1, 1, *x.shape[-2:])
-        return F.avg_pool2d(F.pad(flat, (1, 1, 1, 1), mode="reflect"), 3, stride=1).view(x.shape)
-    p = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)], mode="reflect")
-    rows = p[..., :-2, :] + p[..., 1:-1, :] + p[..., 2:, :]
-    return (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]) * np.float32(1.0 / 9.0)
-
-
-def kml_masks(s1: Any, size: int, kmeans_size: int = 256, iterations: int = 3) -> Any:
-    """The blurred leaf masks [b, size, size] (float32 in [0, 1]) of uint8 images s1
-    [b, 3, h, w]: numpy arrays on the CPU, torch tensors on their device."""
-    import numpy as np
-    import torch
-
-    if isinstance(s1, torch.Tensor):
-        import torch.nn.functional as F
-
-        x = s1
-        if x.shape[-1] != kmeans_size or x.shape[-2] != kmeans_size:
-            x = F.interpolate(x.float(), size=(kmeans_size, kmeans_size), mode="bilinear", align_corners=False)
-            x = x.round_().clamp_(0, 255).to(torch.uint8)
-        labels = two_means(x.reshape(x.shape[0], 3, -1), iterations)
-        mask = box_blur3((~labels).to(torch.float32).view(-1, 1, kmeans_size, kmeans_size))
+        mask = box_mean3((~labels).to(torch.float32).view(-1, 1, kmeans_size, kmeans_size))
         if size != kmeans_size:
-            mask = F.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False)
-        return box_blur3(mask).clamp_(0.0, 1.0)[:, 0]
-    x = s1.astype(np.float32)
-    if x.shape[-1] != kmeans_size or x.shape[-2] != kmeans_size:
-        # bilinear values stay within [0, 255]: rounding gives the uint8 image's values
-        x = np.round(resize_bilinear(x, kmeans_size))
-    labels = two_means(x.reshape(x.shape[0], 3, -1), iterations)
-    mask = blur_resize((~labels).astype(np.float32).reshape(-1, kmeans_size, kmeans_size), size)
-    return np.clip(box_blur3(mask), 0.0, 1.0)
+            mask = F.interpolate(mask.double(), size=(size, size), mode="bilinear", align_corners=False).to(torch.float32)
+        return box_mean3(mask.double()).to(torch.float32)[:, 0]
+    mask = box_mean3((~labels).astype(np.float32).reshape(-1, kmeans_size, kmeans_size))
+    mask = _bilinear_axis(_bilinear_axis(mask.astype(np.float64), size, 2), size, 1).astype(np.float32)
+    return box_mean3(mask.astype(np.float64)).astype(np.float32)
 
 
-_CPU_CHUNK = 4  # images per numpy work item: keeps the 256 x 256 x 3 arrays in cache
+def mask_sources(s1: Any, kmeans_size: int) -> Any:
+    """The float32 images [b, 3, kmeans_size, kmeans_size] the 2-means clusters: uint8 s1
+    (torch) as x / 255, resized bilinearly with antialiasing (torchvision's `Resize` on
+    tensors), never rounded."""
+    import torch
+    import torch.nn.functional as F
+
+    x = _unit(s1)
+    if x.shape[-2:] == (kmeans_size, kmeans_size):
+        return x
+    return F.interpolate(x, size=(kmeans_size, kmeans_size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def kml_blend(triples: Any, size: int, kmeans_size: int = 256, iterations: int = 3) -> Any:
-    """Mean over k of the KML images s2 * mask(s1) + s3 * (1 - mask(s1)), from uint8
-    triples [n, k, 3 (s1, s2, s3), 3, size, size]; float32 [n, 3, size, size]."""
+def _unit(images: Any) -> Any:
+    """float32 x / 255 of uint8 images (numpy or torch), correctly rounded on every device
+    (as torchvision's `ToTensor` divides on the CPU)."""
     import numpy as np
     import torch
 
-    n, k = triples.shape[:2]
+    table = np.arange(256, dtype=np.float32) / np.float32(255)
+    if isinstance(images, torch.Tensor):
+        return torch.from_numpy(table).to(images.device)[images.long()]
+    return table[images]
+
+
+def _blend(s2: Any, s3: Any, mask: Any) -> Any:
+    """uint8 KML images: s2 * mask + s3 * (1 - mask) in float32 on [0, 1], stored."""
+    return stored((_unit(s2) * mask + _unit(s3) * (1.0 - mask)) * 255)
+
+
+def kml_images(triples: Any, size: int, kmeans_size: int = 256, iterations: int = 3) -> Any:
+    """uint8 KML images [m, 3, size, size] from uint8 triples (s1, s2, s3)
+    [m, 3, 3, size, size]: s2 and s3 blended through the leaf mask of s1. Torch tensors
+    stay on their device; numpy arrays run on the CPU across threads."""
+    import numpy as np
+    import torch
+
+    m = triples.shape[0]
     if isinstance(triples, torch.Tensor):
-        flat = triples.reshape(n * k, 3, 3, size, size)
-        mask = kml_masks(flat[:, 0], size, kmeans_size, iterations)[:, None]
-        out = flat[:, 1].float() * mask + flat[:, 2].float() * (1.0 - mask)
-        return out.view(n, k, 3, size, size).mean(dim=1)
+        out = torch.empty((m, 3, size, size), dtype=torch.uint8, device=triples.device)
+        for lo in range(0, m, _DEVICE_BLOCK):
+            part = triples[lo:lo + _DEVICE_BLOCK]
+            labels = two_means(mask_sources(part[:, 0], kmeans_size).flatten(2), iterations)
+            out[lo:lo + _DEVICE_BLOCK] = _blend(part[:, 1], part[:, 2], _leaf_mask(labels, kmeans_size, size)[:, None])
+        return out
 
-    def work(lo: int) -> Any:
-        part = triples[lo:lo + _CPU_CHUNK].reshape(-1, 3, 3, size, size)
-        mask = kml_masks(part[:, 0], size, kmeans_size, iterations)[:, None]
-        out = part[:, 1].astype(np.float32) * mask + part[:, 2].astype(np.float32) * (1.0 - mask)
-        return out.reshape(-1, k, 3, size, size).mean(axis=1)
-
-    starts = range(0, n, _CPU_CHUNK)
+    out = np.empty((m, 3, size, size), dtype=np.uint8)
     # as many threads as torch uses here (1 in DataLoader workers, so no oversubscription)
-    workers = min(len(starts), torch.get_num_threads(), os.cpu_count() or 1)
-    if workers <= 1:
-        return np.concatenate([work(lo) for lo in starts])
+    workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, -(-m // _CPU_CHUNK)))
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in its loops
-        return np.concatenate(list(pool.map(work, starts)))
+        for block in range(0, m, _BLOCK):
+            part = triples[block:block + _BLOCK]
+            sources = mask_sources(torch.from_numpy(np.ascontiguousarray(part[:, 0])), kmeans_size).numpy()
+            sources = sources.reshape(len(part), 3, -1)
+
+            def work(lo: int, part: Any = part, sources: Any = sources, block: int = block) -> None:
+                labels = two_means(sources[lo:lo + _CPU_CHUNK], iterations)
+                mask = _leaf_mask(labels, kmeans_size, size)[:, None]
+                out[block + lo:block + lo + len(mask)] = _blend(part[lo:lo + _CPU_CHUNK, 1], part[lo:lo + _CPU_CHUNK, 2], mask)
+
+            list(pool.map(work, range(0, len(part), _CPU_CHUNK)))
+    return out
+
+
+def stored_mean(images: Any) -> Any:
+    """float32 [n, 3, H, W]: 255 x the mean of n groups of k stored uint8 images
+    [n, k, 3, H, W], each read as x / 255 and added in order (the released KML Mixup's
+    mean, before `stored` rounds it)."""
+    import numpy as np
+    import torch
+
+    k = images.shape[1]
+    total = _unit(images[:, 0])
+    for j in range(1, k):
+        total = total + _unit(images[:, j])
+    # divided by a tensor: a CUDA kernel would multiply by the reciprocal of a number
+    count = torch.tensor(k, dtype=torch.float32, device=total.device) if isinstance(total, torch.Tensor) else np.float32(k)
+    return total / count * 255
+
+
+def stored(v255: Any) -> Any:
+    """uint8 of float32 images already multiplied by 255 (v * 255 for v in [0, 1]), rounded
+    as torchvision's `save_image` rounds: uint8(clamp(v * 255 + 0.5, 0, 255))."""
+    import numpy as np
+    import torch
+
+    if isinstance(v255, torch.Tensor):
+        return (v255 + 0.5).clamp_(0, 255).to(torch.uint8)
+    return np.clip(v255 + np.float32(0.5), 0, 255).astype(np.uint8)
+
+
+def kml_blend(triples: Any, size: int, kmeans_size: int = 256, iterations: int = 3, store: Callable[[Any], Any] | None = None) -> Any:
+    """float32 [n, 3, size, size]: `stored_mean` of the k KML images made from uint8
+    triples [n, k, 3 (s1, s2, s3), 3, size, size], each KML image passed through `store`
+    (a uint8 to uint8 round trip through a file format) first when given."""
+    n, k = triples.shape[:2]
+    images = kml_images(triples.reshape(n * k, 3, 3, size, size), size, kmeans_size, iterations)
+    if store is not None:
+        images = store(images)
+    return stored_mean(images.reshape(n, k, 3, size, size))
+
+
+def jpeg_round_trip(images: Any) -> Any:
+    """uint8 images [m, 3, H, W] (numpy, or torch on any device) saved as JPEG files by
+    PIL (quality 75, PIL's default and what the released code's `save_image` writes) and
+    decoded again."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    array = images.cpu().numpy() if isinstance(images, torch.Tensor) else images
+    decoded = np.empty_like(array)
+    for i, image in enumerate(array.transpose(0, 2, 3, 1)):
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="JPEG", quality=75)
+        decoded[i] = np.asarray(Image.open(buffer).convert("RGB")).transpose(2, 0, 1)
+    return torch.from_numpy(decoded).to(images.device) if isinstance(images, torch.Tensor) else decoded

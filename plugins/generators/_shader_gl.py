@@ -5,11 +5,17 @@ framebuffer.
 Every image of a call is a tile of one framebuffer, drawn as one instance of a
 full-tile quad with its per-image values as per-instance attributes, so a batch costs
 one draw per distinct program and one readback.
+
+The wait for a batch's draws happens in `glFinish` called through ctypes, which lets go
+of Python's GIL (moderngl's own calls hold it): so another thread can stop waiting for a
+batch that runs past its render timeout (see `_shader_server.LocalRenderer`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +80,7 @@ class Renderer:
         import numpy as np
 
         self.moderngl = moderngl
+        self.gl_finish = ctypes.CDLL(ctypes.util.find_library("GL") or "libGL.so.1").glFinish  # as glcontext loads it
         self.pid = os.getpid()
         self.quad = self.ctx.buffer(np.array([0, 0, 1, 0, 0, 1, 1, 1], dtype="f4").tobytes())
         self.compiled: dict[str, Any] = {}  # digest -> (program, vao, instance buffer, capacity) or error
@@ -199,6 +206,7 @@ class Renderer:
                         self.textures[kind][i].use(location=i)
                 buf.write(data[members].tobytes())
                 vao.render(self.moderngl.TRIANGLE_STRIP, vertices=4, instances=len(members))
+            self.gl_finish()  # the draws run here, without the GIL
             raw = fbo.read(viewport=(0, 0, width, height), components=3, alignment=1)
             grid = np.frombuffer(raw, dtype=np.uint8).reshape(grid_rows, size, cols, size, 3)
             tiles_img = grid.transpose(0, 2, 1, 3, 4).reshape(grid_rows * cols, size, size, 3)[:m]

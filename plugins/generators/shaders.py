@@ -18,9 +18,13 @@ process (a helper process for one forked from a process that holds an EGL contex
 iChannel policy (`channels`): "noise" (default) binds fixed procedural noise textures
 to iChannel0..3 so programs that sample them still render; "exclude" drops such
 programs. Programs that do not compile are skipped with a warning that names the file
-and quotes the GLSL log; programs whose probe renders are all near-constant are dropped
-from sampling with a warning naming them. Neither is ever an error while at least one
-program is usable.
+and quotes the GLSL log; programs whose probe renders are all near-constant, or take
+longer than the render timeout, are dropped from sampling with a warning naming them.
+None of these is an error while at least one program is usable.
+
+Every batch has a render timeout (`render_timeout` seconds for up to REFERENCE_PIXELS
+pixels, proportionally more for a larger batch): a batch past it fails with an error
+naming its programs instead of hanging (a program may loop without end on a GPU driver).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from harness.kinds import Generator
 
 from harness_plugins.generators._seeding import check_sample_args, derive_seed, uniforms
 from harness_plugins.generators._shader_programs import Program, load_library, load_paths, warn_shader
-from harness_plugins.generators._shader_server import renderer
+from harness_plugins.generators._shader_server import RenderTimeout, renderer
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
 PROBE_SIZE = 32
 PROBE_DRAWS = 4
 CONSTANT_STD = 2.0  # an image whose channels all have a smaller spatial std (0..255) is near-constant
+REFERENCE_PIXELS = 64 * 224 * 224  # a batch this large or smaller gets `render_timeout`; a larger one more
 
 
 def near_constant(images: Any, threshold: float = CONSTANT_STD) -> Any:
@@ -63,6 +68,7 @@ class _Library:
     usable: list[Program] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # name -> GLSL log
     constant: list[str] = field(default_factory=list)
+    slow: list[str] = field(default_factory=list)  # past the render timeout at the probe
 
 
 class Shaders(Generator):
@@ -83,6 +89,11 @@ class Shaders(Generator):
         )
         time_range: tuple[float, float] = Field((0.1, 10.0), description="iTime ~ U(low, high)")
         fps: float = Field(10.0, ge=1e-3, le=1e4, description="frame rate behind iFrame, iTimeDelta and iFrameRate")
+        render_timeout: float = Field(
+            60.0, gt=0, exclude=True,
+            description="seconds a batch of up to 64 images of 224 px may take to render (a larger batch gets "
+            "proportionally longer); a batch past it fails naming its programs. A run option, not in the key",
+        )
 
         @field_validator("programs", "exclude", "paths", mode="before")
         @classmethod
@@ -147,23 +158,18 @@ class Shaders(Generator):
             return self._library
         import numpy as np
 
-        gl = renderer()
         lib = _Library()
         compiled = []
         for program in self.candidates():
-            log = gl.compile(program)
+            log = renderer().compile(program)
             if log is None:
                 compiled.append(program)
             else:
                 lib.failed[program.name] = log
                 warn_shader(f"shader program {program.name!r} ({program.origin}) does not compile; skipped. GLSL log:\n{log}")
         if compiled:
-            probes: list[Program] = []
-            rows = []
-            for program in compiled:
-                probes += [program] * PROBE_DRAWS
-                rows.append(self._draw(uniforms(derive_seed("shaders-probe", program.name), range(PROBE_DRAWS), 24)))
-            images = gl.render(probes, np.concatenate(rows), PROBE_SIZE, self.params.fps)
+            compiled, images = self._probe(compiled, lib)
+        if compiled:
             flat = near_constant(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
             flat = flat.reshape(len(compiled), PROBE_DRAWS).all(dim=1).tolist()
             lib.constant = [p.name for p, c in zip(compiled, flat) if c]
@@ -174,10 +180,47 @@ class Shaders(Generator):
         if not lib.usable:
             raise HarnessError(
                 f"generator {self.name!r}: none of the {len(self.candidates())} selected shader programs is usable "
-                f"({len(lib.failed)} do not compile, {len(lib.constant)} render near-constant images)"
+                f"({len(lib.failed)} do not compile, {len(lib.constant)} render near-constant images, "
+                f"{len(lib.slow)} take longer than render_timeout={self.params.render_timeout:g} s)"
             )
         self._library, self._library_pid = lib, os.getpid()
         return lib
+
+    def _probe(self, compiled: list[Program], lib: _Library) -> tuple[list[Program], Any]:
+        """The programs kept and their probe images [kept * PROBE_DRAWS, PROBE_SIZE,
+        PROBE_SIZE, 3]: all in one batch, or, when that batch runs past the render timeout,
+        program by program, dropping (into `lib.slow`) each that runs past it."""
+        import numpy as np
+
+        rows = [self._draw(uniforms(derive_seed("shaders-probe", p.name), range(PROBE_DRAWS), 24)) for p in compiled]
+        try:
+            probes = [p for p in compiled for _ in range(PROBE_DRAWS)]
+            return compiled, self._render(probes, np.concatenate(rows), PROBE_SIZE)
+        except RenderTimeout:
+            pass
+        # a batch of one program has just shown that program to be the slow one
+        alone = [None] if len(compiled) == 1 else [self._probe_alone(p, r) for p, r in zip(compiled, rows)]
+        slow = [p for p, images in zip(compiled, alone) if images is None]
+        if slow:
+            lib.slow = [p.name for p in slow]
+            warn_shader(f"shader program(s) take longer than render_timeout={self.params.render_timeout:g} s to "
+                        "render the probe and are dropped from sampling: "
+                        + ", ".join(f"{p.name!r} ({p.origin})" for p in slow))
+        kept = [p for p, images in zip(compiled, alone) if images is not None]
+        empty = np.zeros((0, PROBE_SIZE, PROBE_SIZE, 3), dtype=np.uint8)
+        return kept, np.concatenate([images for images in alone if images is not None] or [empty])
+
+    def _probe_alone(self, program: Program, rows: Any) -> Any | None:
+        """The probe images of one program; None when they take longer than the render timeout."""
+        try:
+            return self._render([program] * PROBE_DRAWS, rows, PROBE_SIZE)
+        except RenderTimeout:
+            return None
+
+    def _render(self, programs: list[Program], rows: Any, size: int) -> Any:
+        """Images [n, size, size, 3] through this process's renderer, under the render timeout."""
+        timeout = self.params.render_timeout * max(1.0, len(programs) * size * size / REFERENCE_PIXELS)
+        return renderer().render(programs, rows, size, self.params.fps, timeout)
 
     def program_names(self) -> list[str]:
         """The programs that images are drawn from (compiles them on first use)."""
@@ -218,7 +261,10 @@ class Shaders(Generator):
         if n == 0:
             return torch.zeros((0, 3, size, size), dtype=torch.uint8)
         programs, rows = self.draws(seed, list(range(start, start + n)))
-        images = renderer().render(programs, rows, size, self.params.fps)
+        try:
+            images = self._render(programs, rows, size)
+        except RenderTimeout as exc:
+            raise RenderTimeout(f"generator {self.name!r}: {exc}. Raise render_timeout or exclude the program") from None
         return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
     def sample_with_programs(self, seed: int, n: int, size: int, start: int = 0) -> tuple[torch.Tensor, list[str]]:
