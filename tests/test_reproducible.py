@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+from harness.results.store import ResultStore
 from helpers import cli
 
 REGISTRY = """
@@ -56,3 +57,5 @@ def test_two_processes_under_different_load_give_identical_values(tmp_path):
     differing = {k: (quiet[k], loaded.get(k)) for k in quiet if quiet[k] != loaded.get(k)}
     assert not differing, differing
     assert set(loaded) == set(quiet)
+    record = next(r for r in ResultStore(tmp_path / "quiet").read() if r.headline)
+    assert {"seed", "code_version", "encoder", "task", "device"} <= set(record.keys)
