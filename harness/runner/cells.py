@@ -116,7 +116,7 @@ class Runner:
         return plugin
 
     def cell_key(self, encoder: Encoder, task: Task, dataset: str) -> str:
-        return stable_hash([encoder.key, task.key, dataset, self.registry.dataset_description(dataset)])
+        return stable_hash([encoder.key, task.key, dataset, self.ctx.dataset_description(dataset)])
 
     def cells(self, plan: Plan) -> list[Cell]:
         encoders = [self.create("encoder", name) for name in plan.encoders]

@@ -33,9 +33,17 @@ class RunContext:
     """Recompute cached embeddings (once per run) instead of loading them."""
     recomputed: set[Path] = field(default_factory=set)
     """Embedding files computed in this run: with `force`, each is recomputed only once."""
+    dataset_descriptions: dict[str, Any] = field(default_factory=dict)
+    """`Registry.dataset_description` per dataset, taken once per run: fingerprinting a
+    large root lists all its files, which every cell key and embedded split would repeat."""
 
     def cache_path(self, *parts: str) -> Path:
         return self.cache_dir.joinpath(*parts)
+
+    def dataset_description(self, name: str) -> dict[str, Any] | None:
+        if name not in self.dataset_descriptions:
+            self.dataset_descriptions[name] = self.registry.dataset_description(name)
+        return self.dataset_descriptions[name]
 
 
 @dataclass
@@ -72,7 +80,7 @@ class CellContext:
 
         The key holds the dataset's description, fingerprint of its contents included, so
         changed images are embedded afresh; with `run.force` the cache is bypassed once."""
-        data = self.registry.dataset_description(self.dataset)
+        data = self.run.dataset_description(self.dataset)
         key = stable_hash([self.encoder.key, self.dataset, data, split_name, len(split)])
         path = self.run.cache_path("embeddings", self.encoder.name, f"{self.dataset}-{split_name}-{key}.npz")
 
