@@ -161,10 +161,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench.report import run_benchmarks
+    from harness.bench.report import merge_reports, run_benchmarks
     from harness.config.registry import use_registry
 
     registry = use_registry(args.registry)
+    if args.merge:
+        targets = registry.profile(args.profile).bench.targets if args.profile else []
+        print(merge_reports(Path(args.report), Path(args.merge), targets))
+        return 0
     print(run_benchmarks(registry, args.stages, Path(args.report), quick=args.quick, profile=args.profile))
     return 0
 
@@ -236,10 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("bench", help="throughput of each stage, written to PERFORMANCE.md")
-    p.add_argument("stages", nargs="*", help="generators, embed, memory, train (default: all)")
+    p.add_argument("stages", nargs="*", help="generators, embed, train, memory, end-to-end, profile (default: all but profile; end-to-end where the profile names one)")
     p.add_argument("--report", default="leaderboard/PERFORMANCE.md")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--profile", help="the profile whose generators and encoders are measured (default: bench, else default)")
+    p.add_argument("--merge", metavar="PERFORMANCE_JSON", help="measure nothing: add another run's stages (a GPU machine's "
+                   "performance.json) to the report's and re-render it, with --profile's targets")
     p.set_defaults(func=cmd_bench)
 
     from harness.memory.cli import add_memory_parser

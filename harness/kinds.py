@@ -265,9 +265,13 @@ class Encoder(Plugin):
         """What `prepare` trains, when it trains (None: nothing to train)."""
         return None
 
-    def measure_training(self, ctx: RunContext, steps: int, batch_size: int | None, budget_s: float | None) -> dict[str, Any]:
+    def measure_training(
+        self, ctx: RunContext, steps: int, batch_size: int | None, budget_s: float | None, profile: bool = False
+    ) -> dict[str, Any]:
         """Train for `steps` steps (or `budget_s` seconds) without caching the weights and
-        report images/s; `harness bench train` calls it for trainable encoders."""
+        report images/s; `harness bench train` calls it for trainable encoders. With
+        `profile`, the report's `operators` lists where the timed steps spent their time
+        (`harness.bench.profiling.operator_profile`)."""
         raise TypeError(f"encoder {self.name!r} does not train")
 
     def prepare(self, ctx: RunContext | None = None) -> None:

@@ -1,5 +1,5 @@
-"""`harness bench`: every stage from the command line in one process, the report it writes,
-and the reference implementations its ratios are measured against."""
+"""`harness bench`: the training FLOPs it reports and the reference implementations its
+ratios are measured against (every stage through the command line: test_device_tools)."""
 
 from __future__ import annotations
 
@@ -39,38 +39,6 @@ encoders:
 profiles:
   tiny-bench: {{encoders: [rgb, vit-bench, dino-bench], generators: [shaders, small-kml]}}
 """
-
-
-def test_bench_runs_every_stage_in_one_process_and_writes_the_report(tmp_path: Path) -> None:
-    (tmp_path / "registry.yaml").write_text(REGISTRY)
-    report = tmp_path / "PERFORMANCE.md"
-    result = cli("bench", "generators", "embed", "train", "--quick", "--profile", "tiny-bench", "--report", str(report), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    state = json.loads((tmp_path / "performance.json").read_text())
-    assert set(state) == {"generators", "embed", "train"}
-
-    generators = {row["generator"]: row for row in state["generators"]["rows"]}
-    assert set(generators) == {"shaders", "small-kml"}
-    for row in generators.values():
-        assert "error" not in row, row
-        assert row["images_per_s"] > 0 and row["reference_images_per_s"] > 0
-        assert abs(row["ratio_to_reference"] - row["images_per_s"] / row["reference_images_per_s"]) < 0.01
-    assert generators["shaders"]["reference_pipeline"] == "decode pre-rendered JPEGs"
-    assert "CPU KML" in generators["small-kml"]["reference_pipeline"]
-
-    embed = {row["encoder"]: row for row in state["embed"]["rows"]}
-    assert set(embed) == {"rgb", "vit-bench"}, "a trainable encoder is timed by the train stage only"
-    assert embed["vit-bench"]["images_per_s"] > 0 and embed["vit-bench"]["gflops_per_image"] > 0
-
-    (train,) = state["train"]["rows"]
-    assert train["encoder"] == "dino-bench" and "error" not in train, train
-    assert train["images_per_s"] > 0 and train["augment_ratio_to_reference"] > 0
-    assert train["crops"] == "2x16 + 2x8"
-
-    text = report.read_text()
-    for heading in ("## generators", "## embed", "## train"):
-        assert heading in text
-    assert "ratio_to_reference" in text and "augment_ratio_to_reference" in text
 
 
 def test_training_flops_follow_the_multicrop_formula(tmp_path: Path) -> None:

@@ -1,11 +1,16 @@
 """The embed stage: embedding images/s of the profile's encoders that need no training,
-with FLOPs per image and, on a GPU, the fraction of the card's bf16 limit reached."""
+with FLOPs per image and, on a GPU, the fraction of the card's bf16 limit reached.
+
+Three figures per encoder where it has a torch module: end to end (`embed` on uint8
+images in host memory: transfer, resize, normalisation and the forward pass), the
+module alone on a batch already on the device, and (with the profile's `bench.compile`)
+the module under `torch.compile`."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from harness.bench.timing import best_time, peak_flops
+from harness.bench.timing import best_time, peak_flops, synchronizer
 from harness.bench.train import is_trainable
 from harness.runner.context import RunContext
 
@@ -13,6 +18,8 @@ if TYPE_CHECKING:
     from harness.config.schema import ProfileSpec
     from harness.config.registry import Registry
     from harness.kinds import Encoder
+
+MODULE_BATCH = 512  # images per forward pass when the module alone is timed
 
 
 def flops_per_image(encoder: Encoder, size: int) -> float | None:
@@ -30,12 +37,34 @@ def flops_per_image(encoder: Encoder, size: int) -> float | None:
     return float(counter.get_total_flops())
 
 
+def module_rate(model: Any, size: int, device: str, batch: int, repeats: int, compiled: bool = False) -> float:
+    """images/s of the module alone on one batch already on `device` (bf16 autocast on a GPU)."""
+    import contextlib
+
+    import torch
+
+    forward = torch.compile(model) if compiled else model
+    x = torch.randn(batch, 3, size, size, device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    sync = synchronizer(device)
+
+    def run() -> None:
+        with torch.inference_mode(), autocast:
+            forward(x)
+        sync()
+
+    if compiled:
+        run()  # compilation happens here, outside the timing
+    return batch / best_time(run, repeats)
+
+
 def bench_embed(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
     """Embedding images/s of the profile's encoders that need no training (a trained
     encoder embeds as fast as its architecture at random init), on images of the
     encoder's own input size."""
     import torch
 
+    spec = profile.bench
     rows: list[dict[str, Any]] = []
     for name in [n for n in profile.encoders if not is_trainable(registry, n)]:
         encoder = registry.create("encoder", name)
@@ -45,19 +74,31 @@ def bench_embed(registry: Registry, profile: ProfileSpec, quick: bool, device: s
             rows.append({"encoder": name, "error": f"{type(exc).__name__}: {exc}"})
             continue
         size = encoder.input_size
-        n = 64 if quick else (1024 if device.startswith("cuda") else 256)
+        n = spec.embed_images
+        repeats = 1 if quick else 3
         images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
-        seconds = best_time(lambda: encoder.embed(images), repeats=1 if quick else 3)
+        seconds = best_time(lambda: encoder.embed(images), repeats)
         row: dict[str, Any] = {
             "encoder": name, "arch": encoder.architecture, "input": size, "images": n,
             "images_per_s": round(n / seconds, 1),
         }
+        model = encoder.torch_module()
         flops = flops_per_image(encoder, size)
+        if model is not None:
+            batch = min(n, MODULE_BATCH)
+            row["module_images_per_s"] = round(module_rate(model, size, device, batch, repeats), 1)
+            if spec.compile and not quick:
+                try:
+                    row["compiled_images_per_s"] = round(module_rate(model, size, device, batch, repeats, compiled=True), 1)
+                except Exception as exc:  # a compiler missing or failing: the other figures stand
+                    row["compiled_images_per_s"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
         if flops:
             row["gflops_per_image"] = float(f"{flops / 1e9:.4g}")
             peak = peak_flops(device)
             if peak:
                 row["bf16_limit_images_per_s"] = round(peak / flops, 0)
                 row["fraction_of_limit"] = round(n / seconds * flops / peak, 3)
+                if "module_images_per_s" in row:
+                    row["module_fraction_of_limit"] = round(row["module_images_per_s"] * flops / peak, 3)
         rows.append(row)
     return rows

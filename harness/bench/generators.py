@@ -1,9 +1,19 @@
 """The generators stage: images/s per generator instance and size, beside the released
-pipeline's way of making the same images."""
+pipeline's way of making the same images and, on a GPU machine, beside the same
+generator on this machine's CPU (the GPU hidden from a child process).
+
+    python -m harness.bench.generators NAME SIZE   # prints {"images_per_s": ...} (the child)
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness.bench.timing import best_time, jpeg_decode_rate
 
@@ -11,13 +21,49 @@ if TYPE_CHECKING:
     from harness.config.schema import ProfileSpec
     from harness.config.registry import Registry
 
+MIN_SECONDS = 0.5  # a timed call makes at least this many seconds of images
+MAX_IMAGES = 8192
+# Where glvnd finds Mesa's EGL vendor library: with it alone, a child's OpenGL runs on
+# the CPU (llvmpipe) even on a machine whose GPU driver offers EGL.
+MESA_EGL_VENDOR = Path("/usr/share/glvnd/egl_vendor.d/50_mesa.json")
+
+
+def sampling_rate(sample: Callable[[int], Any], start: int, quick: bool) -> tuple[int, float]:
+    """(images, images/s) of `sample(n)`, n doubled from `start` until one call takes
+    `MIN_SECONDS` (a fast device needs many images per call to be timed at all)."""
+    n = start
+    if not quick:
+        sample(n)  # first use: programs compile, kernels load
+    while not quick and n < MAX_IMAGES:
+        began = time.perf_counter()
+        sample(n)
+        if time.perf_counter() - began >= MIN_SECONDS:
+            break
+        n *= 2
+    return n, n / best_time(lambda: sample(n), repeats=1 if quick else 2, warmup=quick)
+
+
+def hidden_gpu_rate(name: str, size: int) -> tuple[float | None, str]:
+    """images/s of generator `name` in a child process that sees no GPU (CUDA hidden;
+    OpenGL through Mesa's CPU renderer), or None and why not."""
+    if not MESA_EGL_VENDOR.exists():
+        return None, f"no CPU OpenGL here ({MESA_EGL_VENDOR} absent)"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "__EGL_VENDOR_LIBRARY_FILENAMES": str(MESA_EGL_VENDOR)}
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.bench.generators", name, str(size)], env=env, capture_output=True, text=True, timeout=300,
+    )
+    if done.returncode != 0:
+        return None, f"failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]), "this machine's CPU, GPU hidden"
+
 
 def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
     """images/s per generator instance and size, beside the released pipeline's way of
     making the same images: decoding them from pre-rendered JPEGs, or what the generator's
-    `reference_rate` measures (e.g. CPU k-means over decoded base images)."""
+    `reference_rate` measures (e.g. CPU k-means over decoded base images). On a GPU, also
+    beside the same generator with the GPU hidden (`hidden_gpu_rate`)."""
     rows: list[dict[str, Any]] = []
-    sizes = (64,) if quick else (64, 128, 224)
+    sizes = profile.bench.sizes[:1] if quick else profile.bench.sizes
     decode_rate: dict[int, float] = {}
     for name in profile.generators:
         try:
@@ -26,21 +72,39 @@ def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, devi
             rows.append({"generator": name, "error": str(exc)})
             continue
         for size in sizes:
-            n = max(8 if quick else 64, (64 if quick else 256) * 64 * 64 // (size * size))  # 64 programs: at least one pass
+            start = max(8, 64 * 64 * 64 // (size * size))  # at 64 px, one image per shader program
             try:
-                seconds = best_time(lambda: generator.sample(seed=1, n=n, size=size), repeats=1 if quick else 2)
-                rate = n / seconds
+                n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), start, quick)
                 reference = generator.reference_rate(seed=2, n=min(n, 32), size=size)
                 if reference is None:
                     if size not in decode_rate:
                         decode_rate[size] = jpeg_decode_rate(generator.sample(seed=2, n=min(n, 64), size=size))
                     reference = ("decode pre-rendered JPEGs", decode_rate[size])
-                rows.append({
+                row: dict[str, Any] = {
                     "generator": name, "size": size, "images": n, "images_per_s": round(rate, 1),
                     "reference_pipeline": reference[0], "reference_images_per_s": round(reference[1], 1),
                     "ratio_to_reference": round(rate / reference[1], 2),
-                })
+                }
+                if device.startswith("cuda"):
+                    cpu_rate, how = hidden_gpu_rate(name, size)
+                    row["cpu_images_per_s"] = round(cpu_rate, 1) if cpu_rate else how
+                    if cpu_rate:
+                        row["ratio_to_cpu"] = round(rate / cpu_rate, 2)
+                rows.append(row)
             except Exception as exc:
                 rows.append({"generator": name, "size": size, "error": f"{type(exc).__name__}: {exc}"})
         generator.close()
     return rows
+
+
+def _child(name: str, size: int) -> None:
+    from harness.config.registry import use_registry
+
+    generator = use_registry(None).create("generator", name)
+    n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), max(8, 64 * 64 * 64 // (size * size)), False)
+    generator.close()
+    print(json.dumps({"images": n, "images_per_s": rate}))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], int(sys.argv[2]))

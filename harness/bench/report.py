@@ -1,13 +1,17 @@
 """`harness bench`: run the stages and write their throughputs to PERFORMANCE.md.
 
-Stages, one module each: generators (images/s per generator instance and size), embed
-(images/s per encoder), train (training images/s of trainable encoders), memory (kNN
-classification and privacy-audit queries/s against memory size). The generators and encoders measured
-are those of the `bench` profile of registry.yaml (`--profile` picks another). Each
-stage's rows are kept in `performance.json` beside the report, so benchmarking one stage
+Stages, one module each, cheapest first: generators (images/s per generator instance and
+size), embed (images/s per encoder), train (training images/s of trainable encoders),
+memory (kNN classification and privacy-audit queries/s against memory size),
+end-to-end (a profile run from scratch, compared with the committed results) and
+profile (the operators that take the time of training and of classification). What is
+measured, and at what scale, is the profile's (`bench` in registry.yaml, else
+`default`; `--profile` picks another, e.g. `device` for one GPU). Each stage's rows are
+kept in `performance.json` beside the report, under the stage's name, with " (GPU)"
+appended when measured on one, so a GPU run keeps the CPU's and benchmarking one stage
 keeps the others'. Every ratio compares two implementations measured side by side in
 the same run: ours against the reference design (pre-rendered JPEGs, CPU k-means,
-DINO's per-image data path, brute-force leave-one-out).
+DINO's per-image data path, brute-force leave-one-out, faiss on the CPU).
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from harness.bench.embed import bench_embed
+from harness.bench.endtoend import ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE, bench_end_to_end
 from harness.bench.generators import bench_generators
 from harness.bench.memory import bench_memory
+from harness.bench.profiling import bench_profile
+from harness.bench.targets import GPU_SUFFIX, TARGETS, target_rows
 from harness.bench.train import bench_train
 from harness.cache import atomic_write
 from harness.device import default_device
 from harness.errors import UnknownNameError
 from harness.version import __version__
+
+from harness.config.schema import BenchSpec, TargetSpec
 
 if TYPE_CHECKING:
     from harness.config.schema import ProfileSpec
@@ -38,17 +47,36 @@ STAGES: dict[str, Stage] = {
     "embed": bench_embed,
     "train": bench_train,
     "memory": bench_memory,
+    "end-to-end": bench_end_to_end,
+    "profile": bench_profile,
 }
 BENCH_PROFILE = "bench"  # the profile naming what to measure, when the registry has one
+
+
+def quick_scale(spec: BenchSpec) -> BenchSpec:
+    """`--quick`: the profile's measurements at smoke-test sizes."""
+    return spec.model_copy(update={
+        "sizes": [min(spec.sizes)], "embed_images": min(spec.embed_images, 16), "compile": False, "train_steps": 2,
+        "memory_rows": [2_000, 10_000], "memory_queries": min(spec.memory_queries, 200),
+    })
+
+
+def accelerator_name(device: str) -> str:
+    from harness.results.manifest import machine
+
+    return str(machine(device).get("gpu", "CPU"))
 
 
 def machine_description(device: str) -> str:
     import torch
 
-    if device.startswith("cuda") and torch.cuda.is_available():
-        accelerator = torch.cuda.get_device_name(0)
+    from harness.results.manifest import machine
+
+    described = machine(device)
+    if "gpu" in described:
+        accelerator = f"{described['gpu']}, driver {described.get('driver') or 'unknown'}, CUDA {described['cuda']}"
     else:
-        accelerator = f"CPU only, {torch.get_num_threads()} torch threads"
+        accelerator = f"CPU only, {described['torch_threads']} torch threads"
     return (
         f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores; {accelerator}; "
         f"Python {platform.python_version()}, torch {torch.__version__}, harness {__version__}"
@@ -70,7 +98,24 @@ STAGE_NOTES = {
         "torchvision multi-crop, one thread per core) on the same images. DINO's published "
         "ViT-S/16 training runs at about 100 images/s per V100; compare with it on a GPU only."
     ),
-    "memory": "Reference: brute-force leave-one-out (timed on sampled rows, extrapolated).",
+    "memory": (
+        "Reference: brute-force leave-one-out (timed on sampled rows, extrapolated); on a GPU, "
+        "faiss on the CPU over the same rows (a sample of the queries), whose neighbours must be identical."
+    ),
+    "end-to-end": (
+        f"A profile run from scratch here, compared with the committed results: values agree within "
+        f"max({ABSOLUTE_TOLERANCE:g}, {RELATIVE_TOLERANCE:g} x |committed|) in the metric's units. "
+        "Encoders trained in the run are listed but not held to it (their training ran on other kernels)."
+    ),
+    "profile": (
+        "Where the time goes. Training steps: torch operators by self time (GPU time on a GPU); the first "
+        "row's share is how busy the device was over the steps' wall time. Generating and classifying: "
+        "Python functions by own time (cProfile; GL rendering runs on a thread of its own, seen as a wait)."
+    ),
+    TARGETS: (
+        "The profile's `bench.targets` (registry.yaml): each figure beside its floor and aim, with the "
+        "card it was measured on (stages may come from different runs)."
+    ),
 }
 
 
@@ -84,10 +129,13 @@ def render_report(state: dict[str, Any]) -> str:
         "compare implementations measured side by side in the same run.",
         "",
     ]
-    for stage, entry in state.items():
+    targets_first = sorted(state, key=lambda stage: not stage.startswith(TARGETS))
+    for stage in targets_first:
+        entry = state[stage]
         lines += [f"## {stage}", "", f"_measured {entry['date']} on {entry['machine']}_", ""]
-        if stage in STAGE_NOTES:
-            lines += [STAGE_NOTES[stage], ""]
+        note = STAGE_NOTES.get(stage.removesuffix(GPU_SUFFIX))
+        if note:
+            lines += [note, ""]
         rows = entry["rows"]
         if rows:
             headers = list(dict.fromkeys(k for row in rows for k in row))
@@ -105,22 +153,61 @@ def run_benchmarks(
     `profile` (default: the `bench` profile, else `default`) and write `report`."""
     device = device or default_device()
     chosen_profile = registry.profile(profile or (BENCH_PROFILE if BENCH_PROFILE in registry.config.profiles else "default"))
-    chosen = stages or list(STAGES)
+    chosen = stages or [
+        s for s in STAGES if s != "profile" and (s != "end-to-end" or chosen_profile.bench.end_to_end)
+    ]
     for stage in chosen:
         if stage not in STAGES:
             raise UnknownNameError("benchmark stage", stage, list(STAGES))
     state_path = report.with_name("performance.json")
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if quick:
+        chosen_profile = chosen_profile.model_copy(update={"bench": quick_scale(chosen_profile.bench)})
+    suffix = GPU_SUFFIX if device.startswith("cuda") else ""
     for stage in chosen:
         rows = STAGES[stage](registry, chosen_profile, quick, device)
-        state[stage] = {
+        state[stage + suffix] = {
             "rows": rows,
             "machine": machine_description(device),
+            "accelerator": accelerator_name(device),
             "date": _dt.date.today().isoformat(),
             "quick": quick,
         }
         print(f"{stage}: {len(rows)} rows")
-        report.parent.mkdir(parents=True, exist_ok=True)  # written after each stage: a crash keeps the others
-        atomic_write(state_path, lambda tmp: tmp.write_text(json.dumps(state, indent=1)))
-        atomic_write(report, lambda tmp: tmp.write_text(render_report(state)))
+        if chosen_profile.bench.targets:
+            state[TARGETS + suffix] = {
+                "rows": target_rows(chosen_profile.bench.targets, state, suffix),
+                "machine": "the card each row names", "date": _dt.date.today().isoformat(), "quick": quick,
+            }
+        write_report(report, state)  # after each stage: a crash keeps the others
+    return report
+
+
+def write_report(report: Path, state: dict[str, Any]) -> None:
+    report.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(report.with_name("performance.json"), lambda tmp: tmp.write_text(json.dumps(state, indent=1)))
+    atomic_write(report, lambda tmp: tmp.write_text(render_report(state)))
+
+
+def merge_reports(report: Path, other: Path, targets: list[TargetSpec] | None = None) -> Path:
+    """Add the stages of another run's performance.json (a GPU machine's) to `report`'s,
+    replacing those of the same name, re-check `targets` against the GPU stages and
+    re-render `report`."""
+    from harness.errors import HarnessError
+
+    state_path = report.with_name("performance.json")
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    try:
+        incoming = json.loads(Path(other).read_text())
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"--merge: cannot read {other} as a performance.json ({exc})") from None
+    if not isinstance(incoming, dict) or not all(isinstance(v, dict) and "rows" in v for v in incoming.values()):
+        raise HarnessError(f"--merge: {other} is not a performance.json written by `harness bench`")
+    state.update(incoming)
+    if targets:
+        state[TARGETS + GPU_SUFFIX] = {
+            "rows": target_rows(targets, state, GPU_SUFFIX), "machine": "the card each row names",
+            "date": _dt.date.today().isoformat(), "quick": False,
+        }
+    write_report(report, state)
     return report

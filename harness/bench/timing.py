@@ -3,9 +3,21 @@ plugins that report how fast the released research code makes their images."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+TOP = 8  # rows per profiled piece of work
+
+
+def synchronizer(device: str) -> Callable[[], None]:
+    """A call that waits for `device`'s queued work (CUDA runs asynchronously); a no-op elsewhere."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.synchronize
+    return lambda: None
 
 
 def best_time(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> float:
@@ -89,3 +101,33 @@ def peak_flops(device: str) -> float | None:
         return None
     name = torch.cuda.get_device_name(0)
     return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
+
+@contextlib.contextmanager
+def operator_profile(device: str) -> Iterator[list[dict[str, Any]]]:
+    """Profile the block's torch operators; on exit the yielded list holds the `TOP` with
+    the most self time on `device` (on a CPU, CPU time), each with its share of the whole."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.startswith("cuda")
+    rows: list[dict[str, Any]] = []
+    began = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as profiler:
+        yield rows
+    wall_us = (time.perf_counter() - began) * 1e6
+    events = profiler.key_averages()
+
+    def self_us(event: Any) -> float:
+        return float(getattr(event, "self_device_time_total", 0.0) if on_gpu else event.self_cpu_time_total)
+
+    total = sum(self_us(e) for e in events) or 1.0
+    # first row: how busy the device was (all operators' self time over the wall time)
+    rows.append({"operator": "(all operators: share = busy fraction)", "calls": sum(e.count for e in events),
+                 "self_ms": round(total / 1000, 2), "share": round(total / wall_us, 3)})
+    for event in sorted(events, key=self_us, reverse=True)[:TOP]:
+        rows.append({
+            "operator": event.key[:60],
+            "calls": event.count,
+            "self_ms": round(self_us(event) / 1000, 2),
+            "share": round(self_us(event) / total, 3),
+        })

@@ -57,10 +57,40 @@ class DatasetSpec(_Strict):
         return path
 
 
+class TargetSpec(_Strict):
+    """A figure `harness bench` is expected to reach, shown met or not in its report. The
+    aim is the better value: a target whose aim is below its floor is a time (lower is better)."""
+
+    label: str
+    stage: str = Field(description="the benchmark stage whose rows hold the figure")
+    where: dict[str, Any] = Field(default_factory=dict, description="column values that pick the row")
+    column: str = Field(description="the row's column holding the figure")
+    floor: float
+    aim: float
+
+
+class BenchSpec(_Strict):
+    """How much `harness bench` measures with a profile (`--quick` shrinks it all)."""
+
+    sizes: list[Annotated[int, Field(ge=8)]] = Field([64, 128, 224], min_length=1, description="generator image sizes (px)")
+    embed_images: int = Field(256, ge=1, description="images per timed embedding pass (a GPU gets 4x)")
+    compile: bool = Field(False, description="also time the encoder's module under torch.compile")
+    train_steps: int = Field(20, ge=2, description="timed training steps (fewer when they overrun the stage's budget)")
+    train_budget_s: float = Field(60.0, gt=0, description="seconds of timed training per encoder")
+    memory_rows: list[Annotated[int, Field(ge=1)]] = Field([10_000, 100_000, 1_000_000], min_length=1)
+    memory_queries: int = Field(1000, ge=1)
+    end_to_end: str | None = Field(
+        None, description="a profile to run end to end (stage end-to-end) and compare with the committed leaderboard"
+    )
+    compare_with: str = Field("leaderboard/results.jsonl", description="the results end-to-end compares with")
+    targets: list[TargetSpec] = Field(default_factory=list, description="figures to reach, checked in the report")
+
+
 class ProfileSpec(_Strict):
     encoders: list[str] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     generators: list[str] = Field(default_factory=list, description="generators shown as sample grids")
+    bench: BenchSpec = Field(default_factory=BenchSpec, description="what `harness bench` measures with this profile")
 
 
 class SlurmSpec(_Strict):

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.bench.targets import GPU_SUFFIX
 from harness.errors import DatasetUnavailable
 from harness.kinds import Encoder
 from harness.runner.cells import Plan, Runner
@@ -40,19 +41,20 @@ def _signature(stage: str, architecture: str, recipe: str | None = None) -> str:
 def _throughputs(report: Path) -> dict[str, float]:
     """images/s from performance.json, keyed by "<stage>:<encoder name>" and by the
     encoder's `architecture` (and, for training, recipe), so that encoders sharing them
-    share a measurement."""
+    share a measurement. A GPU's measurement wins over the CPU's."""
     state_path = report.with_name("performance.json")
     if not state_path.exists():
         return {}
     state = json.loads(state_path.read_text())
     out: dict[str, float] = {}
     for stage in ("embed", "train"):
-        for row in state.get(stage, {}).get("rows", []):
-            if "images_per_s" in row:
-                rate = float(row["images_per_s"])
-                out[f"{stage}:{row['encoder']}"] = rate
-                if row.get("arch"):
-                    out.setdefault(_signature(stage, row["arch"], row.get("recipe")), rate)
+        for measured_on in (stage + GPU_SUFFIX, stage):  # a GPU's figure, where there is one
+            for row in state.get(measured_on, {}).get("rows", []):
+                if isinstance(row.get("images_per_s"), (int, float)):
+                    rate = float(row["images_per_s"])
+                    out.setdefault(f"{stage}:{row['encoder']}", rate)
+                    if row.get("arch"):
+                        out.setdefault(_signature(stage, row["arch"], row.get("recipe")), rate)
     return out
 
 

@@ -66,6 +66,13 @@ class GeneratorSource:
             i = j
         return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
+    def preload(self) -> None:
+        """Render the whole (finite, cached) dataset now, in this process."""
+        if self._cache is not None:
+            end = int(self.length or 0)
+            for first in range(0, end, self.POOL_BLOCK):
+                self.fetch(range(first, min(first + self.POOL_BLOCK, end)))
+
     def fetch(self, indices: Sequence[int]) -> torch.Tensor:
         if self._cache is None:
             return self._render(indices)
@@ -205,6 +212,11 @@ def step_batches(source: Any, plan: StreamPlan, start: int, end: int, num_worker
                     raise HarnessError(f"generator stream gave images {indices[:3]}... for step {step}, expected {plan.indices(step)[:3]}...")
                 yield step, source.check(images, len(indices)), indices
             return
+    if isinstance(source, GeneratorSource) and source._cache is not None:
+        # A dataset held in memory is rendered once, here: forked workers would each render
+        # their own copy, on the CPU where the parent holds the GPU; batches of it cost nothing.
+        source.preload()
+        num_workers = 0
     if num_workers <= 0:
         dataset = StepBatches(source, plan)
         for step in range(start, end):

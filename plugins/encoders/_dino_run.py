@@ -221,9 +221,12 @@ def augment_rate(multicrop: MultiCrop, images: torch.Tensor, device: str, global
     return len(images) / best_time(augment, repeats=3)
 
 
-def throughput(encoder: DINOEncoder, device: str, steps: int, batch_size: int | None, budget_s: float | None = None) -> dict[str, Any]:
+def throughput(
+    encoder: DINOEncoder, device: str, steps: int, batch_size: int | None, budget_s: float | None = None, profile: bool = False
+) -> dict[str, Any]:
     """Training images/s end to end and split into data and model time, beside DINO's own
-    data path (`_dino_reference`) on the same images and, on a GPU, the bf16 limit."""
+    data path (`_dino_reference`) on the same images and, on a GPU, the bf16 limit. The
+    schedule is compressed to the timed steps (`loss_fell` says whether training moves)."""
     from harness.bench.timing import peak_flops
     from harness_plugins.encoders._dino_reference import reference_augment_rate
 
@@ -232,11 +235,15 @@ def throughput(encoder: DINOEncoder, device: str, steps: int, batch_size: int | 
         cfg = encoder.resolved_schedule(source)
         if batch_size:
             cfg["train_batch_size"] = batch_size
-        cfg["steps"] = max(cfg["steps"], steps + 1)
+        # The timed steps are the whole schedule, warming up over a third of them, so that
+        # the loss is seen to move; a step's speed does not depend on the schedule's values.
+        cfg["steps"] = steps + 1
+        cfg["warmup_epochs"] = max(1, (steps + 1) // 3) / cfg["steps_per_epoch"]
+        cfg["freeze_last_layer"] = 0
         trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), device, Distributed())
         plan = StreamPlan(cfg["data_seed"], trainer.global_batch, 0, 1, cfg["dataset_size"])
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        measured = timed_steps(trainer, source, plan, steps, sync, budget_s)
+        measured = timed_steps(trainer, source, plan, steps, sync, budget_s, profile)
         images = source.fetch(plan.indices(0))
         ours_augment = augment_rate(trainer.multicrop, images, device, trainer.global_batch)
         reference_augment = reference_augment_rate(images, trainer.multicrop)
@@ -258,7 +265,12 @@ def throughput(encoder: DINOEncoder, device: str, steps: int, batch_size: int | 
         "train_batch_size": cfg["train_batch_size"],
         "crops": f"2x{cfg['img_size']} + {cfg['local_crops_number']}x{cfg['local_crop_size']}",
         "steps": measured["steps"],
+        "loss_first_step": round(measured["first_loss"], 4),
+        "loss_last_step": round(measured["last_loss"], 4),
+        "loss_fell": measured["last_loss"] < measured["first_loss"],
     }
+    if profile:
+        row["operators"] = measured["operators"]
     peak = peak_flops(device)
     if peak:
         row["bf16_limit_images_per_s"] = round(peak / flops, 0)

@@ -214,30 +214,38 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def timed_steps(trainer: Trainer, source: Any, plan: StreamPlan, steps: int, sync: Callable[[], None], budget_s: float | None = None) -> dict[str, float]:
+def timed_steps(
+    trainer: Trainer, source: Any, plan: StreamPlan, steps: int, sync: Callable[[], None], budget_s: float | None = None,
+    profile: bool = False,
+) -> dict[str, Any]:
     """Throughput of up to `steps` training steps after one warm-up step (nothing is
     saved); with `budget_s`, as many of them (at least 2) as fit in that many seconds,
-    judged by the warm-up step."""
+    judged by the warm-up step. The losses of the first and the last step show whether
+    training moves. With `profile`, `operators` lists where the timed steps spent their time."""
+    from harness.bench.timing import operator_profile
+
     batches = step_batches(source, plan, 0, steps + 1, 0)
     step, images, _ = next(batches)
     t0 = time.perf_counter()
-    trainer.step(step, images)
+    first_loss = trainer.step(step, images)
     sync()
     if budget_s is not None:
         steps = max(2, min(steps, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
     data_s = model_s = 0.0
+    loss = first_loss
     start = time.perf_counter()
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step, images, _ = next(batches)
-        t1 = time.perf_counter()
-        trainer.step(step, images)
-        sync()
-        data_s += t1 - t0
-        model_s += time.perf_counter() - t1
+    with operator_profile(trainer.device) if profile else contextlib.nullcontext([]) as operators:
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step, images, _ = next(batches)
+            t1 = time.perf_counter()
+            loss = trainer.step(step, images)
+            sync()
+            data_s += t1 - t0
+            model_s += time.perf_counter() - t1
     wall = time.perf_counter() - start
     n = steps * trainer.local_batch
     return {
         "images_per_s": n / wall, "model_images_per_s": n / max(model_s, 1e-9), "data_images_per_s": n / max(data_s, 1e-9),
-        "seconds": wall, "steps": steps,
+        "seconds": wall, "steps": steps, "first_loss": first_loss, "last_loss": loss, "operators": operators,
     }

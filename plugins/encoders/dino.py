@@ -242,7 +242,9 @@ class DINOEncoder(ViTEncoder):
         keys = ("steps", "images_seen", "wall_time_s", "images_per_s", "device", "world_size", "loss", "resumed_from")
         return {"weights_key": self.weights_key, "data": self.data_label, **{k: info[k] for k in keys if k in info}}
 
-    def measure_training(self, ctx: RunContext | None, steps: int, batch_size: int | None, budget_s: float | None) -> dict[str, Any]:
+    def measure_training(
+        self, ctx: RunContext | None, steps: int, batch_size: int | None, budget_s: float | None, profile: bool = False
+    ) -> dict[str, Any]:
         """Training images per second over `steps` steps of `batch_size` images (default:
         the recipe's) after one warm-up step (with `budget_s`, only as many as fit in it),
         end to end (data + augmentation + step) and for the model alone, beside DINO's own
@@ -251,7 +253,7 @@ class DINOEncoder(ViTEncoder):
         from harness_plugins.encoders._dino_run import throughput
 
         device = getattr(ctx, "device", None) or default_device()
-        return throughput(self, device, steps, batch_size, budget_s)
+        return throughput(self, device, steps, batch_size, budget_s, profile)
 
 
 @hookimpl

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from harness.device import default_device
 from harness.hookspecs import hookimpl
 from harness.kinds import Generator, GeneratorRef
 
@@ -152,7 +153,7 @@ class KML(_Composite):
             return torch.zeros((0, 3, size, size), dtype=torch.uint8)
         x = self.base_images(seed, n, size, start).view(n, self.mixed, 3, 3, size, size)
         p = self.params
-        device = torch.device(p.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(p.device or default_device())
         store = jpeg_round_trip if p.released_jpeg else None
         triples = x.numpy() if device.type == "cpu" else x.to(device)
         images = stored(kml_blend(triples, size, p.kmeans_size, p.iterations, store))

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from harness.device import default_device
 from harness.hookspecs import hookimpl
 from harness.kinds import Generator
 
@@ -194,7 +195,7 @@ class StyleGANOriented(Generator):
         import torch
         import torch.nn.functional as F
 
-        device = torch.device(self.params.device) if self.params.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.params.device or default_device())
         b = len(indices)
         draws = [self.draws(seed, i, resolution) for i in indices]
         nets = [self.network(seed, i // self.params.images_per_network, resolution) for i in indices]

@@ -1,0 +1,68 @@
+"""The profile stage: where the time of training steps and of a memory classification
+goes, so a target missed comes with what limits it. Training is profiled by operator
+(torch.profiler, GPU time on a GPU); classification by Python function (cProfile), since
+most of its host time is numpy, which torch's profiler does not see."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from harness.bench.memory import synthetic_memory, synthetic_queries
+from harness.bench.timing import TOP
+from harness.bench.train import is_trainable
+from harness.runner.context import RunContext
+
+PROFILE_BATCH = 128  # images per profiled training step on a GPU
+
+if TYPE_CHECKING:
+    from harness.config.schema import ProfileSpec
+    from harness.config.registry import Registry
+
+
+def function_profile(run: Callable[[], Any]) -> list[dict[str, Any]]:
+    """The `TOP` Python functions of `run()` with the most own time (cProfile)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive, own s, cumulative s, callers)
+    total = sum(entry[2] for entry in stats.values()) or 1.0
+    top = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:TOP]
+    return [
+        {"operator": f"{name} ({file.rsplit('/', 1)[-1]}:{line})"[:60], "calls": entry[0],
+         "self_ms": round(entry[2] * 1000, 2), "share": round(entry[2] / total, 3)}
+        for (file, line, name), entry in top
+    ]
+
+
+def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
+    """Operators of a few training steps of the profile's first trainable encoder, the
+    functions of sampling each of the profile's generators at its largest size, and
+    those of classifying queries against the profile's largest memory."""
+    spec = profile.bench
+    rows: list[dict[str, Any]] = []
+    on_gpu = device.startswith("cuda")
+    trainable = [n for n in profile.encoders if is_trainable(registry, n)]
+    if trainable:
+        encoder = registry.create("encoder", trainable[0])
+        cost = encoder.training_cost()
+        if cost is not None:
+            batch = min(cost.batch_size, PROFILE_BATCH if on_gpu else 4)  # the shares, not the speed, matter here
+            measured = encoder.measure_training(RunContext(registry=registry, device=device), 2, batch, None, profile=True)
+            rows += [{"work": f"train {encoder.name} (operators)", **row} for row in measured.get("operators", [])]
+    for name in profile.generators:
+        generator = registry.create("generator", name)
+        side, n = max(spec.sizes), (16 if quick else 1024)
+        generator.sample(seed=1, n=n, size=side)  # first use: programs compile, kernels load
+        work = f"generate {n} x {side} px {name} (functions)"
+        rows += [{"work": work, **row} for row in function_profile(lambda: generator.sample(seed=2, n=n, size=side))]
+        generator.close()
+    size = 2_000 if quick else max(spec.memory_rows)
+    queries = min(spec.memory_queries, 5_000)
+    memory = synthetic_memory(size, 384, 100, seed=1234, device=device, backend="torch" if on_gpu else "auto")
+    query_rows = synthetic_queries(queries, 384, 100, seed=1235)
+    memory.classify(query_rows[:50], k=20)  # the index is built outside the profile
+    work = f"classify {queries} queries, memory {size} (functions)"
+    rows += [{"work": work, **row} for row in function_profile(lambda: memory.classify(query_rows, k=20))]
+    return rows

@@ -1,0 +1,135 @@
+"""The GPU measurement tools: `tools/device/run --rehearse` does every step of a GPU run on
+this CPU (so the script cannot rot between GPU runs), `harness bench --merge` adds a GPU
+run's stages to the report, and the targets are judged by their floor and aim."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.bench.endtoend import agrees, compare, failures
+from harness.bench.targets import target_rows
+from harness.config.schema import TargetSpec
+from helpers import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools/device/run"), "--rehearse", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    log = (out / "run.log").read_text()
+    assert "OpenGL renderer:" in log and "stages without rows" not in log
+    state = json.loads((out / "performance.json").read_text())
+    rows = {stage: state[stage]["rows"] for stage in ("generators", "embed", "train", "memory", "profile", "end-to-end")}
+
+    generators = {row["generator"]: row for row in rows["generators"]}
+    assert set(generators) == {"shaders", "rehearsal-kml-mixup"}
+    for row in generators.values():
+        assert "error" not in row, row
+        assert abs(row["ratio_to_reference"] - row["images_per_s"] / row["reference_images_per_s"]) < 0.01
+    assert generators["shaders"]["reference_pipeline"] == "decode pre-rendered JPEGs"
+    assert "CPU KML" in generators["rehearsal-kml-mixup"]["reference_pipeline"]
+
+    (embed,) = rows["embed"]  # the trainable encoder is timed by the train stage only
+    assert embed["encoder"] == "rehearsal-vit" and embed["module_images_per_s"] > 0 and embed["gflops_per_image"] > 0
+
+    (train,) = rows["train"]
+    assert "error" not in train, train
+    assert train["crops"] == "2x32 + 8x16" and train["recipe"] == "paper"
+    assert train["images_per_s"] > 0 and isinstance(train["loss_fell"], bool)
+
+    assert all(row["identical_on_sample"] for row in rows["memory"])
+
+    works = {row["work"].split(" ")[0] for row in rows["profile"]}
+    assert works == {"train", "generate", "classify"}
+    busy = next(row for row in rows["profile"] if row["work"].startswith("train"))
+    assert busy["operator"].startswith("(all operators") and 0 < busy["share"] <= 1.01
+
+    # the default profile's encoders that need no training, on this CPU, equal the committed leaderboard
+    comparison = {row["encoder"]: row for row in rows["end-to-end"]}
+    assert set(comparison) == {"rgb", "random-init", "random-init-tiny"}
+    for row in comparison.values():
+        assert row["compared"] > 0 and row["agree"] == row["compared"] and row["max_abs_difference"] == 0, row
+
+    report = (out / "PERFORMANCE.md").read_text()
+    for heading in ("## generators", "## embed", "## train", "## memory", "## profile", "## end-to-end"):
+        assert heading in report
+
+
+def test_targets_are_judged_against_floor_and_aim_in_either_direction() -> None:
+    rate = TargetSpec(label="rate", stage="embed", where={"encoder": "a"}, column="images_per_s", floor=100, aim=400)
+    time = TargetSpec(label="time", stage="memory", where={"memory": 10}, column="classify_s", floor=5, aim=1)
+    absent = TargetSpec(label="absent", stage="train", column="images_per_s", floor=1, aim=2)
+    state = {
+        "embed (GPU)": {"rows": [{"encoder": "b", "images_per_s": 1e9}, {"encoder": "a", "images_per_s": 200.0}],
+                        "machine": "x86_64 Linux, 16 cores; NVIDIA H100 80GB HBM3, driver 1, CUDA 13.0; Python", "date": "d"},
+        "memory (GPU)": {"rows": [{"memory": 10, "classify_s": 0.5}], "accelerator": "NVIDIA H200", "machine": "", "date": "d"},
+        "embed": {"rows": [{"encoder": "a", "images_per_s": 1.0}], "machine": "cpu", "date": "d"},
+    }
+    rows = {row["target"]: row for row in target_rows([rate, time, absent], state, " (GPU)")}
+    assert rows["rate"]["measured"] == 200.0 and rows["rate"]["verdict"] == "floor met, aim not"
+    assert rows["rate"]["fraction_of_aim"] == 0.5 and rows["rate"]["measured_on"] == "NVIDIA H100 80GB HBM3"
+    assert rows["time"]["verdict"] == "aim met" and rows["time"]["fraction_of_aim"] == 2.0
+    assert rows["time"]["measured_on"] == "NVIDIA H200"
+    assert rows["absent"]["verdict"] == "not measured"
+    slow = target_rows([time], {"memory (GPU)": {"rows": [{"memory": 10, "classify_s": 6.0}], "machine": "", "date": ""}}, " (GPU)")
+    assert slow[0]["verdict"] == "floor not met"
+
+
+def test_end_to_end_tolerance_and_failed_cells(tmp_path: Path) -> None:
+    assert agrees(10.0, 11.0) and not agrees(10.0, 11.01)  # one unit of the metric
+    assert agrees(1000.0, 1019.0) and not agrees(1000.0, 1021.0)  # 2 % of a large value
+    key = ("knn", "digits", "enc", "top1", "{}")
+    ours = {key: 50.0, ("knn", "digits", "enc", "top5", "{}"): 90.0}
+    committed = {key: 52.5, ("knn", "digits", "enc", "top5", "{}"): 90.0}
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join(json.dumps(r) for r in [
+        {"task": "knn", "dataset": "digits", "encoder": "enc", "metric": "top1", "value": 50.0, "status": "ok"},
+        {"task": "linear", "dataset": "digits", "encoder": "enc", "metric": "top1", "value": None, "status": "error", "message": "boom"},
+        {"task": "knn", "dataset": "digits", "encoder": "trained", "metric": "top1", "value": None, "status": "error", "message": "no GPU"},
+    ]) + "\n")
+    failed = failures(results)
+    assert failed == {"enc": ["linear/digits: error: boom"], "trained": ["knn/digits: error: no GPU"]}
+    rows = {row["encoder"]: row for row in compare(ours, committed, trained={"trained"}, failed=failed)}
+    assert rows["enc"]["compared"] == 2 and rows["enc"]["agree"] == 1 and rows["enc"]["max_abs_difference"] == 2.5
+    assert rows["enc"]["not_ok_cells"] == 1 and rows["enc"]["held_to_tolerance"]
+    assert rows["trained"]["compared"] == 0 and rows["trained"]["note"] == "knn/digits: error: no GPU"
+
+
+def test_merge_adds_a_gpu_run_to_the_report_and_checks_the_targets(tmp_path: Path) -> None:
+    report = tmp_path / "PERFORMANCE.md"
+    (tmp_path / "performance.json").write_text(json.dumps({"embed": {"rows": [{"encoder": "x"}], "machine": "cpu", "date": "d"}}))
+    gpu = tmp_path / "gpu.json"
+    memory = {"memory": 1280000, "classify_s": 4.0, "audit_s": 12.0}
+    gpu.write_text(json.dumps({"memory (GPU)": {"rows": [memory], "machine": "m", "accelerator": "NVIDIA H100", "date": "d"}}))
+    result = cli("bench", "--merge", str(gpu), "--profile", "device", "--report", str(report), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = json.loads((tmp_path / "performance.json").read_text())
+    assert set(state) == {"embed", "memory (GPU)", "targets (GPU)"}
+    verdicts = {row["target"]: row["verdict"] for row in state["targets (GPU)"]["rows"]}
+    assert verdicts["memory 1.28M x 384, 50k queries: classify (s)"] == "floor met, aim not"
+    assert verdicts["memory 1.28M x 384, 50k queries: audit (s)"] == "floor not met"
+    assert verdicts["DINO ViT-S/16 paper recipe, model only (images/s)"] == "not measured"
+    text = report.read_text()
+    assert text.index("## targets (GPU)") < text.index("## embed")
+
+    gpu.write_text("[1, 2]")
+    result = cli("bench", "--merge", str(gpu), "--report", str(report), cwd=tmp_path)
+    assert result.returncode == 2 and "gpu.json is not a performance.json" in result.stderr
+
+
+def test_prepare_refuses_a_folder_git_would_commit() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools/device/prepare"), "--folder", "tools"], capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2 and "tools is not ignored by git" in done.stderr
