@@ -39,6 +39,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         plugin_name = exact.plugin if exact is not None else pattern
         if (exact is not None or pattern in plugins) and plugin_name in plugins:
             print(parameter_table(plugins[plugin_name].cls.Params, exact.params if exact is not None else {}))
+            if exact is not None:
+                inventory = registry.create(kind, pattern).inventory()
+                if inventory:
+                    print(f"\n{inventory}")
     formats = [
         f"  format   {name:<22} {((fmt.reader.__doc__ or '').strip().splitlines() or [''])[0]}  [{fmt.source}]"
         for name, fmt in sorted(registry.plugins.formats.items())

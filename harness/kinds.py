@@ -155,6 +155,12 @@ class Plugin(ABC):
             "params": self._describe_value(self.params),
         }
 
+    def inventory(self) -> str | None:
+        """What `harness list NAME` shows about this instance besides its parameters (for
+        example the programs a generator draws from, and those it left out and why);
+        None when there is nothing more to show."""
+        return None
+
     def _describe_value(self, value: Any) -> Any:
         if isinstance(value, Reference):
             return {"instance": str(value), "kind": value.kind, **self.resolve(value).describe()}
@@ -322,6 +328,12 @@ class Task(Plugin):
     @abstractmethod
     def run(self, encoder: Encoder, ctx: CellContext) -> list[Result]:
         """Evaluate `encoder` on `ctx.dataset`; build records with `ctx.result(...)`."""
+
+    @property
+    def paper_comparable(self) -> bool:
+        """Whether this instance computes what the paper reports (same protocol), so that
+        the paper's numbers may stand beside its records. Default: True."""
+        return True
 
     @classmethod
     def paper_numbers(cls) -> pandas.DataFrame | None:

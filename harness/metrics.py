@@ -118,8 +118,10 @@ def _pca_map(features, size: int, components: int):  # -> torch.Tensor [size * s
 
 
 def _label_grid(label_map, size: int):  # -> torch.Tensor [size, size] int64
-    """A label map [H, W] nearest-resized to size x size: output pixel i takes source
-    row floor(i * H / size), as OpenCV's INTER_NEAREST in the released code."""
+    """A label map [H, W] nearest-resized to size x size exactly as OpenCV's
+    INTER_NEAREST (`cv2.resize`) in the released code: output pixel i takes source row
+    min(floor(i * scale), H - 1) with scale = 1 / (size / H) in double precision. That is
+    not always floor(i * H / size) in exact arithmetic (e.g. H = 400, size = 224)."""
     import torch
 
     labels = label_map if isinstance(label_map, torch.Tensor) else torch.as_tensor(np.asarray(label_map))
@@ -127,9 +129,18 @@ def _label_grid(label_map, size: int):  # -> torch.Tensor [size, size] int64
     if labels.ndim != 2:
         raise ValueError(f"segmentation_r2: a label map must be [H, W], got shape {list(labels.shape)}")
     height, width = labels.shape
-    rows = torch.arange(size) * height // size
-    cols = torch.arange(size) * width // size
-    return labels[rows][:, cols]
+    return labels[_nearest_sources(height, size)][:, _nearest_sources(width, size)]
+
+
+def _nearest_sources(source: int, size: int):  # -> torch.Tensor [size] int64
+    """The source index of each of `size` output pixels under OpenCV's INTER_NEAREST:
+    cv::resize sets inv_scale = (double)size / source, resizeNN takes scale = 1. / inv_scale
+    and source index min(cvFloor(i * scale), source - 1)."""
+    import torch
+
+    scale = 1.0 / (float(size) / float(source))
+    index = np.minimum(np.floor(np.arange(size, dtype=np.float64) * scale).astype(np.int64), source - 1)
+    return torch.from_numpy(index)
 
 
 def _inertia(points, labels, mean: str) -> float:

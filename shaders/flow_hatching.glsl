@@ -1,7 +1,7 @@
 // Flow field: a jittered grid of short strokes aligned with a noise vector field.
 void mainImage(out vec4 fragColor, in vec2 fragCoord) {
     vec2 p = centered(fragCoord) * (4.0 + 10.0 * P0.x);
-    vec3 col = ramp3(0.95, P1);
+    vec3 col = ramp3(0.6 + 0.4 * (0.5 + 0.5 * sin(dot(p, vec2(0.21, 0.13)) + P0.y * TAU)), P1);  // paper with a slow tint
     ivec2 i = ivec2(floor(p));
     for (int y = -1; y <= 1; y++)
     for (int x = -1; x <= 1; x++) {

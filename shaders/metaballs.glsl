@@ -1,4 +1,5 @@
-// Metaballs: an inverse-square field of moving balls, thresholded with a shaded rim.
+// Metaballs: an inverse-square field of moving balls, thresholded with a shaded rim, on a
+// background that glows with the field.
 void mainImage(out vec4 fragColor, in vec2 fragCoord) {
     vec2 uv = centered(fragCoord);
     int n = 3 + int(7.0 * P0.x);
@@ -17,7 +18,7 @@ void mainImage(out vec4 fragColor, in vec2 fragCoord) {
     float thr = 0.6 + 1.2 * P0.z;
     float inside = smoothstep(thr, thr * 1.05, field);
     float rim = smoothstep(thr * 0.6, thr, field) * (1.0 - inside);
-    vec3 bg = ramp3(0.1 + 0.2 * P0.w, P3);
-    vec3 col = mix(bg, tint * (0.6 + 0.4 * clamp(field / (4.0 * thr), 0.0, 1.0)), inside) + rim * 0.5 * tint;
+    vec3 bg = ramp3(0.1 + 0.2 * P0.w + 0.7 * clamp(field / thr, 0.0, 1.0), P3);  // a halo around the balls
+    vec3 col = mix(bg, tint * (0.35 + 0.65 * clamp(field / (4.0 * thr), 0.0, 1.0)), inside) + rim * 0.5 * tint;
     fragColor = vec4(col, 1.0);
 }

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Tests never touch the network: a hub model named in registry.yaml must come from the
+# local cache (or be reported missing), never be downloaded.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -360,7 +360,7 @@ encoders:
   sharp-rgb: {{plugin: sharp-rgb}}
 tasks:
   coco-r2: {{plugin: coco-r2, params: {{datasets: [coco, coco-missing], photographs: [coffee]}}}}
-  knn-seg: {{plugin: knn-seg, params: {{datasets: [voc2012], memory_images: 4}}}}
+  knn-seg: {{plugin: knn-seg, params: {{datasets: [voc2012], memory_images: 4, attention: released}}}}
   incontext-seg: {{plugin: incontext-seg, params: {{datasets: [ade20k], pairs: 6}}}}
   coco-r2-synthetic: {{plugin: coco-r2, params: {{datasets: [synthetic-scenes], n_images: 6, photographs: []}}}}
   knn-seg-synthetic: {{plugin: knn-seg, params: {{datasets: [synthetic-scenes], memory_images: 6}}}}

@@ -159,6 +159,41 @@ def medmnist_file(flag: str, size: int) -> str:
     return f"{flag}.npz" if int(size) == 28 else f"{flag}_{int(size)}.npz"
 
 
+def _sizes_present(root: Path, flag: str) -> dict[int, str]:
+    """The published files of `flag` that a directory holds, by image size."""
+    found: dict[int, str] = {}
+    try:
+        names = sorted(entry.name for entry in root.iterdir())
+    except OSError:
+        return found
+    for file_name in names:
+        if not file_name.endswith(".npz"):
+            continue
+        stem = file_name[: -len(".npz")]
+        if stem == flag:
+            found[28] = file_name
+        elif stem.startswith(flag + "_") and stem[len(flag) + 1 :].isdigit():
+            found[int(stem[len(flag) + 1 :])] = file_name
+    return found
+
+
+def _missing_file_message(name: str, spec: DatasetSpec, root: Path, flag: str, size: int) -> str:
+    """Why a directory root has no file for the configured size, and what to set instead:
+    the other sizes it holds (e.g. `<flag>.npz`, 28 px) name the `options: {size: N}` to use."""
+    wanted = medmnist_file(flag, size)
+    present = _sizes_present(root, flag)
+    if present:
+        sizes = ", ".join(str(n) for n in sorted(present))
+        files = ", ".join(f"{present[n]} = {n} px" for n in sorted(present))
+        choices = " or ".join(f"options: {{size: {n}}}" for n in sorted(present))
+        return (  # what to do first: the summary table shows only the start of the message
+            f"dataset {name!r}: no {wanted} (size {size}); the root has sizes {sizes}: set {choices} "
+            f"under datasets.{name} in registry.yaml, or add {wanted} (root {root}, holding {files})"
+        )
+    where = f"set datasets.{name}.root in registry.yaml" + (f" or the environment variable {spec.env}" if spec.env else "")
+    return f"dataset {name!r}: {root / wanted} does not exist (looked for {wanted}); {where} (a .npz file or a directory holding it)"
+
+
 def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
     """One MedMNIST `.npz` (keys train_images, train_labels, val_images, val_labels,
     test_images, test_labels; images uint8 N x S x S grey or N x S x S x 3; labels N x L).
@@ -181,8 +216,7 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
     if root.is_dir():
         path = root / medmnist_file(flag, options["size"])
         if not path.is_file():
-            where = f"set datasets.{name}.root in registry.yaml" + (f" or the environment variable {spec.env}" if spec.env else "")
-            raise DatasetUnavailable(f"dataset {name!r}: {path} does not exist; {where} (a .npz file or a directory holding it)")
+            raise DatasetUnavailable(_missing_file_message(name, spec, root, flag, size))
     else:
         path = root
         flag = options["flag"] or path.stem.split("_")[0]

@@ -226,20 +226,33 @@ def exit_status(produced: list[Result]) -> int:
     return 1 if errors else 0
 
 
+SUMMARY_REASON_CHARS = 100
+"""How much of a skipped or failed cell's message the summary table shows (the whole
+message is in results.jsonl and the leaderboard's notes)."""
+
+
+def short_reason(message: str, limit: int = SUMMARY_REASON_CHARS) -> str:
+    """A message on one line, cut to `limit` characters ("..." marks the cut; ASCII, so
+    any console encoding prints it)."""
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def summary_table(produced: list[Result], reused: list[Result]) -> str:
     """The headline value and status of every cell of the plan: computed in this run, or
-    reused from results.jsonl (marked so)."""
+    reused from results.jsonl (marked so); a skipped or failed cell shows why."""
     from tabulate import tabulate
 
     rows = [
-        (r.encoder, r.task, r.dataset, r.metric, "" if r.value is None else f"{r.value:.4g}", status, f"{r.seconds:.1f}")
+        (r.encoder, r.task, r.dataset, r.metric, "" if r.value is None else f"{r.value:.4g}", status, f"{r.seconds:.1f}",
+         "" if r.status == "ok" else short_reason(r.message))
         for records, mark in ((reused, " (reused)"), (produced, ""))
         for r in records
         if r.headline or r.status != "ok"
         for status in [r.status + mark]
     ]
     counts = {s: sum(r.status == s for r in produced) for s in ("ok", "skipped", "error")}
-    table = tabulate(rows, headers=["encoder", "task", "dataset", "metric", "value", "status", "s"])
+    table = tabulate(rows, headers=["encoder", "task", "dataset", "metric", "value", "status", "s", "reason"])
     return (
         f"{table}\n\n{len({r.cell_key for r in produced})} cells computed, "
         f"{len({r.cell_key for r in reused})} reused from results.jsonl; "

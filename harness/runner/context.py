@@ -107,7 +107,7 @@ class CellContext:
 
         spec = self.registry.spec("encoder", self.encoder.name)
         group = (spec.group if isinstance(spec, EncoderSpec) and spec.group else None) or self.encoder.group
-        paper_row = spec.paper_row if isinstance(spec, EncoderSpec) else None
+        paper_row = spec.paper_row if isinstance(spec, EncoderSpec) and self.task.paper_comparable else None
         return Result(
             task=self.task.name,
             dataset=self.dataset,

@@ -11,7 +11,6 @@ only say where the weights come from (`load_weights`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from pydantic import Field, model_validator
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
+
+from harness_plugins.encoders._shared import file_sha256, in_batches, load_weights_file
 
 if TYPE_CHECKING:
     import torch
@@ -181,24 +182,10 @@ class ViTEncoder(Encoder):
         return int(max(8, min(1024, 2 ** int(budget / tokens).bit_length() // 2)))
 
     def _batched(self, images: torch.Tensor, fn: Any) -> torch.Tensor:
-        import torch
-
         if self.model is None:
             self.prepare()
-        fixed = self.params.batch_size
-        size = fixed or self._auto_batch_size()
-        out, i = [], 0
-        while i < len(images):
-            try:
-                out.append(fn(images[i : i + size]).cpu())
-                i += size
-            except torch.cuda.OutOfMemoryError:
-                if fixed or size <= 1:
-                    raise
-                torch.cuda.empty_cache()
-                size //= 2  # automatic batch size: back off and retry this batch
-        self._last_batch_size = size
-        return torch.cat(out) if out else fn(images[:0]).cpu()
+        out, self._last_batch_size = in_batches(images, fn, self.params.batch_size, self._auto_batch_size())
+        return out
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self._batched(images, lambda batch: self._tokens(batch, crop=True)[:, 0])
@@ -218,22 +205,6 @@ class RandomInitViT(ViTEncoder):
     group = "white-box"
 
 
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256, remembered per (path, size, mtime) within the process."""
-    stat = path.stat()
-    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo not in _FILE_HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        _FILE_HASHES[memo] = digest.hexdigest()
-    return _FILE_HASHES[memo]
-
-
 WRAPPER_KEYS = ("teacher", "state_dict", "model", "module")
 STRIP_PREFIXES = ("module.", "backbone.")
 
@@ -246,30 +217,9 @@ def read_checkpoint(path: Path, key: str | None = None) -> dict[str, torch.Tenso
     `backbone.` prefixes stripped, DINO head (`head.`) entries dropped. Every problem
     raises HarnessError naming the file.
     """
-    import pickle
-
     import torch
 
-    if not path.is_file():
-        raise HarnessError(f"checkpoint {path} does not exist; set the encoder's `checkpoint` parameter to a local file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj: Any = load_file(str(path))
-        except Exception as exc:
-            raise HarnessError(f"checkpoint {path}: not a readable safetensors file ({exc})") from None
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise HarnessError(
-                f"checkpoint {path}: torch.load(weights_only=True) refused it ({first}). Only tensors and plain "
-                "containers are loaded; save the state dict alone, e.g. torch.save(model.state_dict(), path)"
-            ) from None
-        except Exception as exc:
-            raise HarnessError(f"checkpoint {path}: cannot be read as a torch file ({type(exc).__name__}: {exc})") from None
+    obj = load_weights_file(path, "the encoder's `checkpoint` parameter")
     if not isinstance(obj, dict):
         raise HarnessError(f"checkpoint {path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
     if key is not None:

@@ -201,9 +201,8 @@ class Renderer:
                     prog["iFrameRate"].value = float(fps)
                 if "iChannelTime" in prog:
                     prog["iChannelTime"].value = [0.0] * 4
-                for i, kind in enumerate(program.channels):
-                    if f"iChannel{i}" in prog:
-                        self.textures[kind][i].use(location=i)
+                for i, kind in enumerate(program.channels):  # every unit: twigl's `b` samplers read unit 0
+                    self.textures[kind][i].use(location=i)
                 buf.write(data[members].tobytes())
                 vao.render(self.moderngl.TRIANGLE_STRIP, vertices=4, instances=len(members))
             self.gl_finish()  # the draws run here, without the GIL

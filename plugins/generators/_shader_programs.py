@@ -98,30 +98,33 @@ def _channel_kind(ctype: Any) -> str:
     return {"cubemap": "cube", "volume": "3d"}.get(str(ctype), "2d")
 
 
-def _from_json(path: Path, name: str) -> Program | None:
-    """A shaders21k / Shadertoy-API JSON program; multi-pass programs are rejected."""
+def _from_json(path: Path, name: str, skipped: dict[str, str] | None = None) -> Program | None:
+    """A shaders21k / Shadertoy-API JSON program (`renderpass` at the top or under
+    `Shader`): the `image` pass with the `common` pass prepended; `sound` passes are
+    ignored; a program with `buffer` or `cubemap` passes is skipped (recorded in `skipped`)."""
+
+    def skip(reason: str) -> None:
+        if skipped is not None:
+            skipped[name] = reason
+        warn_shader(f"shader program {name!r} ({path}): {reason}; skipped")
+
     try:
         data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
     except (OSError, ValueError) as exc:
-        warn_shader(f"shader program {name!r} ({path}): not readable as JSON ({exc}); skipped")
-        return None
+        return skip(f"not readable as JSON ({exc})")
     shader = data.get("Shader", data) if isinstance(data, dict) else None
     passes = shader.get("renderpass") if isinstance(shader, dict) else None
     if not isinstance(passes, list) or not passes:
-        warn_shader(f"shader program {name!r} ({path}): no `renderpass` list (not a Shadertoy JSON program); skipped")
-        return None
+        return skip("no `renderpass` list (not a Shadertoy JSON program)")
     kinds = [str(p.get("type", "image")) if isinstance(p, dict) else "?" for p in passes]
     images = [p for p, k in zip(passes, kinds) if k == "image"]
-    others = [k for k in kinds if k not in ("image", "common")]
+    others = [k for k in kinds if k not in ("image", "common", "sound")]
     if len(images) != 1 or others:
-        warn_shader(f"shader program {name!r} ({path}): multi-pass program (passes: {', '.join(kinds)}); "
-                    "only single-pass programs are rendered; skipped")
-        return None
+        return skip(f"multi-pass program (passes: {', '.join(kinds)}); only single-pass programs are rendered")
     image = images[0]
     code = image.get("code")
     if not isinstance(code, str):
-        warn_shader(f"shader program {name!r} ({path}): renderpass has no `code`; skipped")
-        return None
+        return skip("renderpass has no `code`")
     common = "\n".join(str(p.get("code", "")) for p, k in zip(passes, kinds) if k == "common")
     channels = ["2d"] * 4
     for inp in image.get("inputs") or []:
@@ -130,33 +133,6 @@ def _from_json(path: Path, name: str) -> Program | None:
             if isinstance(slot, int) and 0 <= slot < 4:
                 channels[slot] = _channel_kind(inp.get("ctype", inp.get("type")))
     return Program(name, _clean(code), str(path), _clean(common), tuple(channels))
-
-
-def load_paths(paths: list[str]) -> list[Program]:
-    """Programs from a user's folders and files (`*.json`, `*.glsl`, `*.frag`)."""
-    programs: list[Program] = []
-    for raw in paths:
-        root = Path(raw).expanduser()
-        if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".json", ".glsl", ".frag") and p.is_file())
-            base = root
-        elif root.is_file():
-            files, base = [root], root.parent
-        else:
-            raise FileNotFoundError(f"parameter `paths`: {root} is neither a file nor a folder")
-        for path in files:
-            name = path.relative_to(base).with_suffix("").as_posix()
-            if path.suffix.lower() == ".json":
-                program = _from_json(path, name)
-            else:
-                program = Program(name, _clean(path.read_text(encoding="utf-8", errors="replace")), str(path))
-            if program is None:
-                continue
-            if not _MAIN_IMAGE.search(program.code):
-                warn_shader(f"shader program {name!r} ({path}): no `void mainImage(out vec4, in vec2)`; skipped")
-                continue
-            programs.append(program)
-    return programs
 
 
 # ------------------------------------------------------------------------- GLSL

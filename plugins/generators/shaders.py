@@ -1,9 +1,9 @@
 """`shaders`: Shadertoy-style fragment programs rendered headless with moderngl.
 
 The library shipped in `harness_plugins.shaders` (the repository's `shaders/` folder)
-holds original programs written for this harness; `paths` adds a user's corpus of
-Shadertoy programs (shaders21k-style JSON or plain `.glsl` / `.frag` files with a
-`mainImage`). Image i of stream `seed` draws, from (seed, i) alone, a program
+holds original programs written for this harness; `paths` adds a user's corpus
+(`_shader_corpus`: Shadertoy JSON, plain `.glsl` / `.frag` files with a `mainImage`, and
+shaders21k's layout with `shaders_list`, `.fragment` files and twigl programs). Image i of stream `seed` draws, from (seed, i) alone, a program
 (uniformly over the usable ones), `iTime ~ U(time_range)`, `iDate`, and sixteen U(0, 1)
 values `iParams[4]` (vec4s) that the built-in programs read as colours, scales, warps
 and counts. Uniforms follow Shadertoy (`iResolution = (size, size, size)`, `iFrame =
@@ -19,7 +19,8 @@ iChannel policy (`channels`): "noise" (default) binds fixed procedural noise tex
 to iChannel0..3 so programs that sample them still render; "exclude" drops such
 programs. Programs that do not compile are skipped with a warning that names the file
 and quotes the GLSL log; programs whose probe renders are all near-constant, or take
-longer than the render timeout, are dropped from sampling with a warning naming them.
+longer than the render timeout or than `max_program_ms` per probe image, are dropped
+from sampling with a warning naming them (`program_report` lists them and why).
 None of these is an error while at least one program is usable.
 
 Every batch has a render timeout (`render_timeout` seconds for up to REFERENCE_PIXELS
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,7 +44,8 @@ from harness.keys import stable_hash
 from harness.kinds import Generator
 
 from harness_plugins.generators._seeding import check_sample_args, derive_seed, uniforms
-from harness_plugins.generators._shader_programs import Program, load_library, load_paths, warn_shader
+from harness_plugins.generators._shader_corpus import ShaderCorpusError, load_corpus
+from harness_plugins.generators._shader_programs import Program, load_library, warn_shader
 from harness_plugins.generators._shader_server import RenderTimeout, renderer
 
 if TYPE_CHECKING:
@@ -52,6 +55,8 @@ PROBE_SIZE = 32
 PROBE_DRAWS = 4
 CONSTANT_STD = 2.0  # an image whose channels all have a smaller spatial std (0..255) is near-constant
 REFERENCE_PIXELS = 64 * 224 * 224  # a batch this large or smaller gets `render_timeout`; a larger one more
+# probe images and their cost (ms per probe image) per (program digest, probe values, fps), for this process
+_PROBES: dict[tuple[str, str, float], tuple[Any, float]] = {}
 
 
 def near_constant(images: Any, threshold: float = CONSTANT_STD) -> Any:
@@ -69,6 +74,8 @@ class _Library:
     failed: dict[str, str] = field(default_factory=dict)  # name -> GLSL log
     constant: list[str] = field(default_factory=list)
     slow: list[str] = field(default_factory=list)  # past the render timeout at the probe
+    costly: dict[str, float] = field(default_factory=dict)  # name -> ms per probe image, over max_program_ms
+    cost_ms: dict[str, float] = field(default_factory=dict)  # name -> ms per probe image (every probed program)
 
 
 class Shaders(Generator):
@@ -95,6 +102,12 @@ class Shaders(Generator):
             "proportionally longer); a batch past it fails naming its programs. A run option, not in the key",
         )
 
+        max_program_ms: float | None = Field(
+            None, gt=0,
+            description="leave out programs whose probe renders take longer than this many milliseconds per "
+            "32 px image (measured on this machine, after a warm-up draw); None keeps every program",
+        )
+
         @field_validator("programs", "exclude", "paths", mode="before")
         @classmethod
         def _one_or_many(cls, value: Any) -> Any:
@@ -117,6 +130,7 @@ class Shaders(Generator):
         self._candidates: list[Program] | None = None
         self._library: _Library | None = None
         self._library_pid: int | None = None
+        self._skipped: dict[str, str] = {}
 
     # ---------------------------------------------------------------- the program set
     def candidates(self) -> list[Program]:
@@ -126,7 +140,11 @@ class Shaders(Generator):
             if self.params.builtin:
                 found += [p for p in load_library() if self._selected(p.name)]
             if self.params.paths:
-                user = [p for p in load_paths(self.params.paths) if self._selected(p.name)]
+                try:
+                    loaded, self._skipped = load_corpus(self.params.paths)
+                except ShaderCorpusError as exc:
+                    raise ShaderCorpusError(f"generator {self.name!r}: {exc}") from None
+                user = [p for p in loaded if self._selected(p.name)]
                 names = {p.name for p in found}
                 for p in user:
                     if p.name in names:
@@ -181,41 +199,76 @@ class Shaders(Generator):
             raise HarnessError(
                 f"generator {self.name!r}: none of the {len(self.candidates())} selected shader programs is usable "
                 f"({len(lib.failed)} do not compile, {len(lib.constant)} render near-constant images, "
-                f"{len(lib.slow)} take longer than render_timeout={self.params.render_timeout:g} s)"
+                f"{len(lib.slow)} take longer than render_timeout={self.params.render_timeout:g} s, "
+                f"{len(lib.costly)} over max_program_ms={self.params.max_program_ms})"
             )
         self._library, self._library_pid = lib, os.getpid()
         return lib
 
     def _probe(self, compiled: list[Program], lib: _Library) -> tuple[list[Program], Any]:
         """The programs kept and their probe images [kept * PROBE_DRAWS, PROBE_SIZE,
-        PROBE_SIZE, 3]: all in one batch, or, when that batch runs past the render timeout,
-        program by program, dropping (into `lib.slow`) each that runs past it."""
+        PROBE_SIZE, 3], program by program: a warm-up draw (the driver compiles at the
+        first draw), then PROBE_DRAWS timed draws. A program past the render timeout goes
+        to `lib.slow`, one over `max_program_ms` to `lib.costly`. Probes are cached per
+        (program digest, probe values, fps) for the process."""
         import numpy as np
 
-        rows = [self._draw(uniforms(derive_seed("shaders-probe", p.name), range(PROBE_DRAWS), 24)) for p in compiled]
-        try:
-            probes = [p for p in compiled for _ in range(PROBE_DRAWS)]
-            return compiled, self._render(probes, np.concatenate(rows), PROBE_SIZE)
-        except RenderTimeout:
-            pass
-        # a batch of one program has just shown that program to be the slow one
-        alone = [None] if len(compiled) == 1 else [self._probe_alone(p, r) for p, r in zip(compiled, rows)]
-        slow = [p for p, images in zip(compiled, alone) if images is None]
-        if slow:
-            lib.slow = [p.name for p in slow]
+        budget = self.params.max_program_ms
+        kept, images = [], []
+        for program in compiled:
+            rows = self._draw(uniforms(derive_seed("shaders-probe", program.name), range(PROBE_DRAWS), 24))
+            key = (program.digest, stable_hash(rows.round(9).tolist()), float(self.params.fps))
+            if key not in _PROBES:
+                try:
+                    self._render([program], rows[:1], PROBE_SIZE)
+                    start = time.perf_counter()
+                    probe = self._render([program] * PROBE_DRAWS, rows, PROBE_SIZE)
+                    _PROBES[key] = (probe, (time.perf_counter() - start) * 1000.0 / PROBE_DRAWS)
+                except RenderTimeout:
+                    lib.slow.append(program.name)
+                    continue
+            probe, cost = _PROBES[key]
+            lib.cost_ms[program.name] = cost
+            if budget is not None and cost > budget:
+                lib.costly[program.name] = cost
+                continue
+            kept.append(program)
+            images.append(probe)
+        if lib.slow:
             warn_shader(f"shader program(s) take longer than render_timeout={self.params.render_timeout:g} s to "
-                        "render the probe and are dropped from sampling: "
-                        + ", ".join(f"{p.name!r} ({p.origin})" for p in slow))
-        kept = [p for p, images in zip(compiled, alone) if images is not None]
+                        "render the probe and are dropped from sampling: " + ", ".join(map(repr, lib.slow)))
+        if lib.costly:
+            warn_shader(f"shader program(s) over max_program_ms={budget:g} ms per {PROBE_SIZE} px probe image are "
+                        "left out: " + ", ".join(f"{n!r} ({ms:.1f} ms)" for n, ms in lib.costly.items()))
         empty = np.zeros((0, PROBE_SIZE, PROBE_SIZE, 3), dtype=np.uint8)
-        return kept, np.concatenate([images for images in alone if images is not None] or [empty])
+        return kept, np.concatenate(images or [empty])
 
-    def _probe_alone(self, program: Program, rows: Any) -> Any | None:
-        """The probe images of one program; None when they take longer than the render timeout."""
-        try:
-            return self._render([program] * PROBE_DRAWS, rows, PROBE_SIZE)
-        except RenderTimeout:
-            return None
+    def program_report(self) -> dict[str, Any]:
+        """The programs images are drawn from and every selected program left out, with
+        the reason, plus each probed program's cost (ms per 32 px probe image)."""
+        lib = self.library()
+        left_out = {name: f"not loaded: {why}" for name, why in self._skipped.items()}
+        left_out.update({name: "does not compile" for name in lib.failed})
+        left_out.update({name: f"probe past render_timeout={self.params.render_timeout:g} s" for name in lib.slow})
+        left_out.update({name: f"{ms:.1f} ms per probe image > max_program_ms={self.params.max_program_ms:g}"
+                         for name, ms in lib.costly.items()})
+        left_out.update({name: "renders near-constant images" for name in lib.constant})
+        return {
+            "usable": [p.name for p in lib.usable],
+            "left_out": dict(sorted(left_out.items())),
+            "cost_ms": {name: round(ms, 3) for name, ms in sorted(lib.cost_ms.items())},
+        }
+
+    def inventory(self) -> str:
+        """For `harness list`: the programs in use and those left out, with the reason."""
+        report = self.program_report()
+        lines = [f"programs in use ({len(report['usable'])}): {', '.join(report['usable'])}"]
+        if report["left_out"]:
+            lines.append(f"left out ({len(report['left_out'])}):")
+            lines += [f"  {name}: {why}" for name, why in report["left_out"].items()]
+        else:
+            lines.append("left out: none")
+        return "\n".join(lines)
 
     def _render(self, programs: list[Program], rows: Any, size: int) -> Any:
         """Images [n, size, size, 3] through this process's renderer, under the render timeout."""

@@ -28,10 +28,16 @@ so different sizes give related but not identical images.
 Differences from the released code, all deliberate: per-image rather than per-batch
 draws (so image i depends only on (seed, i)); upsampling is bilinear x2 followed by the
 3x3 convolution (the release uses a transposed convolution with a [1, 3, 3, 1] filter);
-the pink noise map is drawn at the network's resolution, not always at 512; 8-bit
-conversion rounds instead of truncating. Channel counts default to a small network
-(channel_base 2048, channel_max 32) that renders fast on a CPU; the paper's network is
-channel_base 32768, channel_max 512, w_dim 512. Because a layer's output channels only
+the 3x3 convolutions pad by reflection, not with zeros (zero padding makes every layer
+see an edge at the border, and the image then shows a frame 1-3 px wide whose gradients
+are 1.2 (small network) to 2 (paper size) times the interior's); the pink noise map is
+drawn at the network's resolution, not always at 512; 8-bit conversion rounds.
+
+Network sizes (`size_preset`): "small" (channel_base 2048, channel_max 32) renders fast on
+a CPU and is what the CPU recipes train on; "paper" is the size of the paper's network,
+StyleGAN2's defaults (channel_base 32768, channel_max 512, w_dim 512). The release calls
+the synthesis network directly on w = LeakyReLU(0.2)(N(0, I)), so StyleGAN2's mapping
+network never runs and has no counterpart here. Because a layer's output channels only
 differ by sign and bias, each layer costs one convolution per image, not Cout of them.
 """
 
@@ -39,9 +45,9 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness.device import default_device
 from harness.hookspecs import hookimpl
@@ -57,6 +63,11 @@ COLOUR_STATS = (  # (mean of the mean, std of the mean, mean of the std, std of 
     (0.455, 0.142, 0.213, 0.062),
     (0.401, 0.161, 0.213, 0.069),
 )
+SIZE_PRESETS: dict[str, dict[str, int]] = {  # channel counts each preset gives the fields left out
+    "small": {"channel_base": 2048, "channel_max": 32},
+    "paper": {"channel_base": 32768, "channel_max": 512},  # StyleGAN2's SynthesisNetwork defaults
+}
+BATCH_FLOATS = {"cpu": 1 << 25, "other": 1 << 28}  # most float32 activations of one rendering batch: 128 MiB, 1 GiB
 
 
 @lru_cache(maxsize=1)
@@ -89,11 +100,19 @@ def wavelets() -> Any:
 class StyleGANOriented(Generator):
     """Random StyleGAN2-style networks with oriented wavelet filters."""
 
-    version = 1
+    version = 2  # 2: reflection padding (1 drew a frame at the border)
 
     class Params(Generator.Params):
-        channel_base: int = Field(2048, ge=4, description="channels at resolution r: min(channel_base / r, channel_max)")
-        channel_max: int = Field(32, ge=1, description="most channels of any layer")
+        """`size_preset` fills `channel_base` and `channel_max` when they are left out;
+        one that is set replaces the preset's value."""
+
+        size_preset: Literal["small", "paper"] = Field(
+            "small", description="fills channel_base and channel_max left out: small (a CPU network) or paper (StyleGAN2's sizes)"
+        )
+        channel_base: int = Field(
+            2048, ge=4, description="channels at resolution r: min(channel_base / r, channel_max); left out: the preset's (small 2048, paper 32768)"
+        )
+        channel_max: int = Field(32, ge=1, description="most channels of any layer; left out: the preset's (small 32, paper 512)")
         w_dim: int = Field(512, ge=1, description="size of the latents w fed to the style affines")
         images_per_network: int = Field(400, ge=1, description="images rendered by one network before its parameters are re-drawn")
         bias_range: float = Field(0.2, ge=0.0, le=100.0, description="biases ~ U(-bias_range, bias_range)")
@@ -101,6 +120,14 @@ class StyleGANOriented(Generator):
         device: str | None = Field(
             None, exclude=True, description="where to render (cpu, cuda, cuda:1); default cuda when available; not part of the key"
         )
+
+        @model_validator(mode="before")
+        @classmethod
+        def _fill_from_preset(cls, data: Any) -> Any:
+            if isinstance(data, dict):
+                preset = SIZE_PRESETS.get(data.get("size_preset", "small"), {})  # an unknown preset fails its own field
+                data = {**preset, **data}
+            return data
 
     def __init__(self, name: str | None = None, /, **params: Any) -> None:
         super().__init__(name, **params)
@@ -222,13 +249,14 @@ class StyleGANOriented(Generator):
             filters = bank[torch.from_numpy(np.stack([d["filters"][j] for d in draws])).to(device)]  # [b, cin, 3, 3]
             weight = styles[:, :, None, None] * filters
             weight = weight / torch.sqrt(weight.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
-            y = F.conv2d(x.reshape(1, b * cin, res, res), weight, padding=1, groups=b).view(b, 1, res, res)
+            padded = F.pad(x.reshape(1, b * cin, res, res), (1, 1, 1, 1), mode="reflect")
+            y = F.conv2d(padded, weight, groups=b).view(b, 1, res, res)
             layer_noise = F.adaptive_avg_pool2d(noise, res) if res != noise.shape[-1] else noise
             strength = stack(lambda d, n, j=j: np.asarray(d["strength"][j])).view(b, 1, 1, 1)
             y = y + layer_noise * strength
             signs = stack(lambda d, n, j=j: d["signs"][j]).view(b, cout, 1, 1)
             bias = stack(lambda d, n, j=j: d["bias"][j]).view(b, cout, 1, 1)
-            x = F.relu(signs * y + bias) * gain
+            x = torch.addcmul(bias, signs, y).relu_().mul_(gain)
             if j == 0 or not up:  # the last layer of a block: add its toRGB output
                 rgb_affine = stack(lambda d, n, k=rgb_index: n["rgb_affine"][k])
                 rgb_styles = torch.einsum("bcw,bw->bc", rgb_affine, w[:, j + 1]) / math.sqrt(self.params.w_dim) + 1.0
@@ -251,7 +279,9 @@ class StyleGANOriented(Generator):
         seed, n, size, start = check_sample_args(seed, n, size, start)
         resolution = max(4, 1 << (size - 1).bit_length())
         out = torch.empty((n, 3, size, size), dtype=torch.uint8)
-        step = max(1, min(64, (1 << 20) // (resolution * resolution)))
+        widest = max(cout * res * res for res, _, cout, _ in self.layers(resolution))  # a layer's activations
+        on_cpu = torch.device(self.params.device or default_device()).type == "cpu"
+        step = max(1, min(64, BATCH_FLOATS["cpu" if on_cpu else "other"] // (4 * widest)))  # 4 of them live at once
         with torch.no_grad():
             for b0 in range(0, n, step):
                 indices = list(range(start + b0, start + min(n, b0 + step)))

@@ -6,6 +6,10 @@ rule and the majority count), top-1 and top-5 (top-5 over min(5, k) classes, as 
 does). The headline is fixed in advance: weighted vote, k = `headline_k` (20), reported
 even when `ks` leaves it out. The released scripts report the best k on the test split;
 that is selection on test, so it is never the headline.
+
+A k larger than the memory (the train split) votes over the whole memory; its records
+keep the requested `k` (the row of the table it answers) and add `k_used`, the number of
+neighbours that actually voted, so a clipped k is never reported as if it had been used.
 """
 
 from __future__ import annotations
@@ -60,8 +64,9 @@ class KNNTask(Task):
                 scores = vote_mass(sims[:, :used].astype(np.float64), neighbour_labels[:, :used], vote, temperature, data.num_classes)
                 top1, top5 = topk_accuracies(scores, test_labels, used)
                 is_headline = vote == "weighted" and k == headline_k
-                records.append(ctx.result("top1", top1, n=len(test_labels), headline=is_headline, k=k, vote=vote))
-                records.append(ctx.result("top5", top5, n=len(test_labels), k=k, vote=vote))
+                clipped = {"k_used": used} if used != k else {}
+                records.append(ctx.result("top1", top1, n=len(test_labels), headline=is_headline, k=k, vote=vote, **clipped))
+                records.append(ctx.result("top5", top5, n=len(test_labels), k=k, vote=vote, **clipped))
         return records
 
     @classmethod

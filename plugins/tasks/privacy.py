@@ -41,6 +41,8 @@ class PrivacyTask(Task):
         report = memory.privacy_report(test, k=k, vote=vote, temperature=temperature)
         top1 = 100.0 * float((predictions == test_labels).mean())
         params = {"k": k, "vote": vote, "temperature": temperature}
+        if k > len(memory):  # the vote used the whole memory: say so, as the knn task does
+            params["k_used"] = len(memory)
         n_memory, n_queries = report.memory_size, report.num_queries
         return [
             ctx.result("top1", top1, n=n_queries, **params),

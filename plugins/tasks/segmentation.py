@@ -7,8 +7,11 @@
   first images, every encoder side by side.
 * `knn-seg` — kNN segmentation on Pascal VOC 2012: the patch features and patch
   labels of 512 random train images form the memory; each val patch takes the
-  attention-weighted vote softmax(q . k^T / sqrt(C)) of all memory patches. Pixel
-  accuracy, foreground accuracy and mIoU at the patch grid.
+  weighted vote of memory patches: by default (`attention: topk`) softmax over its
+  30 most cosine-similar memory patches at temperature 0.02 (Hummingbird's
+  retrieval), or (`attention: released`) softmax(q . k^T / sqrt(C)) over all of them,
+  as the released notebook. Pixel accuracy, foreground accuracy and mIoU at the patch
+  grid.
 * `incontext-seg` — in-context segmentation on ADE20k: for drawn (prompt, query)
   pairs sharing a class, the query's mask is the prompt's class mask transferred by
   attention softmax(q . k^T / C); IoU at 0.5 and soft IoU.
@@ -165,7 +168,8 @@ class CocoR2Task(SegmentationTask):
 
 # ---------------------------------------------------------------------------- knn-seg
 class KnnSegTask(SegmentationTask):
-    """kNN segmentation: each val patch takes the attention-weighted vote of a memory of patch labels."""
+    """kNN segmentation: each val patch takes the attention-weighted vote of a memory of patch labels
+    (`attention`: `topk`, the headline, or `released`; see `_seg_attention`)."""
 
     class Params(SegmentationTask.Params):
         memory_images: PositiveInt = Field(512, description="train images drawn (seed) into the memory")
@@ -175,6 +179,14 @@ class KnnSegTask(SegmentationTask):
         val_split: str = Field("val", description="split of the query images")
         query_chunk: PositiveInt = Field(1024, description="query patches per attention block (bounds memory use)")
         key_chunk: PositiveInt = Field(65536, description="memory patches per attention block (bounds memory use)")
+        attention: Literal["released", "topk"] = Field(
+            "topk",
+            description="label transfer: topk = softmax(cosine / temperature) over the k nearest memory patches "
+            "(Hummingbird; discriminates at any feature scale); released = softmax(q . k^T / sqrt(C)) over all "
+            "memory patches, as the released notebook (nearly uniform for features of small norm)",
+        )
+        k: PositiveInt = Field(30, description="topk: nearest memory patches (cosine similarity) each query patch votes over")
+        temperature: float = Field(0.02, gt=0, description="topk: softmax temperature over the k cosine similarities")
 
     params: Params
     default_datasets = ("voc2012",)
@@ -184,7 +196,8 @@ class KnnSegTask(SegmentationTask):
         import torch
 
         from harness.datasets.segmentation import resize_labels
-        from harness_plugins.tasks._seg_ops import attention_transfer, confusion_matrix, embed_patches, segmentation_scores
+        from harness_plugins.tasks._seg_attention import knn_label_transfer
+        from harness_plugins.tasks._seg_ops import confusion_matrix, embed_patches, segmentation_scores
 
         data = self.data(ctx)
         train = data.split(self.params.train_split)
@@ -213,18 +226,21 @@ class KnnSegTask(SegmentationTask):
             values.append(labels.reshape(-1))
         keys_t = torch.cat(keys).to(ctx.device)  # moved once: every query block attends to all of it
         onehot = torch.nn.functional.one_hot(torch.from_numpy(np.concatenate(values)), num_classes).float().to(ctx.device)
-        scale = float(np.sqrt(keys_t.shape[1]))
+        attention = self.params.attention
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         for feats, labels in patch_batches(val, np.arange(n_queries), "queries"):
-            soft = attention_transfer(
-                feats.reshape(-1, feats.shape[-1]), keys_t, onehot, scale,
-                query_chunk=self.params.query_chunk, key_chunk=self.params.key_chunk,
-                device=ctx.device,
+            soft = knn_label_transfer(
+                attention, feats.reshape(-1, feats.shape[-1]), keys_t, onehot,
+                k=self.params.k, temperature=self.params.temperature,
+                query_chunk=self.params.query_chunk, key_chunk=self.params.key_chunk, device=ctx.device,
             )
             predicted = soft.argmax(dim=1).numpy()
             confusion += confusion_matrix(labels.reshape(-1), predicted, num_classes)
         scores = segmentation_scores(confusion)
-        extra = {"memory_images": n_memory, "memory_patches": int(keys_t.shape[0]), "queries": n_queries, "seed": seed}
+        extra = {"memory_images": n_memory, "memory_patches": int(keys_t.shape[0]), "queries": n_queries, "seed": seed,
+                 "attention": attention}
+        if attention == "topk":
+            extra.update(k=min(self.params.k, int(keys_t.shape[0])), temperature=self.params.temperature)
         return [ctx.result(metric, value, n=n_queries, headline=True, **extra) for metric, value in scores.items()]
 
     @staticmethod

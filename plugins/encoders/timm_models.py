@@ -1,0 +1,409 @@
+"""Any timm model as an encoder (`timm`): hub weights by name, or a local checkpoint.
+
+`model` is a name from timm's registry, with or without a pretrained tag
+(`vit_small_patch16_224.dino`, `resnet50.a1_in1k`, `convnext_tiny`). Weights come from
+the Hugging Face hub (`timm/<name>`, through huggingface_hub's cache, `revision`
+optional) or from `checkpoint` (safetensors, or a torch state dict read with
+`weights_only=True`). Either way the file is read here and handed to timm as a state
+dict, so timm's own conversion (position-embedding resampling, format filters) applies,
+and the load is strict: a file that does not fit the model is an error naming both.
+
+Preprocessing follows the model's data config (`timm.data.resolve_model_data_config`):
+input size, interpolation, `crop_pct` / `crop_mode`, mean and std, computed in torch on
+batches of uint8 images. Global features are the model's pooled output
+(`forward_head(forward_features(x), pre_logits=True)`); patch features come from
+`forward_intermediates`, for ViTs and CNNs alike. The key holds the sha256 of the weights
+file actually loaded and the data config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import inspect
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, model_validator
+
+from harness.errors import HarnessError
+from harness.hookspecs import hookimpl
+from harness.kinds import Encoder
+from harness_plugins.encoders._shared import file_sha256, first_line, in_batches, load_weights_file
+
+if TYPE_CHECKING:
+    import torch
+
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's own order of preference
+WRAPPER_KEYS = ("state_dict", "model", "module", "teacher")
+_HUB_FILES_FOUND: dict[tuple[str, str, str | None, tuple[str, ...]], Path] = {}
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or a torch state dict (`weights_only=True`),
+    unwrapped from a `state_dict` / `model` / `module` / `teacher` entry and with any
+    `module.` prefix removed. Every problem is a HarnessError naming the file."""
+    import torch
+
+    obj = load_weights_file(path, "the timm encoder's `checkpoint`")
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        wrapper = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if wrapper is None:
+            raise HarnessError(f"checkpoint {path}: no tensors, and none of the entries {', '.join(WRAPPER_KEYS)}")
+        obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise HarnessError(f"checkpoint {path}: expected a state dict (names to tensors), got {type(obj).__name__}")
+    state = {}
+    for name, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise HarnessError(f"checkpoint {path}: entry {name!r} is a {type(value).__name__}, not a tensor")
+        state[str(name).removeprefix("module.")] = value
+    return state
+
+
+def hub_weights(model: str, repo: str, revision: str | None, filenames: tuple[str, ...]) -> Path:
+    """The weights file of hub repo `repo` in huggingface_hub's cache (downloaded when
+    missing and the hub is reachable), the first of `filenames` the repo has; remembered
+    per process."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    memo = (constants.HF_HUB_CACHE, repo, revision, filenames)
+    if memo in _HUB_FILES_FOUND and _HUB_FILES_FOUND[memo].is_file():
+        return _HUB_FILES_FOUND[memo]
+    where = f"hub repo {repo}" + (f" at revision {revision}" if revision else "")
+    not_cached = False
+    for filename in filenames:
+        try:
+            found = Path(hf_hub_download(repo, filename, revision=revision))
+        except LocalEntryNotFoundError:
+            not_cached = True  # not in the cache and the hub cannot be asked: try the next name
+        except EntryNotFoundError:
+            continue  # the repo has no such file
+        except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+            raise HarnessError(f"timm model {model!r}: {where} not found ({first_line(exc)}); check `model` and `revision`") from None
+        except (HfHubHTTPError, OSError) as exc:
+            raise HarnessError(f"timm model {model!r}: cannot fetch {filename} from {where} ({first_line(exc)})") from None
+        else:
+            _HUB_FILES_FOUND[memo] = found
+            return found
+    if not_cached:
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise HarnessError(
+            f"timm model {model!r}: its weights ({where}, {' or '.join(filenames)}) are not in the Hugging Face cache "
+            f"{constants.HF_HUB_CACHE} and the hub cannot be reached{offline}. Fill the cache where there is network, "
+            f"with HF_HUB_CACHE (or HF_HOME) naming the same folder: `huggingface-cli download {repo}` "
+            f"(or `hf download {repo}`); or set the encoder's `checkpoint:` to a local weights file"
+        )
+    raise HarnessError(f"timm model {model!r}: {where} holds none of {', '.join(filenames)}; set `checkpoint:` instead")
+
+
+class TimmEncoder(Encoder):
+    """Any timm model, pretrained weights from the hub or a local checkpoint.
+
+    Global features (`embed`): the data config's resize and centre crop (`crop_pct`,
+    `crop_mode`), then the pooled pre-logits output. Patch features (`embed_patches`):
+    the whole image resized to the input size (so the feature grid covers it and aligns
+    with label maps), then the last feature map of `forward_intermediates` (ViT tokens
+    after the final norm, CNN stage outputs), [n, h, w, c]. `layer` picks another
+    feature level (blocks for ViTs, stages for CNNs); its global feature is the class
+    token for token-pooled models, else the map's spatial mean.
+    """
+
+    group = "target"
+    supports_patches = True
+
+    class Params(Encoder.Params):
+        model: str = Field(description="timm model name, optionally with a pretrained tag (resnet50.a1_in1k, vit_small_patch16_224.dino)")
+        pretrained: bool = Field(True, description="load pretrained weights (false: seeded random initialisation)")
+        checkpoint: str | None = Field(
+            None, exclude=True, description="local .safetensors or torch state-dict file instead of the hub ($VARS and ~ expanded)"
+        )
+        revision: str | None = Field(None, description="hub revision (branch, tag or commit) of the weights")
+        img_size: int | None = Field(None, ge=8, description="input side (default: the model's data config); ViTs are built for it")
+        crop_pct: float | None = Field(None, gt=0.0, le=1.0, description="centre-crop fraction for global features (default: the data config's)")
+        model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
+        layer: int | None = Field(None, description="feature level of forward_intermediates (0-based, negative from the end; default the last)")
+        seed: int = Field(0, ge=0, description="seed of the initialisation (only what the weights leave unset)")
+        batch_size: int | None = Field(
+            None, ge=1, exclude=True, description="images per forward pass (default: automatic, halved on GPU out-of-memory)"
+        )
+
+        @model_validator(mode="after")
+        def _one_source(self) -> TimmEncoder.Params:
+            if self.checkpoint and (self.revision or not self.pretrained):
+                raise ValueError("`checkpoint` gives the weights: leave out `revision` and `pretrained: false`")
+            return self
+
+    def __init__(self, name: str | None = None, /, **params: Any) -> None:
+        super().__init__(name, **params)
+        self.model: torch.nn.Module | None = None
+        self.device = "cpu"
+        self.data_config: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ what is loaded
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's pretrained config of `model` (the default tag when it names none)."""
+        from timm.models import get_pretrained_cfg, is_model, list_models, split_model_name_tag
+
+        name = self.params.model
+        arch, _ = split_model_name_tag(name)
+        if not is_model(arch):
+            close = difflib.get_close_matches(arch, list_models(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+            raise HarnessError(f"encoder {self.name!r}: timm has no model {arch!r}{hint}")
+        try:
+            cfg = get_pretrained_cfg(name)
+        except RuntimeError as exc:
+            raise HarnessError(f"encoder {self.name!r}: {exc} Tags: timm.list_pretrained('{arch}.*')") from None
+        return cfg.to_dict() if cfg is not None else {}
+
+    def resolved_data_config(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`config` (default: the one timm resolves from the pretrained config, which is
+        what `prepare` gets from the model, without building it) with `img_size` and
+        `crop_pct` applied."""
+        from timm.data import resolve_data_config
+
+        config = dict(config if config is not None else resolve_data_config(pretrained_cfg=self.pretrained_cfg()))
+        if self.params.img_size:
+            config["input_size"] = (3, self.params.img_size, self.params.img_size)
+        if self.params.crop_pct:
+            config["crop_pct"] = self.params.crop_pct
+        return config
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        raw = self.params.checkpoint
+        return Path(os.path.expandvars(raw)).expanduser() if raw else None
+
+    def weights_file(self) -> Path | None:
+        """The file the weights come from: `checkpoint`, the hub file, or None (random init)."""
+        if self.checkpoint_path is not None:
+            return self.checkpoint_path
+        if not self.params.pretrained:
+            return None
+        from timm.models._hub import hf_split
+
+        cfg = self.pretrained_cfg()
+        if not cfg.get("hf_hub_id"):
+            raise HarnessError(
+                f"encoder {self.name!r}: timm lists no hub weights for {self.params.model!r}; set `checkpoint:` to a local file"
+            )
+        repo, pinned = hf_split(cfg["hf_hub_id"])
+        filenames = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else HUB_FILES
+        return hub_weights(self.params.model, repo, self.params.revision or pinned, filenames)
+
+    def describe(self) -> dict[str, Any]:
+        """Adds the weights' sha256 (the path stays out: it is local to a machine; a file
+        that cannot be found gives a `missing:` marker, and `prepare` raises) and the
+        data config, which timm's version could change."""
+        described = super().describe()
+        try:
+            path = self.weights_file()
+            digest = None if path is None else file_sha256(path) if path.is_file() else f"missing:{path.name}"
+        except HarnessError:
+            digest = f"missing:{self.params.model}"
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in self.resolved_data_config().items()}
+        return {**described, "params": {**described["params"], "weights_sha256": digest, "data_config": config}}
+
+    @property
+    def architecture(self) -> str:
+        from timm.models import split_model_name_tag
+
+        extra = "".join(f" {k}={v}" for k, v in sorted(self.params.model_kwargs.items()))
+        return f"{split_model_name_tag(self.params.model)[0]} {self.input_size}px{extra}"
+
+    @property
+    def input_size(self) -> int:
+        return int(self.resolved_data_config()["input_size"][-1])
+
+    def torch_module(self) -> torch.nn.Module | None:
+        return self.model
+
+    def build_model(self) -> torch.nn.Module:
+        """The timm model with its weights, without a classifier (`num_classes=0`)."""
+        import timm
+        import torch
+
+        cfg = self.pretrained_cfg()
+        kwargs: dict[str, Any] = {"num_classes": 0}
+        if self.params.img_size and cfg.get("fixed_input_size"):
+            kwargs["img_size"] = self.params.img_size
+        kwargs.update(self.params.model_kwargs)
+        path = self.weights_file()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.params.seed)
+            if path is None:
+                return timm.create_model(self.params.model, pretrained=False, **kwargs)
+            state = read_state_dict(path)
+            classifiers = cfg.get("classifier") or ()
+            for head in (classifiers,) if isinstance(classifiers, str) else classifiers:
+                state.pop(f"{head}.weight", None)
+                state.pop(f"{head}.bias", None)
+            # num_classes 0 on both sides keeps timm's load strict (it relaxes it when they differ)
+            overlay = {"state_dict": state, "num_classes": 0, "label_offset": 0}
+            try:
+                model = timm.create_model(self.params.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+            except RuntimeError as exc:
+                raise HarnessError(
+                    f"encoder {self.name!r}: weights file {path} does not fit timm model {self.params.model!r}: "
+                    + " ".join(str(exc).split())[:800]
+                ) from None
+        for config in {id(c): c for c in (model.pretrained_cfg, getattr(model, "default_cfg", {}))}.values():
+            config.pop("state_dict", None)  # timm keeps the overlay: drop the second copy of the weights
+        return model
+
+    def prepare(self, ctx: Any = None) -> None:
+        if self.model is not None:
+            return
+        from timm.data import resolve_model_data_config
+
+        from harness.device import default_device
+
+        self.device = getattr(ctx, "device", None) or default_device()
+        model = self.build_model().eval()
+        self.data_config = self.resolved_data_config(resolve_model_data_config(model))
+        levels = len(getattr(model, "feature_info", None) or [])
+        layer = self.params.layer
+        if layer is not None and levels and not -levels <= layer < levels:
+            raise HarnessError(f"encoder {self.name!r}: layer {layer} is outside {self.params.model}'s {levels} feature levels")
+        self.model = model.to(self.device)
+
+    # ------------------------------------------------------------ features
+    def preprocess(self, images: torch.Tensor, crop: bool = True) -> torch.Tensor:
+        """uint8 [n, 3, H, W] -> normalised float [n, 3, h, w] on the encoder's device, as
+        timm's eval transform does (`crop`), or the whole image resized to the input size."""
+        import torch
+
+        if self.model is None:
+            self.prepare()
+        config = self.data_config or self.resolved_data_config()
+        size = tuple(int(s) for s in config["input_size"][-2:])
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        if crop:
+            x = resize_and_crop(x, size, config)
+        else:
+            x = _resize(x, size, config["interpolation"])
+        mean = torch.tensor(config["mean"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(config["std"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def _autocast(self) -> Any:
+        import torch
+
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda") else contextlib.nullcontext()
+
+    def _intermediate(self, x: torch.Tensor, prefix: bool = False) -> Any:
+        """The feature map of level `layer` (default the last), NCHW; with `prefix`, also
+        its prefix tokens (ViTs)."""
+        model = self.model
+        forward = getattr(model, "forward_intermediates", None)
+        if forward is None:
+            raise HarnessError(f"encoder {self.name!r}: timm model {self.params.model!r} has no forward_intermediates (no patch features)")
+        accepted = inspect.signature(forward).parameters
+        layer = self.params.layer
+        kwargs: dict[str, Any] = {"indices": 1 if layer is None else [layer], "intermediates_only": True, "output_fmt": "NCHW"}
+        kwargs.update({k: True for k in ("norm", "stop_early") if k in accepted})
+        if prefix:
+            kwargs["return_prefix_tokens"] = True
+        try:
+            out = forward(x, **kwargs)
+        except (AssertionError, IndexError) as exc:
+            raise HarnessError(f"encoder {self.name!r}: layer {layer} is not a feature level of {self.params.model!r} ({first_line(exc)})") from None
+        return out[-1]
+
+    def _global(self, batch: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logits; at `layer`, the class token of token-pooled models (ViTs), else the map's mean."""
+        import torch
+
+        model = self.model
+        forward = getattr(model, "forward_intermediates", None)
+        class_token = getattr(model, "num_prefix_tokens", 0) > 0 and getattr(model, "global_pool", None) == "token"
+        class_token = class_token and forward is not None and "return_prefix_tokens" in inspect.signature(forward).parameters
+        x = self.preprocess(batch, crop=True)
+        with torch.inference_mode(), self._autocast():
+            if self.params.layer is None:
+                features = model.forward_head(model.forward_features(x), pre_logits=True)
+            elif class_token:
+                features = self._intermediate(x, prefix=True)[1][:, 0]
+            else:
+                features = self._intermediate(x).mean(dim=(2, 3))
+        return features.flatten(1).float()
+
+    def _patches(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        x = self.preprocess(batch, crop=False)
+        with torch.inference_mode(), self._autocast():
+            feature_map = self._intermediate(x)
+        return feature_map.permute(0, 2, 3, 1).float()
+
+    def _auto_batch_size(self) -> int:
+        """Images per pass when `batch_size` is unset: the pixel budget of vit.py's token
+        budget (2^14 tokens of 16 x 16 px on a CPU, 2^17 on a GPU), a power of two."""
+        height, width = (self.data_config or self.resolved_data_config())["input_size"][-2:]
+        budget = (2**17 if self.device.startswith("cuda") else 2**14) * 256
+        return int(max(8, min(1024, 2 ** int(budget / (height * width)).bit_length() // 2)))
+
+    def _batched(self, images: torch.Tensor, fn: Any) -> torch.Tensor:
+        if self.model is None:
+            self.prepare()
+        out, self._last_batch_size = in_batches(images, fn, self.params.batch_size, self._auto_batch_size())
+        return out
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self._batched(images, self._global)
+
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        return self._batched(images, self._patches)
+
+
+# ---------------------------------------------------------------- preprocessing
+def _resize(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """Resize float images in 0..1 to `size` (antialiased bicubic / bilinear, as torchvision)."""
+    import torch.nn.functional as F
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if interpolation in ("bicubic", "bilinear"):
+        x = F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True)
+        return x.clamp_(0.0, 1.0) if interpolation == "bicubic" else x
+    return F.interpolate(x, size=size, mode="nearest")
+
+
+def resize_and_crop(x: torch.Tensor, size: tuple[int, int], config: dict[str, Any]) -> torch.Tensor:
+    """timm's eval transform (`transforms_imagenet_eval`) on a float batch: resize to
+    size / crop_pct ("center": the shorter side, aspect kept; "squash": both sides;
+    "border": the longer side, then padded with the mean colour), then centre crop."""
+    crop_pct = config.get("crop_pct") or 0.875
+    mode = config.get("crop_mode") or "center"
+    scale = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
+    height, width = x.shape[-2:]
+    if mode == "squash":
+        new = scale
+    elif mode == "border" or scale[0] != scale[1]:
+        ratio_h, ratio_w = height / scale[0], width / scale[1]
+        ratio = max(ratio_h, ratio_w) if mode == "border" else min(ratio_h, ratio_w)
+        new = (round(height / ratio), round(width / ratio))
+    else:  # torchvision's Resize(int): the shorter side to `scale`, the longer truncated
+        short, long = (height, width) if height <= width else (width, height)
+        long_new = int(scale[0] * long / short)
+        new = (scale[0], long_new) if height <= width else (long_new, scale[0])
+    x = _resize(x, new, config.get("interpolation", "bicubic"))
+    if mode == "border":
+        pad_h, pad_w = max(size[0] - new[0], 0), max(size[1] - new[1], 0)
+        if pad_h or pad_w:
+            fill = [round(255 * m) / 255 for m in config["mean"]]
+            padded = x.new_empty(*x.shape[:2], new[0] + pad_h, new[1] + pad_w)
+            padded[:] = x.new_tensor(fill).view(1, -1, 1, 1)
+            padded[..., pad_h // 2 : pad_h // 2 + new[0], pad_w // 2 : pad_w // 2 + new[1]] = x
+            x, new = padded, (new[0] + pad_h, new[1] + pad_w)
+    top, left = int(round((new[0] - size[0]) / 2.0)), int(round((new[1] - size[1]) / 2.0))
+    return x[..., top : top + size[0], left : left + size[1]]
+
+
+@hookimpl
+def register_encoders(register: Any) -> None:
+    register("timm", TimmEncoder)
