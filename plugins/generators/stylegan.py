@@ -114,6 +114,9 @@ class StyleGANOriented(Generator):
         )
         channel_max: int = Field(32, ge=1, description="most channels of any layer; left out: the preset's (small 32, paper 512)")
         w_dim: int = Field(512, ge=1, description="size of the latents w fed to the style affines")
+        padding: Literal["reflect", "zeros"] = Field(
+            "reflect", description="how the 3x3 convolutions pad: reflect (no frame at the border) or zeros (as the release, which draws one)"
+        )
         images_per_network: int = Field(400, ge=1, description="images rendered by one network before its parameters are re-drawn")
         bias_range: float = Field(0.2, ge=0.0, le=100.0, description="biases ~ U(-bias_range, bias_range)")
         noise_strength: float = Field(0.3, ge=0.0, le=100.0, description="per-layer noise strength ~ U(0, noise_strength)")
@@ -249,7 +252,7 @@ class StyleGANOriented(Generator):
             filters = bank[torch.from_numpy(np.stack([d["filters"][j] for d in draws])).to(device)]  # [b, cin, 3, 3]
             weight = styles[:, :, None, None] * filters
             weight = weight / torch.sqrt(weight.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
-            padded = F.pad(x.reshape(1, b * cin, res, res), (1, 1, 1, 1), mode="reflect")
+            padded = F.pad(x.reshape(1, b * cin, res, res), (1, 1, 1, 1), mode="reflect" if self.params.padding == "reflect" else "constant")
             y = F.conv2d(padded, weight, groups=b).view(b, 1, res, res)
             layer_noise = F.adaptive_avg_pool2d(noise, res) if res != noise.shape[-1] else noise
             strength = stack(lambda d, n, j=j: np.asarray(d["strength"][j])).view(b, 1, 1, 1)
