@@ -18,7 +18,7 @@ import difflib
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Iterator, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic_core import core_schema
@@ -214,6 +214,28 @@ class Generator(Plugin):
     @abstractmethod
     def sample(self, seed: int, n: int, size: int, start: int = 0) -> torch.Tensor:
         """Images start..start+n-1 of the stream `seed`, uint8 [n, 3, size, size]."""
+
+    def sample_at(self, seed: int, indices: Sequence[int], size: int) -> torch.Tensor:
+        """Images `indices` of the stream `seed` (any order, repeats allowed), uint8
+        [len(indices), 3, size, size]: for each index, the image `sample` makes for it.
+        A shuffled training epoch asks for scattered indices. The default calls `sample`
+        once per run of consecutive indices; a generator that can make any indices in
+        one batch overrides it."""
+        import torch
+
+        indices = [int(i) for i in indices]
+        if indices and min(indices) < 0:
+            raise ValueError(f"`indices` must be >= 0, got {min(indices)}")
+        chunks, i = [], 0
+        while i < len(indices):
+            j = i + 1
+            while j < len(indices) and indices[j] == indices[j - 1] + 1:
+                j += 1
+            chunks.append(self.sample(seed, j - i, size, start=indices[i]))
+            i = j
+        if not chunks:
+            return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
     def reference_rate(self, seed: int, n: int, size: int) -> tuple[str, float] | None:
         """(what it does, images/s) of making these images the way the released research

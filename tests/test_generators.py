@@ -436,3 +436,17 @@ def test_missing_gl_is_reported_with_the_packages_to_install(monkeypatch):
     monkeypatch.setattr(moderngl, "create_standalone_context", no_egl)
     with pytest.raises(HarnessError, match="libegl1.*libgl1-mesa-dri"):
         Renderer()
+
+
+@pytest.mark.parametrize("name", ["shaders", "shaders-mixup", "shaders-kml-mixup", "dead-leaves"])
+def test_sample_at_scattered_indices_equals_sample_of_each(name: str) -> None:
+    """`sample_at` makes any indices (shuffled, repeated) in one call, each the image
+    `sample` makes for it: a shuffled training epoch relies on it."""
+    generator = harness.get_generator(name)
+    indices = [7, 2, 30, 2, 3]
+    together = generator.sample_at(5, indices, 16)
+    one_by_one = torch.cat([generator.sample(5, 1, 16, start=i) for i in indices])
+    assert together.dtype == torch.uint8 and torch.equal(together, one_by_one)
+    assert generator.sample_at(5, [], 16).shape == (0, 3, 16, 16)
+    with pytest.raises(ValueError, match="indices"):
+        generator.sample_at(5, [3, -1], 16)

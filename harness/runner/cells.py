@@ -12,6 +12,7 @@ are kept. `harness.runner.launch` runs the same cells as cluster jobs.
 from __future__ import annotations
 
 import platform
+import re
 import sys
 import time
 import traceback
@@ -22,7 +23,7 @@ from typing import Any
 from harness.device import default_device
 from harness.runner.context import CellContext, RunContext
 from harness.errors import DatasetUnavailable, HarnessError, RegistryError, UnknownNameError
-from harness.keys import stable_hash
+from harness.keys import NAME_PATTERN, stable_hash
 from harness.kinds import Encoder, Task
 from harness.config.registry import Registry
 from harness.results.store import Result, ResultStore, exclusive_run, latest, output_errors, write_training_summary
@@ -30,9 +31,13 @@ from harness.results.store import Result, ResultStore, exclusive_run, latest, ou
 
 @dataclass
 class Plan:
+    """What a run computes. Encoders and tasks are registry instance names or objects
+    made in Python (`harness.get_encoder(...)`, a user's `Encoder` subclass, a
+    `ModuleEncoder`); generators are names."""
+
     profile: str
-    encoders: list[str]
-    tasks: list[str]
+    encoders: list[str | Encoder]
+    tasks: list[str | Task]
     generators: list[str]
 
 
@@ -48,12 +53,14 @@ class Cell:
         return f"{self.encoder.name} / {self.task.name} / {self.dataset}"
 
 
-def _names(option: list[str] | str | None, known: list[str]) -> list[str] | None:
-    """Expand `all` and comma-separated lists; None when the option was not given."""
+def _names(option: list[Any] | str | None, known: list[str]) -> list[Any] | None:
+    """Expand `all` and comma-separated lists (objects in a list are kept as they are);
+    None when the option was not given."""
     if option is None:
         return None
-    items = option.split(",") if isinstance(option, str) else [x for part in option for x in part.split(",")]
-    items = [x.strip() for x in items if x.strip()]
+    items: list[Any] = []
+    for part in [option] if isinstance(option, str) else option:
+        items.extend([x.strip() for x in part.split(",") if x.strip()] if isinstance(part, str) else [part])
     return list(known) if items == ["all"] else items
 
 
@@ -84,11 +91,12 @@ class Runner:
     def select(
         self,
         profile: str | None = None,
-        encoders: list[str] | str | None = None,
-        tasks: list[str] | str | None = None,
+        encoders: list[str | Encoder] | str | None = None,
+        tasks: list[str | Task] | str | None = None,
         generators: list[str] | str | None = None,
     ) -> Plan:
-        """The profile's selection, with any of encoders/tasks/generators given explicitly."""
+        """The profile's selection, with any of encoders/tasks/generators given explicitly
+        (encoders and tasks as names or objects)."""
         name = profile or "default"
         chosen = self.registry.profile(name) if (profile or not (encoders and tasks)) else None
         picked = {}
@@ -96,10 +104,44 @@ class Runner:
             names = _names(option, self.registry.instance_names(kind))
             if names is None:
                 names = list(getattr(chosen, kind + "s")) if chosen else []
-            for item in names:  # fail before any work on a misspelt name
-                self.create(kind, item)
+            made = [self.instance(kind, item) for item in names]  # fail before any work on a misspelt name
+            if any(not isinstance(item, str) for item in names):
+                names = self._check_objects(kind, names, made)
             picked[kind] = names
         return Plan(name, picked["encoder"], picked["task"], picked["generator"])
+
+    def instance(self, kind: str, item: Any) -> Any:
+        """The object a plan entry stands for: made by the registry from a name, or the
+        object itself (encoders and tasks made in Python)."""
+        if isinstance(item, str):
+            return self.create(kind, item)
+        wanted = {"encoder": Encoder, "task": Task}.get(kind)
+        if wanted is None or not isinstance(item, wanted):
+            what = f"an instance name or a harness.{wanted.__name__}" if wanted else "an instance name"
+            raise HarnessError(f"{kind}s: expected {what}, got {type(item).__name__} {item!r:.80}")
+        if not isinstance(item.name, str) or not re.match(NAME_PATTERN, item.name):
+            raise HarnessError(f"{kind} name {item.name!r}: use letters, digits, '.', '_', '+', '-' (set obj.name)")
+        return item
+
+    def _check_objects(self, kind: str, items: list[Any], made: list[Any]) -> list[Any]:
+        """`items` with repeats of a name left out. Records are filed under an object's
+        name: refuse one that names a registry instance, or another entry of the plan,
+        with different contents (other parameters, other weights), which the leaderboard
+        would show as one row."""
+        keys: dict[str, str] = {}
+        kept = []
+        for item, obj in zip(items, made):
+            key = obj.key
+            if obj.name not in keys:
+                kept.append(item)
+            if not isinstance(item, str) and obj.name in self.registry.instance_names(kind) and obj.name not in keys:
+                keys[obj.name] = self.create(kind, obj.name).key
+            if keys.setdefault(obj.name, key) != key:
+                raise HarnessError(
+                    f"{kind} {obj.name!r}: two different {kind}s of this name (a registry instance or another entry "
+                    f"differs in parameters or weights); give the one made in Python its own name (obj.name = '...')"
+                )
+        return kept
 
     def create(self, kind: str, name: str) -> Any:
         """`registry.create`, with the registry field at fault named when an instance's plugin
@@ -119,8 +161,8 @@ class Runner:
         return stable_hash([encoder.key, task.key, dataset, self.ctx.dataset_description(dataset)])
 
     def cells(self, plan: Plan) -> list[Cell]:
-        encoders = [self.create("encoder", name) for name in plan.encoders]
-        tasks = [self.create("task", name) for name in plan.tasks]
+        encoders = [self.instance("encoder", item) for item in plan.encoders]
+        tasks = [self.instance("task", item) for item in plan.tasks]
         return [Cell(e, t, d, self.cell_key(e, t, d)) for e in encoders for t in tasks for d in t.datasets]
 
     def pending(self, plan: Plan) -> tuple[list[Cell], list[Result]]:

@@ -31,7 +31,7 @@ def derive_seed(*parts: Any) -> int:
 
 class GeneratorSource:
     """Images of a generator's stream `seed`: index i is `sample(seed, 1, size, start=i)`;
-    consecutive indices are fetched in one call.
+    the indices a batch needs are fetched in one `sample_at` call.
 
     With a finite `length` (the recipe's dataset_size) whose images fit in
     `cache_bytes`, each image is rendered once and kept in memory for later epochs (the
@@ -56,15 +56,9 @@ class GeneratorSource:
         return images
 
     def _render(self, indices: Sequence[int]) -> torch.Tensor:
-        chunks, i = [], 0
-        while i < len(indices):
-            j = i + 1
-            while j < len(indices) and indices[j] == indices[j - 1] + 1:
-                j += 1
-            images = self.generator.sample(self.seed, j - i, self.size, start=int(indices[i]))
-            chunks.append(self.check(images, j - i))
-            i = j
-        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        """The images of these stream indices in one `sample_at` call (a shuffled epoch's
+        indices are scattered: one call per image would pay a whole render pass each)."""
+        return self.check(self.generator.sample_at(self.seed, [int(i) for i in indices], self.size), len(indices))
 
     def preload(self) -> None:
         """Render the whole (finite, cached) dataset now, in this process."""

@@ -53,3 +53,12 @@ def check_sample_args(seed: Any, n: Any, size: Any, start: Any) -> tuple[int, in
     if start < 0:
         raise ValueError(f"`start` must be >= 0, got {start}")
     return seed, n, size, start
+
+
+def check_indices(seed: Any, indices: Any, size: Any) -> tuple[int, list[int], int]:
+    """Validate `sample_at` arguments; errors name the argument."""
+    indices = [int(i) for i in indices]
+    if indices and min(indices) < 0:
+        raise ValueError(f"`indices` must be >= 0, got {min(indices)}")
+    seed, _, size, _ = check_sample_args(seed, len(indices), size, 0)
+    return seed, indices, size

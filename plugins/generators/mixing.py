@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pydantic import Field
 
@@ -37,7 +37,7 @@ from harness.kinds import Generator, GeneratorRef
 
 from harness_plugins.generators._kml import jpeg_round_trip, kml_blend, stored
 from harness_plugins.generators._kml_reference import released_kml_image
-from harness_plugins.generators._seeding import check_sample_args, derive_seed, rng
+from harness_plugins.generators._seeding import check_indices, check_sample_args, derive_seed, rng
 
 if TYPE_CHECKING:
     import torch
@@ -63,9 +63,30 @@ class _Composite(Generator):
 
     def base_images(self, seed: int, n: int, size: int, start: int) -> torch.Tensor:
         """The base images of output images start..start+n-1: [n, per_image, 3, size, size]."""
+        return self.base_images_at(seed, range(start, start + n), size)
+
+    def base_images_at(self, seed: int, indices: Sequence[int], size: int) -> torch.Tensor:
+        """The base images of output images `indices` (output image i uses base images
+        i*k .. i*k+k-1): [len(indices), per_image, 3, size, size], in one base call."""
         k = self.per_image
-        x = self.base.sample(self.base_seed(seed), n * k, size, start=start * k)
-        return x.view(n, k, *x.shape[1:])
+        x = self.base.sample_at(self.base_seed(seed), [i * k + j for i in indices for j in range(k)], size)
+        return x.view(len(indices), k, *x.shape[1:])
+
+    def sample(self, seed: int, n: int, size: int, start: int = 0) -> torch.Tensor:
+        seed, n, size, start = check_sample_args(seed, n, size, start)
+        return self.sample_at(seed, range(start, start + n), size)
+
+    def sample_at(self, seed: int, indices: Sequence[int], size: int) -> torch.Tensor:
+        import torch
+
+        seed, indices, size = check_indices(seed, indices, size)
+        if not indices:
+            return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+        return self.combine(seed, indices, size)
+
+    @abstractmethod
+    def combine(self, seed: int, indices: list[int], size: int) -> torch.Tensor:
+        """Output images `indices` (validated, at least one) from their base images."""
 
     def close(self) -> None:
         self.base.close()
@@ -91,14 +112,11 @@ class Mixup(_Composite):
         n, alpha = self.params.n, self.params.alpha
         return np.stack([rng("mixup", seed, i).dirichlet([alpha] * n) for i in indices]).reshape(len(indices), n)
 
-    def sample(self, seed: int, n: int, size: int, start: int = 0) -> torch.Tensor:
+    def combine(self, seed: int, indices: list[int], size: int) -> torch.Tensor:
         import torch
 
-        seed, n, size, start = check_sample_args(seed, n, size, start)
-        if n == 0:
-            return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-        x = self.base_images(seed, n, size, start)
-        w = torch.from_numpy(self.weights(seed, list(range(start, start + n)))).to(torch.float32)
+        x = self.base_images_at(seed, indices, size)
+        w = torch.from_numpy(self.weights(seed, indices)).to(torch.float32)
         mixed = torch.einsum("nk,nkchw->nchw", w, x.to(torch.float32))
         return mixed.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -145,13 +163,11 @@ class KML(_Composite):
         jobs = [(blobs[i * k:(i + 1) * k], size, p.kmeans_size, p.iterations, self.writes_mean, p.released_jpeg) for i in range(n)]
         return "decode pre-rendered base JPEGs, per-image CPU KML (numpy)", parallel_rate(_released_kml_job, jobs)
 
-    def sample(self, seed: int, n: int, size: int, start: int = 0) -> torch.Tensor:
+    def combine(self, seed: int, indices: list[int], size: int) -> torch.Tensor:
         import torch
 
-        seed, n, size, start = check_sample_args(seed, n, size, start)
-        if n == 0:
-            return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-        x = self.base_images(seed, n, size, start).view(n, self.mixed, 3, 3, size, size)
+        n = len(indices)
+        x = self.base_images_at(seed, indices, size).view(n, self.mixed, 3, 3, size, size)
         p = self.params
         device = torch.device(p.device or default_device())
         store = jpeg_round_trip if p.released_jpeg else None

@@ -34,7 +34,7 @@ import fnmatch
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from pydantic import Field, field_validator
 
@@ -43,7 +43,7 @@ from harness.hookspecs import hookimpl
 from harness.keys import stable_hash
 from harness.kinds import Generator
 
-from harness_plugins.generators._seeding import check_sample_args, derive_seed, uniforms
+from harness_plugins.generators._seeding import check_indices, check_sample_args, derive_seed, uniforms
 from harness_plugins.generators._shader_corpus import ShaderCorpusError, load_corpus
 from harness_plugins.generators._shader_programs import Program, load_library, warn_shader
 from harness_plugins.generators._shader_server import RenderTimeout, renderer
@@ -309,12 +309,17 @@ class Shaders(Generator):
         return [usable[i] for i in pick], self._draw(u)
 
     def sample(self, seed: int, n: int, size: int, start: int = 0) -> torch.Tensor:
+        seed, n, size, start = check_sample_args(seed, n, size, start)
+        return self.sample_at(seed, range(start, start + n), size)
+
+    def sample_at(self, seed: int, indices: Sequence[int], size: int) -> torch.Tensor:
+        """Any indices in one batch: an image's program and values depend on its index alone."""
         import torch
 
-        seed, n, size, start = check_sample_args(seed, n, size, start)
-        if n == 0:
+        seed, indices, size = check_indices(seed, indices, size)
+        if not indices:
             return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-        programs, rows = self.draws(seed, list(range(start, start + n)))
+        programs, rows = self.draws(seed, indices)
         try:
             images = self._render(programs, rows, size)
         except RenderTimeout as exc:

@@ -5,7 +5,8 @@ Memory = the train split's embeddings, queries = the test split's. Every k in `k
 rule and the majority count), top-1 and top-5 (top-5 over min(5, k) classes, as DINO
 does). The headline is fixed in advance: weighted vote, k = `headline_k` (20), reported
 even when `ks` leaves it out. The released scripts report the best k on the test split;
-that is selection on test, so it is never the headline.
+that is selection on test, so it is never the headline. The headline record also carries
+`outcomes`: which test images its top-1 got right (packed bits), for a bootstrap interval.
 
 A k larger than the memory (the train split) votes over the whole memory; its records
 keep the requested `k` (the row of the table it answers) and add `k_used`, the number of
@@ -23,6 +24,7 @@ from pydantic import Field, PositiveInt
 
 from harness.hookspecs import hookimpl
 from harness.kinds import Task
+from harness.results.store import pack_outcomes
 
 from harness_plugins.tasks._memory import NeighbourVoteParams, train_memory
 
@@ -66,6 +68,8 @@ class KNNTask(Task):
                 is_headline = vote == "weighted" and k == headline_k
                 clipped = {"k_used": used} if used != k else {}
                 records.append(ctx.result("top1", top1, n=len(test_labels), headline=is_headline, k=k, vote=vote, **clipped))
+                if is_headline:  # which test images were right, for the leaderboard's bootstrap interval
+                    records[-1].outcomes = pack_outcomes(scores.argmax(axis=1) == test_labels)
                 records.append(ctx.result("top5", top5, n=len(test_labels), k=k, vote=vote, **clipped))
         return records
 

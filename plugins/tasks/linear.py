@@ -10,8 +10,8 @@ train (stratified where every class allows it, seed `seed`): the smallest C whos
 validation accuracy is within one validation sample (1 / n_val) of the best, so that a
 near-tie decided by floating-point rounding cannot flip the choice between machines
 (`select_c`). The probe is then refitted on all of train with that C and scored once on
-test. Records: top1 (headline), top5 (when there are at least 5 classes), val_top1 per
-C, and the selected C.
+test. Records: top1 (headline, with its per-image `outcomes`), top5 (when there are at
+least 5 classes), val_top1 per C, and the selected C.
 
 `dino`: DINO's `eval_linear.py`. Features = the CLS token of each of the last
 `n_last_blocks` (4) transformer blocks, each through the final norm, concatenated
@@ -38,14 +38,28 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from harness.hookspecs import hookimpl
 from harness.kinds import Task
+from harness.results.store import pack_outcomes
 
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
+def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per image: is its label among the k best scores (ties go to the lower class index)."""
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return (ranked == labels[:, None]).any(axis=1)
+
+
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Top-k accuracy in percent (ties in scores go to the lower class index)."""
-    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return 100.0 * float((ranked == labels[:, None]).any(axis=1).mean())
+    return 100.0 * float(topk_correct(scores, labels, k).mean())
+
+
+def headline_top1(ctx: Any, scores: np.ndarray, labels: np.ndarray, **params: Any) -> Any:
+    """The headline top-1 record, carrying which test images it got right (`outcomes`)."""
+    correct = topk_correct(scores, labels, 1)
+    record = ctx.result("top1", 100.0 * float(correct.mean()), n=len(labels), headline=True, **params)
+    record.outcomes = pack_outcomes(correct)
+    return record
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +246,7 @@ class LinearTask(Task):
         best_c = select_c(cs, accuracies, len(val))
         model = fit_logistic(train, train_labels, best_c, max_iter)
         proba = class_probabilities(model, test, data.num_classes)
-        records.append(ctx.result("top1", topk_accuracy(proba, test_labels, 1), n=len(test_labels), headline=True, protocol="logistic"))
+        records.append(headline_top1(ctx, proba, test_labels, protocol="logistic"))
         if data.num_classes >= 5:
             records.append(ctx.result("top5", topk_accuracy(proba, test_labels, 5), n=len(test_labels), protocol="logistic"))
         records.append(ctx.result("selected_C", best_c, n=len(val), protocol="logistic"))
@@ -293,7 +307,7 @@ class LinearTask(Task):
         scores = np.concatenate(logits)
         test_labels = np.asarray(data.test.labels, dtype=np.int64)
         params = {"protocol": "dino", "features": kind, "epochs": epochs}
-        records = [ctx.result("top1", topk_accuracy(scores, test_labels, 1), n=len(test_labels), headline=True, **params)]
+        records = [headline_top1(ctx, scores, test_labels, **params)]
         if num_classes >= 5:
             records.append(ctx.result("top5", topk_accuracy(scores, test_labels, 5), n=len(test_labels), **params))
         records.append(ctx.result("train_loss", last_loss, n=len(data.train), **params))
