@@ -8,6 +8,7 @@ Public API (faiss-like and small)::
     enc = harness.get_encoder("random-init"); enc.prepare()
     task = harness.get_task("knn")
     results = harness.run(profile="default")
+    results = harness.evaluate(torch_module, tasks=["knn-default"], preprocess=fn)
 
 Names resolve lazily so that importing the package (and `harness --help`) stays fast.
 """
@@ -25,6 +26,9 @@ _EXPORTS = {
     "get_encoder": "harness.api",
     "get_task": "harness.api",
     "run": "harness.api",
+    "evaluate": "harness.api",
+    "as_encoder": "harness.api",
+    "ModuleEncoder": "harness.adhoc",
     "list_plugins": "harness.api",
     "Result": "harness.results.store",
     "Generator": "harness.kinds",

@@ -54,24 +54,29 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
 
     digest = hashlib.sha256()
     for name, tensor in module.state_dict(keep_vars=False).items():
-        digest.update(f"{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
         if not isinstance(tensor, torch.Tensor):  # extra state a module may keep
-            digest.update(repr(tensor).encode())
+            digest.update(f"{name}\0{tensor!r}\0".encode())
             continue
+        digest.update(f"{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
         flat = tensor.detach().reshape(-1).contiguous().cpu()
         digest.update(memoryview(flat.view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
-def torch_tensor() -> type:
-    import torch
-
-    return torch.Tensor
-
-
 def _version(tensor: Any) -> tuple[int, int]:
     """In-place changes (torch's counter) and where the data lies (`.data = ...` swaps it)."""
     return tensor._version, tensor.data_ptr()
+
+
+def _stamp(state: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """What tells whether a state dict's tensors changed: a weak reference to each and
+    its `_version` (a repr for extra state that is not a tensor)."""
+    import torch
+
+    return [
+        (name, weakref.ref(value), _version(value)) if isinstance(value, torch.Tensor) else (name, None, repr(value))
+        for name, value in state.items()
+    ]
 
 
 def _unchanged(stamp: list[tuple[str, Any, Any]], state: dict[str, Any]) -> bool:
@@ -133,10 +138,16 @@ def callable_identity(fn: Any) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=None)
+def _class_source(cls: type) -> str | None:
+    """A class's source sha256, once per process: finding a class's source parses its file."""
+    return _source_sha256(cls)
+
+
 def module_classes(module: torch.nn.Module) -> dict[str, str | None]:
     """Qualified name -> source sha256 of the module's class and its submodules' classes."""
     classes = {type(m) for m in module.modules()}
-    return {_qualified_name(c): _source_sha256(c) for c in sorted(classes, key=_qualified_name)}
+    return {_qualified_name(c): _class_source(c) for c in sorted(classes, key=_qualified_name)}
 
 
 class ModuleEncoder(Encoder):
@@ -146,7 +157,8 @@ class ModuleEncoder(Encoder):
     `prepare` moves the module to the run's device; each forward pass runs in eval mode
     under `torch.inference_mode`, and the module's training flag is restored afterwards.
     `patch_preprocess` (default: `preprocess`) is used for patch features, which align
-    with label maps only when it keeps the whole image (resize, no crop).
+    with label maps only when it keeps the whole image (resize, no crop). `group` is the
+    leaderboard group of its rows (default white-box); it is not part of the key.
     """
 
     plugin_name = "torch-module"
@@ -159,8 +171,11 @@ class ModuleEncoder(Encoder):
         name: str | None = None,
         patch_preprocess: Preprocess | None = None,
         input_size: int | None = None,
+        group: str | None = None,
     ) -> None:
         import torch
+
+        from harness.config.schema import GROUPS
 
         if not isinstance(module, torch.nn.Module):
             raise HarnessError(f"ModuleEncoder wraps a torch.nn.Module, got {type(module).__name__}")
@@ -169,7 +184,10 @@ class ModuleEncoder(Encoder):
         name = encoder_name(type(module).__name__) if name is None else name
         if not re.match(NAME_PATTERN, name):
             raise HarnessError(f"encoder name {name!r}: use letters, digits, '.', '_', '+', '-' (no spaces or slashes)")
+        if group is not None and group not in GROUPS:
+            raise HarnessError(f"encoder {name!r}: group {group!r} is not one of {', '.join(GROUPS)}")
         super().__init__(name)
+        self.group = group or type(self).group  # type: ignore[misc]
         self.module = module
         self.preprocess = preprocess
         self.patch_preprocess = patch_preprocess or preprocess
@@ -186,8 +204,7 @@ class ModuleEncoder(Encoder):
         state = self.module.state_dict(keep_vars=True)
         memo = self._weights_memo
         if memo is None or not _unchanged(memo[0], state):
-            stamp = [(name, weakref.ref(t), _version(t)) if isinstance(t, torch_tensor()) else (name, None, repr(t)) for name, t in state.items()]
-            memo = self._weights_memo = (stamp, state_dict_sha256(self.module))
+            memo = self._weights_memo = (_stamp(state), state_dict_sha256(self.module))
         return memo[1]
 
     def describe(self) -> dict[str, Any]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from harness.errors import HarnessError
 from harness.kinds import Encoder, Generator, Task
 from harness.config.registry import active_registry
 from harness.results.store import Result
+
+if TYPE_CHECKING:
+    import torch
 
 
 def get_generator(name: str, **params: Any) -> Generator:
@@ -35,17 +39,125 @@ def list_plugins(kind: str, pattern: str = "*") -> list[str]:
 
 def run(
     profile: str | None = None,
-    encoders: list[str] | None = None,
-    tasks: list[str] | None = None,
+    encoders: list[str | Encoder] | None = None,
+    tasks: list[str | Task] | None = None,
     out: str | os.PathLike = "leaderboard",
     registry: str | os.PathLike | None = None,
     force: bool = False,
     device: str | None = None,
 ) -> list[Result]:
-    """Run the cross product of encoders x tasks and render the leaderboard."""
+    """Run the cross product of encoders x tasks and render the leaderboard; return the
+    records computed in this run (cells already in results.jsonl are reused). Encoders
+    and tasks are registry instance names or objects (`get_encoder(...)`, an `Encoder`
+    subclass of one's own, `harness.adhoc.ModuleEncoder`), mixed freely."""
     from harness.config.registry import use_registry
     from harness.runner.cells import Runner
 
     reg = use_registry(registry) if registry is not None else active_registry()
     runner = Runner(reg, out_dir=Path(out), device=device, force=force)
     return runner.run(runner.select(profile, encoders, tasks))
+
+
+def evaluate(
+    model: Encoder | torch.nn.Module,
+    tasks: list[str | Task] | tuple[str, ...] = ("knn-default",),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    name: str | None = None,
+    out: str | os.PathLike = "leaderboard",
+    device: str | None = None,
+    *,
+    group: str | None = None,
+    registry: str | os.PathLike | None = None,
+    force: bool = False,
+) -> list[Result]:
+    """Evaluate one model on `tasks`; return every record of its cells, computed now or
+    reused from `<out>/results.jsonl`.
+
+    `model` is an `Encoder`, or a `torch.nn.Module` with `preprocess`: a function from
+    uint8 images [n, 3, H, W] (on the model's device) to the float tensor the module takes.
+    The harness never guesses a normalisation: `preprocess` is required, except for a
+    timm model (one that carries `pretrained_cfg`), which gets timm's eval transform
+    from `timm.data.resolve_model_data_config`. Results are filed under `name` (default:
+    the module's class name); the key comes from the weights, so the same weights reuse
+    the cached cells and changed weights recompute them (`harness.adhoc` tells what the
+    key sees of `preprocess`).
+    """
+    encoder = as_encoder(model, preprocess, name, group=group)
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    from harness.config.registry import use_registry
+    from harness.results.store import latest
+    from harness.runner.cells import Runner
+
+    reg = use_registry(registry) if registry is not None else active_registry()
+    runner = Runner(reg, out_dir=Path(out), device=device, force=force)
+    plan = runner.select(None, [encoder], list(tasks))
+    runner.run(plan)
+    keys = {cell.key for cell in runner.cells(plan)}
+    return latest([r for r in runner.store.read() if r.cell_key in keys])
+
+
+def as_encoder(
+    model: Encoder | torch.nn.Module,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    name: str | None = None,
+    group: str | None = None,
+) -> Encoder:
+    """`model` as an encoder, for `evaluate` and `run(encoders=[...])`: an `Encoder` as
+    it is (renamed when `name` is given), a torch module wrapped in a
+    `harness.adhoc.ModuleEncoder` (`evaluate` tells what `preprocess` must be)."""
+    from harness.adhoc import ModuleEncoder
+
+    if isinstance(model, Encoder):
+        if preprocess is not None:
+            raise HarnessError(f"encoder {model.name!r} does its own preprocessing; leave `preprocess` out")
+        if name is not None:
+            model.name = name
+        return model
+    patch_preprocess, size = None, None
+    if preprocess is None:
+        preprocess, patch_preprocess, size = _timm_preprocessing(model)
+    return ModuleEncoder(model, preprocess, name, patch_preprocess=patch_preprocess, input_size=size, group=group)
+
+
+class TimmPreprocess:
+    """timm's eval transform of a model's data config, on batches of uint8 images: the
+    timm encoder plugin's resize and centre crop (`crop`), or the whole image resized to
+    the input size (for patch features), then mean and std. Its attributes (the config,
+    and the fingerprint of the plugin's code) are part of an evaluated module's key."""
+
+    def __init__(self, config: dict[str, Any], crop: bool) -> None:
+        from harness.keys import code_fingerprint
+
+        self.config = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(config.items())}
+        self.crop = crop
+        self.plugin_code = code_fingerprint(_TIMM_PLUGIN)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        from harness_plugins.encoders.timm_models import resize_and_crop
+        config = self.config if self.crop else {**self.config, "crop_pct": 1.0, "crop_mode": "squash"}
+        size = tuple(int(s) for s in config["input_size"][-2:])
+        x = resize_and_crop(images.float().div(255.0), size, config)
+        mean = torch.tensor(config["mean"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(config["std"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+_TIMM_PLUGIN = "harness_plugins.encoders.timm_models"
+
+
+def _timm_preprocessing(module: Any) -> tuple[TimmPreprocess, TimmPreprocess, int]:
+    """(global, patch) preprocessing and input size of a timm model; a HarnessError for
+    any other module, which must be given `preprocess`."""
+    if not isinstance(getattr(module, "pretrained_cfg", None), dict):
+        raise HarnessError(
+            f"{type(module).__name__} needs `preprocess`, a function from uint8 images [n, 3, H, W] to "
+            "the float tensor it takes, e.g. preprocess=lambda x: (x.float() / 255 - mean) / std after a resize. "
+            "The harness never guesses a normalisation (only timm models, which carry `pretrained_cfg`, get theirs)"
+        )
+    from timm.data import resolve_model_data_config
+
+    config = resolve_model_data_config(module)
+    return TimmPreprocess(config, crop=True), TimmPreprocess(config, crop=False), int(config["input_size"][-1])

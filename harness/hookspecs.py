@@ -13,7 +13,7 @@ hookspec = pluggy.HookspecMarker("harness")
 hookimpl = pluggy.HookimplMarker("harness")
 
 Register = Callable[[str, type], None]
-RegisterFormat = Callable[[str, Callable[[str, Any], Any]], None]
+RegisterFormat = Callable[..., None]  # register(name, reader, files=None)
 
 
 @hookspec
@@ -35,4 +35,7 @@ def register_tasks(register: Register) -> None:
 def register_dataset_formats(register: RegisterFormat) -> None:
     """Register dataset formats: `register("name", reader)`, where `reader(name, spec)`
     reads the dataset that registry.yaml names `name` (its `DatasetSpec` holds root and
-    options) and returns the dataset object, e.g. `harness.datasets.ClassificationData`."""
+    options) and returns the dataset object, e.g. `harness.datasets.ClassificationData`.
+    A format whose root is not simply a folder or a file (a shard pattern, say) also
+    passes `files=`: `files(name, spec)` lists the files it reads, so that the keys
+    see their contents."""

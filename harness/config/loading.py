@@ -19,6 +19,8 @@ import re
 import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable
 
 import pluggy
 
@@ -50,6 +52,7 @@ class Registered:
 class RegisteredFormat:
     reader: Reader
     source: str
+    files: Callable[[str, Any], list[Path]] | None = None  # the files a dataset reads, when its root does not say
 
 
 @dataclass
@@ -113,14 +116,14 @@ def _class_register(registry: PluginRegistry, kind: str, source: str) -> hookspe
 def _format_register(registry: PluginRegistry, source: str) -> hookspecs.RegisterFormat:
     """The `register(name, reader)` callback a module gets for dataset formats."""
 
-    def register(name: str, reader: Reader) -> None:
+    def register(name: str, reader: Reader, files: Callable[[str, Any], list[Path]] | None = None) -> None:
         _check_name(name, "dataset format", source)
         if not callable(reader):
             raise PluginError(f"{source}: dataset format {name!r} must be a reader function (name, spec), got {reader!r}")
         existing = registry.formats.get(name)
         if existing is not None and existing.reader is not reader:
             raise _duplicate("dataset format", name, existing.source, source)
-        registry.formats[name] = RegisteredFormat(reader, source)
+        registry.formats[name] = RegisteredFormat(reader, source, files)
 
     return register
 

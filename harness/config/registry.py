@@ -149,7 +149,8 @@ class Registry:
             return None
         reader = self.plugins.formats.get(spec.format)
         code = code_fingerprint(reader.reader.__module__) if reader is not None else None
-        return {"spec": spec.model_dump(), "reader_code": code, "contents": dataset_fingerprint(name, spec)}
+        files = reader.files if reader is not None else None
+        return {"spec": spec.model_dump(), "reader_code": code, "contents": dataset_fingerprint(name, spec, files)}
 
     def profile(self, name: str) -> ProfileSpec:
         try:

@@ -33,7 +33,7 @@ from harness.cache import atomic_write, cache_root
 from harness.datasets.bundled import BUNDLED_PACKAGES
 from harness.datasets.spec import fingerprint_mode
 from harness.datasets.walk import list_tree
-from harness.errors import DatasetUnavailable
+from harness.errors import DatasetUnavailable, HarnessError
 
 if TYPE_CHECKING:
     from harness.config.schema import DatasetSpec
@@ -45,8 +45,12 @@ EDGE_BYTES = 64 * 1024
 """Bytes hashed from the start and from the end of each sampled file."""
 
 
-def dataset_fingerprint(name: str, spec: DatasetSpec) -> dict[str, Any] | None:
-    """A summary of dataset `name`'s contents that changes whenever they do (see above)."""
+def dataset_fingerprint(
+    name: str, spec: DatasetSpec, files: Callable[[str, DatasetSpec], list[Path]] | None = None
+) -> dict[str, Any] | None:
+    """A summary of dataset `name`'s contents that changes whenever they do (see above).
+    `files`, from a format whose root is a pattern rather than a folder, lists the files
+    the dataset reads; they are fingerprinted below their common folder."""
     from importlib.metadata import PackageNotFoundError, version
 
     mode = fingerprint_mode(name, spec)
@@ -58,12 +62,21 @@ def dataset_fingerprint(name: str, spec: DatasetSpec) -> dict[str, Any] | None:
             except PackageNotFoundError:
                 packages[package] = None
         return {"packages": packages}
+    if files is not None:
+        try:
+            listed = sorted({path.resolve() for path in files(name, spec)})
+        except HarnessError:  # absent, or misconfigured: the reader says which when the dataset is opened
+            return None
+        if not listed:
+            return None
+        common = Path(os.path.commonpath([str(path.parent) for path in listed]))
+        return _files_fingerprint(common, listed, mode)
     try:
         root = spec.resolved_root(name)
     except DatasetUnavailable:
         return None
-    files = list_tree(root, set(), fence=root) if root.is_dir() else [root]
-    return _files_fingerprint(root, files, mode)
+    tree = list_tree(root, set(), fence=root) if root.is_dir() else [root]
+    return _files_fingerprint(root, tree, mode)
 
 
 def _files_fingerprint(root: Path, files: list[Path], mode: str) -> dict[str, Any]:

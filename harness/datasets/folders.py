@@ -108,8 +108,8 @@ def _warn_skipped_link(path: Path, reason: str) -> None:
     warnings.warn(f"{path}: directory not scanned for images: {reason}", stacklevel=4)
 
 
-def _read_folder_pair(name: str, spec: DatasetSpec, test_dir: str, what: str) -> ClassificationData:
-    options = dataset_options(name, spec, {**IMAGE_OPTIONS, "train_dir": "train", "test_dir": test_dir})
+def _read_folder_pair(name: str, spec: DatasetSpec, test_dir: str, what: str, extra: dict[str, Any] | None = None) -> ClassificationData:
+    options = dataset_options(name, spec, {**IMAGE_OPTIONS, "train_dir": "train", "test_dir": test_dir, **(extra or {})})
     root = spec.resolved_root(name)
     preprocess = _preprocess(name, options)
     workers, limit = options["workers"], pixel_limit(name, options)
@@ -124,13 +124,52 @@ def _read_folder_pair(name: str, spec: DatasetSpec, test_dir: str, what: str) ->
     )
 
 
+def scan_unlabelled(folder: Path) -> list[Path]:
+    """Every image file under `folder` (recursively, sorted), whatever sub-folders hold them."""
+    if not folder.is_dir():
+        raise DataFormatError(f"{folder}: directory not found (expected image files under it)")
+    paths = [p for p in list_tree(folder, set(), fence=folder, on_skip=_warn_skipped_link) if p.name.lower().endswith(IMAGE_EXTENSIONS)]
+    if not paths:
+        raise DataFormatError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return sorted(paths)
+
+
+def _read_unlabelled(name: str, spec: DatasetSpec, options: dict[str, Any]) -> ClassificationData:
+    """Images without classes (label -1, no class names): for visual memories and training data."""
+    root = spec.resolved_root(name)
+    preprocess = _preprocess(name, options)
+    workers, limit = options["workers"], pixel_limit(name, options)
+    train_dir = root / options["train_dir"]
+    test_dir = root / options["test_dir"]
+    train = scan_unlabelled(train_dir)
+    if test_dir.resolve() == train_dir.resolve() or not test_dir.is_dir():
+        test: list[Path] = []
+    else:
+        test = scan_unlabelled(test_dir)
+        train = [p for p in train if test_dir not in p.parents]
+    return ClassificationData(
+        name=name,
+        train=ImageFileSplit(train, np.full(len(train), -1), preprocess, workers, limit=limit),
+        test=ImageFileSplit(test, np.full(len(test), -1), preprocess, workers, limit=limit),
+        classes=[],
+        description=f"unlabelled image folder: {options['train_dir']}/" + (f", {options['test_dir']}/" if test else ""),
+    )
+
+
 def read_imagefolder(name: str, spec: DatasetSpec) -> ClassificationData:
     """root/train/<class>/* (memory) and root/test/<class>/* (queries).
 
     Options: train_dir ("train"), test_dir ("test"), crop (224), resize (crop x 256/224),
-    workers (decoding threads).
+    workers (decoding threads), labels (true). With `labels: false` the folders hold
+    images without classes (any sub-folders, label -1 throughout): `train_dir: "."`
+    takes every image under the root; a missing test_dir gives an empty test split.
     """
-    return _read_folder_pair(name, spec, "test", "image folder")
+    if spec.options.get("labels", True) is False:
+        options = dataset_options(name, spec, {**IMAGE_OPTIONS, "train_dir": "train", "test_dir": "test", "labels": True})
+        return _read_unlabelled(name, spec, options)
+    if "labels" in spec.options and spec.options["labels"] is not True:
+        raise HarnessError(f"datasets.{name}.options.labels must be true or false, got {spec.options['labels']!r}")
+    return _read_folder_pair(name, spec, "test", "image folder", {"labels": True})
 
 
 def read_imagenet(name: str, spec: DatasetSpec) -> ClassificationData:

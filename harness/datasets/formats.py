@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from harness.datasets.bundled import read_digits, read_lfw_faces, read_textures
 from harness.datasets.folders import read_cub200, read_flowers102, read_food101, read_imagefolder, read_imagenet
+from harness.datasets.huggingface import read_huggingface
 from harness.datasets.medmnist import read_medmnist
 from harness.datasets.nights import read_nights
 from harness.datasets.segmentation import read_ade20k, read_coco, read_voc
 from harness.datasets.spec import Reader
 from harness.datasets.synthetic_scenes import read_synthetic_scenes
+from harness.datasets.torchvision_format import read_torchvision
+from harness.datasets.webdataset import read_webdataset, webdataset_files
 from harness.errors import UnknownNameError
 from harness.hookspecs import RegisterFormat, hookimpl
 
@@ -40,12 +43,19 @@ def register_dataset_formats(register: RegisterFormat) -> None:
     register("voc", read_voc)
     register("ade20k", read_ade20k)
     register("synthetic-scenes", read_synthetic_scenes)
+    register("webdataset", read_webdataset, files=webdataset_files)
+    register("huggingface", read_huggingface)
+    register("torchvision", read_torchvision)
 
 
 def builtin_readers() -> dict[str, Reader]:
     """The core's own formats, for opening a dataset without loading plugins."""
     readers: dict[str, Reader] = {}
-    register_dataset_formats(readers.__setitem__)
+
+    def register(name: str, reader: Reader, files: Any = None) -> None:
+        readers[name] = reader
+
+    register_dataset_formats(register)
     return readers
 
 

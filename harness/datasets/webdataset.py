@@ -227,6 +227,15 @@ def read_classnames(folder: Path | None, filename: str, count: int) -> list[str]
     return names
 
 
+def webdataset_files(name: str, spec: DatasetSpec) -> list[Path]:
+    """Every shard of every split, and classnames.txt where present: what the keys see."""
+    options = dataset_options(name, spec, WEBDATASET_OPTIONS)
+    shards, folder = locate_shards(name, spec, options)
+    listed = [path for paths in shards.values() for path in paths]
+    classnames = folder / options["classnames"] if folder is not None and options["classnames"] else None
+    return listed + ([classnames] if classnames is not None and classnames.is_file() else [])
+
+
 def read_webdataset(name: str, spec: DatasetSpec) -> ClassificationData:
     """WebDataset shards as CLIP_benchmark writes them (see the module's docstring).
 

@@ -2,7 +2,8 @@
 
 One table per task: rows are encoders grouped by training-data type (target, realistic,
 procedural, white-box), columns are the task's headline metric per dataset, with the
-paper's reported number beside ours where the paper has the same row. Skipped and
+paper's reported number beside ours where the paper has the same row, and 95 %
+intervals where the records allow (harness.results.stats). Skipped and
 error cells are shown as such, with their messages as notes under the table. Figures
 come from each task plugin's `figures` and from generator sample grids.
 """
@@ -10,15 +11,19 @@ come from each task plugin's `figures` and from generator sample grids.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.version import __version__
 from harness.cache import atomic_write
 from harness.config.schema import GROUPS
 from harness.results.manifest import newest_manifest
-from harness.results.store import ResultStore, latest
+from harness.results.ranking import generator_ranking_section, seed_groups
+from harness.results.stats import bootstrap_interval, overlap, seed_interval
+from harness.results.store import ResultStore, latest, unpack_outcomes
 
 if TYPE_CHECKING:
     import pandas
@@ -34,15 +39,91 @@ def _format(value: float | None) -> str:
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
 
 
-def _cell(rows: pandas.DataFrame) -> str:
+@dataclass
+class _Cell:
+    """One table cell: its text, and for an ok value the number and its 95 % interval."""
+
+    text: str = ""
+    value: float | None = None
+    interval: tuple[float, float] | None = None
+
+
+def _with_interval(value: float | None, interval: tuple[float, float] | None) -> str:
+    if value is None or interval is None:
+        return _format(value)
+    return f"{_format(value)} ± {_format((interval[1] - interval[0]) / 2)}"
+
+
+def test_interval(row: Any) -> tuple[float, float] | None:
+    """The bootstrap interval of a record's value from its per-image `outcomes` (None
+    without them). A value is the mean of its outcomes, in percent or as a fraction."""
+    outcomes = getattr(row, "outcomes", None)
+    if not isinstance(outcomes, str) or row.value is None:
+        return None
+    bits = unpack_outcomes(outcomes, int(row.n))  # a ValueError names what is wrong
+    if bits.size == 0:
+        return None
+    mean = float(bits.mean())
+    scale = next((s for s in (100.0, 1.0) if abs(s * mean - float(row.value)) <= 1e-6 * max(s, abs(float(row.value)))), None)
+    if scale is None:
+        raise ValueError(f"its value {row.value} is not the mean of its {bits.size} outcomes ({mean})")
+    low, high = bootstrap_interval(bits)
+    return scale * low, scale * high
+
+
+def _cell(rows: pandas.DataFrame, notes: list[str]) -> _Cell:
     row = rows.iloc[-1]
-    if row.status == "ok":
-        return _format(row.value)
-    return row.status
+    if row.status != "ok":
+        return _Cell(row.status)
+    try:
+        interval = test_interval(row)
+    except ValueError as exc:
+        notes.append(f"{row.encoder} / {row.dataset}: no interval: the record's outcomes are unusable: {exc}")
+        interval = None
+    return _Cell(_with_interval(row.value, interval), row.value, interval)
 
 
-def task_table(frame: pandas.DataFrame, paper: pandas.DataFrame | None) -> tuple[str, list[str]]:
-    """Markdown table of one task's headline results, and its notes."""
+def _seed_cell(cells: list[_Cell]) -> _Cell:
+    """The mean over training seeds of one column, with its t-interval."""
+    values = [cell.value for cell in cells if cell.value is not None and not math.isnan(cell.value)]
+    if not values:
+        return _Cell()
+    interval = seed_interval(values)
+    mean = sum(values) / len(values)
+    return _Cell(_with_interval(mean, interval), mean, interval)
+
+
+def _sort_value(cells: list[_Cell]) -> float | None:
+    values = [cell.value for cell in cells if cell.value is not None and not math.isnan(cell.value)]
+    return sum(values) / len(values) if values else None
+
+
+def _tied(a: list[_Cell], b: list[_Cell]) -> bool:
+    """Whether two rows' intervals overlap in every column where both have one (and one at least)."""
+    shared = [(x.interval, y.interval) for x, y in zip(a, b) if x.interval is not None and y.interval is not None]
+    return bool(shared) and all(overlap(x, y) for x, y in shared)
+
+
+def _ranks(rows: list[list[_Cell]]) -> list[str]:
+    """Competition ranks of rows sorted best first; rows whose intervals overlap the row
+    above share its rank, and every rank shared this way is marked `=`."""
+    ranks: list[int | None] = []
+    for i, cells in enumerate(rows):
+        if _sort_value(cells) is None:
+            ranks.append(None)
+        elif i and ranks[-1] is not None and _tied(rows[i - 1], cells):
+            ranks.append(ranks[-1])
+        else:
+            ranks.append(i + 1)
+    return ["" if r is None else ("=" if ranks.count(r) > 1 else "") + str(r) for r in ranks]
+
+
+def task_table(
+    frame: pandas.DataFrame, paper: pandas.DataFrame | None, seeds: dict[str, list[str]] | None = None
+) -> tuple[str, list[str]]:
+    """Markdown table of one task's headline results, and its notes. `seeds` maps a label
+    to encoders that are training seeds of one recipe: a row for their mean is added.
+    Tables with test intervals (records with `outcomes`) are sorted by value, best first."""
     from tabulate import tabulate
 
     headline = frame[frame.headline | (frame.status != "ok")]
@@ -50,7 +131,6 @@ def task_table(frame: pandas.DataFrame, paper: pandas.DataFrame | None) -> tuple
     columns = sorted(headline.dataset.unique())
     use_metric_in_header = len(metrics) > 1
     notes: list[str] = []
-    table_rows = []
     header = ["group", "encoder"]
     col_keys: list[tuple[str, str | None]] = []
     for dataset in columns:
@@ -67,22 +147,47 @@ def task_table(frame: pandas.DataFrame, paper: pandas.DataFrame | None) -> tuple
         .assign(rank=lambda d: d.encoder_group.map(lambda g: order.get(g, len(order))))
         .sort_values(["rank", "encoder"])
     )
+    data_keys = [key for key in col_keys if not (key[1] or "").startswith("paper:")]
+    rows: list[tuple[str, str, Any, dict[tuple[str, str | None], _Cell]]] = []
     for _, enc in encoders.iterrows():
-        cells = [enc.encoder_group, enc.encoder]
+        cells: dict[tuple[str, str | None], _Cell] = {}
+        for dataset, metric in data_keys:
+            found = headline[(headline.encoder == enc.encoder) & (headline.dataset == dataset)]
+            found = found[(found.metric == metric) | (found.status != "ok")] if metric else found
+            cells[(dataset, metric)] = _cell(found, notes) if not found.empty else _Cell()
+            if not found.empty and found.iloc[-1].status != "ok":
+                notes.append(f"{enc.encoder} / {dataset}: {found.iloc[-1].status}: {found.iloc[-1].message}")
+        rows.append((enc.encoder_group, enc.encoder, enc.paper_row, cells))
+    by_name = {row[1]: row for row in rows}
+    for label, members in (seeds or {}).items():
+        present = [by_name[name] for name in members if name in by_name]
+        if len(present) >= 2:
+            paper_rows = {row[2] for row in present}
+            cells = {key: _seed_cell([row[3][key] for row in present]) for key in data_keys}
+            rows.append((present[0][0], f"{label} (mean of {len(present)} seeds)", paper_rows.pop() if len(paper_rows) == 1 else None, cells))
+    ranked = any(cell.interval is not None for row in rows[: len(encoders)] for cell in row[3].values())
+    if ranked:
+        def best_first(row: tuple) -> tuple:
+            value = _sort_value(list(row[3].values()))
+            return (value is None, -(value or 0.0), order.get(row[0], len(order)), row[1])
+
+        rows.sort(key=best_first)
+    else:
+        rows.sort(key=lambda row: (order.get(row[0], len(order)), row[1]))
+    ranks = _ranks([list(row[3].values()) for row in rows]) if ranked else []
+    table_rows = []
+    for i, (group, name, paper_row, cells) in enumerate(rows):
+        line = [group, name]
         for dataset, metric in col_keys:
             if metric and metric.startswith("paper:"):
                 match = paper[
-                    (paper.dataset == dataset) & (paper.metric == metric[6:]) & (paper.paper_row == enc.paper_row)
+                    (paper.dataset == dataset) & (paper.metric == metric[6:]) & (paper.paper_row == paper_row)
                 ] if paper is not None else None
-                cells.append(_format(float(match.value.iloc[0])) if match is not None and not match.empty else "")
-                continue
-            rows = headline[(headline.encoder == enc.encoder) & (headline.dataset == dataset)]
-            rows = rows[(rows.metric == metric) | (rows.status != "ok")] if metric else rows
-            cells.append(_cell(rows) if not rows.empty else "")
-            if not rows.empty and rows.iloc[-1].status != "ok":
-                notes.append(f"{enc.encoder} / {dataset}: {rows.iloc[-1].status}: {rows.iloc[-1].message}")
-        table_rows.append(cells)
-    return tabulate(table_rows, headers=header, tablefmt="github"), sorted(set(notes))
+                line.append(_format(float(match.value.iloc[0])) if match is not None and not match.empty else "")
+            else:
+                line.append(cells[(dataset, metric)].text)
+        table_rows.append(line + ([ranks[i]] if ranked else []))
+    return tabulate(table_rows, headers=header + (["rank"] if ranked else []), tablefmt="github"), sorted(set(notes))
 
 
 def provenance(frame: pandas.DataFrame) -> str:
@@ -114,10 +219,18 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
         lines += [f"Last run: [{manifest.relative_to(out_dir).as_posix()}]({manifest.relative_to(out_dir).as_posix()}) "
                   "(command, code revision, library versions, machine, thread counts, cells computed and reused).", ""]
     lines += [
-        "Rows are grouped by the encoder's training data: target (the benchmark's own domain), "
-        "realistic (other real images), procedural, white-box. `paper` columns give the number "
+        "`group` is the encoder's training data: target (the benchmark's own domain), "
+        "realistic (other real images), procedural, white-box; tables without intervals list "
+        "their rows by group. `paper` columns give the number "
         "the paper reports for the same row; `skipped` and `error` cells are explained below "
         "each table.",
+        "",
+        "`value ± h`: h is half the 95 % interval. For one encoder it is a percentile bootstrap "
+        "over the test images (2000 resamples, seed 0); for a `(mean of N seeds)` row, encoders "
+        "whose registry entries differ only in their seed, it is the t-interval of the mean "
+        "over seeds. Tables with intervals list the rows best first (by the mean over their "
+        "columns); `rank` marks with `=` rows whose intervals overlap the row above in every "
+        "column both have, an order the data does not resolve.",
         "",
     ]
     for task_name in ([] if frame.empty else list(dict.fromkeys(frame.task))):
@@ -126,12 +239,13 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
         task_cls = registry.plugins.classes["task"].get(plugin)
         paper = task_cls.cls.paper_numbers() if task_cls else None
         title = (task_cls.cls.title if task_cls else "") or plugin
-        table, notes = task_table(task_frame, paper)
+        table, notes = task_table(task_frame, paper, seed_groups(registry, task_frame.encoder.unique()))
         lines += [f"## {task_name}: {title}", "", table, ""]
         lines += [f"- {note}" for note in notes] + ([""] if notes else [])
         if task_cls:
             for path in task_cls.cls.figures(task_frame.reset_index(drop=True), figures_dir):
                 lines += [f"![{path.stem}]({path.relative_to(out_dir).as_posix()})", ""]
+    lines += generator_ranking_section(frame, registry)
     lines += training_section(out_dir, figures_dir)
     grids = sorted((figures_dir / "generators").glob("*.png"))
     if grids:

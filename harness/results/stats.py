@@ -51,13 +51,14 @@ def bootstrap_interval(
     batch = max(1, 5_000_000 // values.size)  # resamples held at once: about 40 MB of float64
     result = bootstrap(
         (values,), np.mean, n_resamples=resamples, batch=batch, vectorized=True, confidence_level=confidence,
-        method="percentile", **{_RNG: np.random.default_rng(seed)},
+        method="percentile", **{_rng_keyword(bootstrap): np.random.default_rng(seed)},
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-# scipy >= 1.15 names the generator `rng`; older releases call it `random_state`
-_RNG = "rng" if "rng" in inspect.signature(__import__("scipy.stats", fromlist=["bootstrap"]).bootstrap).parameters else "random_state"
+def _rng_keyword(bootstrap: object) -> str:
+    """scipy >= 1.15 names bootstrap's generator `rng`; older releases `random_state`."""
+    return "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"
 
 
 def seed_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:

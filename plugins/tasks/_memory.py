@@ -36,6 +36,11 @@ def train_memory(ctx: Any, why_single_label: str) -> tuple[Any, Any, np.ndarray,
     data = ctx.open_dataset()
     if np.asarray(data.train.labels).ndim != 1:
         raise HarnessError(f"dataset {ctx.dataset!r} is multi-label; {why_single_label}")
+    for split in (data.train, data.test):
+        if len(split.labels) and int(np.min(split.labels)) < 0:
+            raise HarnessError(
+                f"dataset {ctx.dataset!r} is unlabelled (labels: false, or label -1); this task needs a class per image"
+            )
     train = ctx.embed_split(data.train, "train")
     test = ctx.embed_split(data.test, "test")
     memory = VisualMemory(train.shape[1], device=ctx.device)

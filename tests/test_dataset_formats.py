@@ -1,0 +1,324 @@
+"""The webdataset, huggingface and torchvision formats and unlabelled image folders,
+each built from scikit-learn's bundled digits and checked pixel for pixel against them."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.cli import main
+from harness.config.registry import load_registry
+from harness.config.schema import DatasetSpec
+from harness.datasets import open_dataset
+from harness.datasets.webdataset import expand_braces
+from harness.errors import DataFormatError, DatasetUnavailable, HarnessError, UnknownNameError
+from harness.results.store import ResultStore
+
+PER_CLASS = (6, 3)  # train, test images of each digit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """{split: (uint8 images [n, 8, 8], labels [n])}: the first PER_CLASS images of each digit."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.clip(np.rint(data.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    out = {}
+    for split, (skip, take) in {"train": (0, PER_CLASS[0]), "test": (PER_CLASS[0], PER_CLASS[1])}.items():
+        rows = np.concatenate([np.flatnonzero(data.target == d)[skip : skip + take] for d in range(10)])
+        out[split] = (images[rows], data.target[rows].astype(np.int64))
+    return out
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def write_shards(folder, images, labels, shards=2, broken=None):
+    """`folder/part-{0..shards-1}.tar` with samples KEY.png + KEY.cls; `broken` =
+    (index, "image" | "label") corrupts that sample's image or leaves out its label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard, rows in enumerate(np.array_split(np.arange(len(labels)), shards)):
+        with tarfile.open(folder / f"part-{shard}.tar", "w") as archive:
+            for i in rows:
+                key = f"s{i:05d}"
+                add_member(archive, f"{key}.png", b"not a png" if broken == (i, "image") else png(images[i]))
+                if broken != (i, "label"):
+                    add_member(archive, f"{key}.cls", str(labels[i]).encode())
+
+
+def spec(fmt, root=None, **options):
+    return DatasetSpec(format=fmt, root=None if root is None else str(root), options={"crop": 8, "resize": 8, "workers": 2, **options})
+
+
+def all_images(split):
+    return np.concatenate([b.numpy() for b in split.batches(7)]) if len(split) else np.zeros((0, 3, 8, 8), np.uint8)
+
+
+def assert_digits(data, digits, splits=("train", "test")):
+    for split in splits:
+        images, labels = digits[split]
+        part = getattr(data, split)
+        assert part.labels.tolist() == labels.tolist()
+        got = all_images(part)
+        assert got.shape == (len(labels), 3, 8, 8) and got.dtype == np.uint8
+        assert (got == images[:, None]).all()
+        assert (part.take([3, 0]).numpy() == images[[3, 0]][:, None]).all()
+
+
+# -------------------------------------------------------------------- webdataset
+def test_brace_expansion():
+    assert expand_braces("/d/train-{000008..000010}.tar") == [f"/d/train-0000{i:02d}.tar" for i in (8, 9, 10)]
+    assert expand_braces("a{b,c{1..2}}d") == ["abd", "ac1d", "ac2d"]
+    assert expand_braces("x-{split}.tar") == ["x-{split}.tar"]
+
+
+def test_webdataset_split_folders_and_classnames(tmp_path, digits):
+    for split, (images, labels) in digits.items():
+        write_shards(tmp_path / split, images, labels)
+    (tmp_path / "classnames.txt").write_text("\n".join(f"digit {d}" for d in range(10)) + "\n")
+    data = open_dataset("wds", spec("webdataset", tmp_path))
+    assert_digits(data, digits)
+    assert data.classes[3] == "digit 3"
+
+
+def test_webdataset_brace_patterns(tmp_path, digits):
+    for split, (images, labels) in digits.items():
+        write_shards(tmp_path / split, images, labels, shards=3)
+    splits = {"train": "train/part-{0..2}.tar", "test": str(tmp_path / "test" / "part-{0..2}.tar")}
+    assert_digits(open_dataset("wds", spec("webdataset", tmp_path, splits=splits)), digits)
+    placeholder = open_dataset("wds", spec("webdataset", str(tmp_path / "{split}" / "part-{0..2}.tar")))
+    assert_digits(placeholder, digits, splits=("test",))
+    (tmp_path / "train" / "part-2.tar").unlink()
+    with pytest.raises(DataFormatError, match=r"1 of 3 shards .* missing.*part-2\.tar"):
+        open_dataset("wds", spec("webdataset", tmp_path, splits=splits))
+    with pytest.raises(DatasetUnavailable, match="no shard of split 'train'"):
+        open_dataset("wds", spec("webdataset", tmp_path, splits={"train": "none-{0..1}.tar", "test": splits["test"]}))
+
+
+def test_webdataset_bad_rows_name_shard_and_index(tmp_path, digits):
+    images, labels = digits["train"]
+    write_shards(tmp_path / "train", images, labels, shards=1, broken=(4, "label"))
+    write_shards(tmp_path / "test", *digits["test"], shards=1, broken=(5, "image"))
+    with pytest.raises(DataFormatError, match=r"part-0\.tar: sample 's00004' \(sample 4 of the shard\) has no label member s00004\.cls"):
+        open_dataset("wds", spec("webdataset", tmp_path))
+    write_shards(tmp_path / "train", images, labels, shards=1)
+    data = open_dataset("wds", spec("webdataset", tmp_path))
+    with pytest.raises(DataFormatError, match=r"test/part-0\.tar:s00005\.png: cannot decode image.*sample 5 of the shard"):
+        all_images(data.test)
+
+
+# ------------------------------------------------------------------- huggingface
+def hf_dataset(images, labels, as_arrays=False):
+    import datasets
+
+    if as_arrays:
+        features = datasets.Features({"pixels": datasets.Array2D((8, 8), "uint8"), "digit": datasets.ClassLabel(names=[f"d{i}" for i in range(10)])})
+        return datasets.Dataset.from_dict({"pixels": list(images), "digit": labels.tolist()}, features=features)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"d{i}" for i in range(10)])})
+    return datasets.Dataset.from_dict({"image": [Image.fromarray(i) for i in images], "label": labels.tolist()}, features=features)
+
+
+def test_huggingface_save_to_disk(tmp_path, digits):
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    datasets.DatasetDict({s: hf_dataset(*digits[s]) for s in digits}).save_to_disk(str(tmp_path / "dd"))
+    data = open_dataset("hf", spec("huggingface", tmp_path / "dd"))
+    assert_digits(data, digits)
+    assert data.classes == [f"d{i}" for i in range(10)]
+
+
+def test_huggingface_parquet_with_array_column_and_split_names(tmp_path, digits):
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    (tmp_path / "data").mkdir()
+    hf_dataset(*digits["train"], as_arrays=True).to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    hf_dataset(*digits["test"], as_arrays=True).to_parquet(str(tmp_path / "data" / "validation-00000-of-00001.parquet"))
+    data = open_dataset("hf", spec("huggingface", tmp_path, image_column="pixels", label_column="digit", test_split="validation"))
+    assert_digits(data, digits)
+    assert data.classes[9] == "d9"
+    with pytest.raises(DataFormatError, match=r"train-00000-of-00001\.parquet: no column 'image', 'label' \(columns: pixels, digit\)"):
+        open_dataset("hf", spec("huggingface", tmp_path, test_split="validation"))
+
+
+def test_huggingface_bad_rows_name_file_and_row(tmp_path, digits):
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    images, labels = digits["train"]
+    good = hf_dataset(images, labels)
+    good.save_to_disk(str(tmp_path / "train"))
+    broken = datasets.Dataset.from_dict(
+        {"image": [{"bytes": png(i), "path": None} for i in images[:4]] + [{"bytes": b"junk", "path": None}], "label": [0, 1, 2, 3, 4]},
+        features=datasets.Features({"image": datasets.Image(decode=False), "label": datasets.Value("int64")}),
+    )
+    broken.save_to_disk(str(tmp_path / "test"))
+    data = open_dataset("hf", spec("huggingface", tmp_path))
+    with pytest.raises(DataFormatError, match=r"test/data-00000-of-00001\.arrow: row 4: cannot decode image"):
+        all_images(data.test)
+    unlabelled = datasets.Dataset.from_dict({"image": [Image.fromarray(images[0])] * 3, "label": [1, None, 2]})
+    unlabelled.save_to_disk(str(tmp_path / "holes"))
+    with pytest.raises(DataFormatError, match=r"holes/data-00000-of-00001\.arrow: row 1: missing label"):
+        open_dataset("hf", spec("huggingface", tmp_path, splits={"test": "holes"}))
+
+
+def test_huggingface_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(HarnessError, match=r"needs pyarrow: pip install 'procedural-harness\[hf\]'"):
+        open_dataset("hf", spec("huggingface", tmp_path))
+
+
+def test_huggingface_hub_needs_a_pinned_revision_and_stays_offline(tmp_path):
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("huggingface_hub")
+    with pytest.raises(HarnessError, match="needs options.revision"):
+        open_dataset("hf", spec("huggingface", hub="someone/digits"))
+    with pytest.raises(DatasetUnavailable, match="HF_HUB_OFFLINE is set"):
+        open_dataset("hf", spec("huggingface", hub="someone/digits", revision="0" * 40))
+
+
+# ------------------------------------------------------------------- torchvision
+def write_cifar(root, digits):
+    """CIFAR-10's python pickle layout (torchvision's files, md5 checks included)."""
+    import hashlib
+
+    from torchvision.datasets import CIFAR10
+
+    folder = root / CIFAR10.base_folder
+    folder.mkdir(parents=True)
+    images, labels = digits["train"]
+    tiles = {s: np.repeat(np.repeat(digits[s][0], 4, axis=1), 4, axis=2) for s in digits}  # 8 -> 32 px
+    batches = {name: ("train", i) for i, (name, _) in enumerate(CIFAR10.train_list)} | {CIFAR10.test_list[0][0]: ("test", 0)}
+    for name, (split, part) in batches.items():
+        rows = np.array_split(np.arange(len(digits[split][1])), len(CIFAR10.train_list) if split == "train" else 1)[part]
+        pixels = np.repeat(tiles[split][rows][:, None], 3, axis=1).reshape(len(rows), -1)
+        (folder / name).write_bytes(pickle.dumps({"data": pixels, "labels": digits[split][1][rows].tolist()}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    CIFAR10.train_list = [[n, hashlib.md5((folder / n).read_bytes()).hexdigest()] for n, _ in CIFAR10.train_list]
+    CIFAR10.test_list = [[n, hashlib.md5((folder / n).read_bytes()).hexdigest()] for n, _ in CIFAR10.test_list]
+    CIFAR10.meta = {**CIFAR10.meta, "md5": hashlib.md5((folder / "batches.meta").read_bytes()).hexdigest()}
+
+
+def test_torchvision_cifar10_pickles(tmp_path, digits, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    for attribute in ("train_list", "test_list", "meta"):
+        monkeypatch.setattr(CIFAR10, attribute, getattr(CIFAR10, attribute))
+    write_cifar(tmp_path, digits)
+    data = open_dataset("tv", spec("torchvision", tmp_path, crop=32, resize=32, **{"class": "CIFAR10"}))
+    assert data.classes == [f"c{i}" for i in range(10)]
+    for split in ("train", "test"):
+        images, labels = digits[split]
+        part = getattr(data, split)
+        assert part.labels.tolist() == labels.tolist()
+        got = np.concatenate([b.numpy() for b in part.batches(16)])
+        assert (got[:, :, ::4, ::4] == images[:, None]).all()
+
+
+def test_torchvision_imagefolder_missing_root_and_bad_item(tmp_path, digits):
+    with pytest.raises(DatasetUnavailable, match=r"torchvision.datasets.ImageFolder: dataset 'tv': .*nowhere does not exist"):
+        open_dataset("tv", spec("torchvision", tmp_path / "nowhere", **{"class": "ImageFolder"}))
+    with pytest.raises(UnknownNameError, match="'CIFAR11'.*CIFAR10"):
+        open_dataset("tv", spec("torchvision", tmp_path, **{"class": "CIFAR11"}))
+    with pytest.raises(HarnessError, match="download is not allowed"):
+        open_dataset("tv", spec("torchvision", tmp_path, args={"download": True}, **{"class": "CIFAR10"}))
+    write_folders(tmp_path, digits)
+    data = open_dataset("tv", spec("torchvision", tmp_path, **{"class": "ImageFolder"}))
+    assert_digits(data, digits)
+    (tmp_path / "test" / "7" / "002.png").write_bytes(b"junk")
+    with pytest.raises(DataFormatError, match=r"ImageFolder.*split 'test': item 23 \(.*7/002\.png\) cannot be read"):
+        all_images(open_dataset("tv", spec("torchvision", tmp_path, **{"class": "ImageFolder"})).test)
+
+
+# ------------------------------------------------------------ unlabelled folders
+def write_folders(root, digits, labelled=True):
+    for split, (images, labels) in digits.items():
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = root / split / (str(label) if labelled else f"batch{i // 10}")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i % PER_CLASS[split == 'test']:03d}.png")
+
+
+def test_imagefolder_without_labels(tmp_path, digits):
+    flat = tmp_path / "flat"
+    for i, image in enumerate(digits["train"][0]):
+        (flat / "a" if i % 2 else flat).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save((flat / "a" if i % 2 else flat) / f"{i:03d}.png")
+    data = open_dataset("pool", spec("imagefolder", flat, labels=False, train_dir="."))
+    assert len(data.train) == len(digits["train"][1]) and len(data.test) == 0 and data.classes == []
+    assert set(data.train.labels.tolist()) == {-1}
+    expected = {f"{i:03d}.png": image for i, image in enumerate(digits["train"][0])}
+    for path, image in zip(data.train.paths, all_images(data.train)):
+        assert (image == expected[path.name][None]).all()
+    with pytest.raises(DataFormatError, match=r"flat/test: directory not found \(expected <split>/<class>/<image> files\)"):
+        open_dataset("pool", spec("imagefolder", flat, train_dir="."))  # with labels, sub-folders are classes
+    with pytest.raises(HarnessError, match="labels must be true or false"):
+        open_dataset("pool", spec("imagefolder", flat, labels="no"))
+
+
+# ------------------------------------------------------------ registry and CLI
+def test_knn_through_the_cli_matches_the_same_images_as_an_imagefolder(tmp_path, digits, capsys):
+    """kNN with the rgb encoder over webdataset shards gives the accuracy it gives over
+    the same images as an image folder (an independent reader)."""
+    for split, (images, labels) in digits.items():
+        write_shards(tmp_path / "wds" / split, images, labels)
+    write_folders(tmp_path / "folder", digits)
+    options = {"crop": 8, "resize": 8}
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        "datasets:\n"
+        f"  digits-wds: {{format: webdataset, root: {tmp_path / 'wds'}, options: {json.dumps(options)}}}\n"
+        f"  digits-folder: {{format: imagefolder, root: {tmp_path / 'folder'}, options: {json.dumps(options)}}}\n"
+        "tasks:\n  knn-formats: {plugin: knn, params: {datasets: [digits-wds, digits-folder], ks: [1, 3]}}\n"
+    )
+    assert load_registry(registry).dataset("digits-wds").format == "webdataset"
+    out = tmp_path / "out"
+    code = main(["--registry", str(registry), "run", "--encoders", "rgb", "--tasks", "knn-formats", "--out", str(out), "--device", "cpu", "--threads", "2"])
+    assert code == 0, capsys.readouterr().err
+    rows = {}
+    for record in ResultStore(out).read():
+        assert record.status == "ok", record.message
+        rows.setdefault(record.dataset, {})[(record.metric, json.dumps(record.params, sort_keys=True))] = record.value
+    assert set(rows) == {"digits-wds", "digits-folder"}
+    assert rows["digits-wds"] == rows["digits-folder"]
+    # rgb's features are the pixels (area-resized 8 -> 16 repeats each) minus 0.5: 1-NN by cosine
+    from sklearn.neighbors import KNeighborsClassifier
+
+    (train, train_labels), (test, test_labels) = digits["train"], digits["test"]
+    features = [np.repeat(x[:, None].astype(np.float64) / 255.0 - 0.5, 3, axis=1).reshape(len(x), -1) for x in (train, test)]
+    expected = 100.0 * KNeighborsClassifier(n_neighbors=1, metric="cosine", algorithm="brute").fit(features[0], train_labels).score(features[1], test_labels)
+    top1s = {v for (metric, params), v in rows["digits-wds"].items() if metric == "top1" and json.loads(params).get("k") == 1}
+    (top1,) = top1s  # every vote of a single neighbour is the same
+    assert top1 == pytest.approx(expected, abs=1e-6) and expected > 70
+
+
+def test_a_shard_pattern_root_is_fingerprinted_by_its_shards(tmp_path, digits):
+    """A webdataset root written as a pattern is no folder: the keys still see its shards."""
+    from harness.config.registry import load_registry
+
+    for split in ("train", "test"):
+        write_shards(tmp_path / "wds" / split, *digits[split])
+    registry_file = tmp_path / "registry.yaml"
+    pattern = str(tmp_path / "wds") + "/{split}/part-{0..1}.tar"
+    registry_file.write_text(f"datasets:\n  mine: {{format: webdataset, root: '{pattern}'}}\n")
+    before = load_registry(registry_file).dataset_description("mine")["contents"]
+    assert before is not None and before["files"] == 4
+    with open(tmp_path / "wds" / "test" / "part-1.tar", "ab") as shard:
+        shard.write(b"\0" * 1024)  # a test shard changes: so must the fingerprint
+    after = load_registry(registry_file).dataset_description("mine")["contents"]
+    assert after["digest"] != before["digest"]
