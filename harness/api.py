@@ -13,6 +13,7 @@ from harness.config.registry import active_registry
 from harness.results.store import Result
 
 if TYPE_CHECKING:
+    from harness.preprocessing import TimmPreprocess
     import torch
 
 
@@ -120,34 +121,6 @@ def as_encoder(
     return ModuleEncoder(model, preprocess, name, patch_preprocess=patch_preprocess, input_size=size, group=group)
 
 
-class TimmPreprocess:
-    """timm's eval transform of a model's data config, on batches of uint8 images: the
-    timm encoder plugin's resize and centre crop (`crop`), or the whole image resized to
-    the input size (for patch features), then mean and std. Its attributes (the config,
-    and the fingerprint of the plugin's code) are part of an evaluated module's key."""
-
-    def __init__(self, config: dict[str, Any], crop: bool) -> None:
-        from harness.keys import code_fingerprint
-
-        self.config = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(config.items())}
-        self.crop = crop
-        self.plugin_code = code_fingerprint(_TIMM_PLUGIN)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        from harness_plugins.encoders.timm_models import resize_and_crop
-        config = self.config if self.crop else {**self.config, "crop_pct": 1.0, "crop_mode": "squash"}
-        size = tuple(int(s) for s in config["input_size"][-2:])
-        x = resize_and_crop(images.float().div(255.0), size, config)
-        mean = torch.tensor(config["mean"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(config["std"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
-
-
-_TIMM_PLUGIN = "harness_plugins.encoders.timm_models"
-
-
 def _timm_preprocessing(module: Any) -> tuple[TimmPreprocess, TimmPreprocess, int]:
     """(global, patch) preprocessing and input size of a timm model; a HarnessError for
     any other module, which must be given `preprocess`."""
@@ -158,6 +131,8 @@ def _timm_preprocessing(module: Any) -> tuple[TimmPreprocess, TimmPreprocess, in
             "The harness never guesses a normalisation (only timm models, which carry `pretrained_cfg`, get theirs)"
         )
     from timm.data import resolve_model_data_config
+
+    from harness.preprocessing import TimmPreprocess
 
     config = resolve_model_data_config(module)
     return TimmPreprocess(config, crop=True), TimmPreprocess(config, crop=False), int(config["input_size"][-1])

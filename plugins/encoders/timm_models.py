@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,8 @@ from pydantic import Field, model_validator
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
+from harness.preprocessing import resize_and_crop, resize
+
 from harness_plugins.encoders._shared import file_sha256, first_line, in_batches, load_weights_file
 
 if TYPE_CHECKING:
@@ -285,7 +286,7 @@ class TimmEncoder(Encoder):
         if crop:
             x = resize_and_crop(x, size, config)
         else:
-            x = _resize(x, size, config["interpolation"])
+            x = resize(x, size, config["interpolation"])
         mean = torch.tensor(config["mean"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(config["std"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
@@ -358,50 +359,6 @@ class TimmEncoder(Encoder):
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         return self._batched(images, self._patches)
-
-
-# ---------------------------------------------------------------- preprocessing
-def _resize(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
-    """Resize float images in 0..1 to `size` (antialiased bicubic / bilinear, as torchvision)."""
-    import torch.nn.functional as F
-
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if interpolation in ("bicubic", "bilinear"):
-        x = F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True)
-        return x.clamp_(0.0, 1.0) if interpolation == "bicubic" else x
-    return F.interpolate(x, size=size, mode="nearest")
-
-
-def resize_and_crop(x: torch.Tensor, size: tuple[int, int], config: dict[str, Any]) -> torch.Tensor:
-    """timm's eval transform (`transforms_imagenet_eval`) on a float batch: resize to
-    size / crop_pct ("center": the shorter side, aspect kept; "squash": both sides;
-    "border": the longer side, then padded with the mean colour), then centre crop."""
-    crop_pct = config.get("crop_pct") or 0.875
-    mode = config.get("crop_mode") or "center"
-    scale = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
-    height, width = x.shape[-2:]
-    if mode == "squash":
-        new = scale
-    elif mode == "border" or scale[0] != scale[1]:
-        ratio_h, ratio_w = height / scale[0], width / scale[1]
-        ratio = max(ratio_h, ratio_w) if mode == "border" else min(ratio_h, ratio_w)
-        new = (round(height / ratio), round(width / ratio))
-    else:  # torchvision's Resize(int): the shorter side to `scale`, the longer truncated
-        short, long = (height, width) if height <= width else (width, height)
-        long_new = int(scale[0] * long / short)
-        new = (scale[0], long_new) if height <= width else (long_new, scale[0])
-    x = _resize(x, new, config.get("interpolation", "bicubic"))
-    if mode == "border":
-        pad_h, pad_w = max(size[0] - new[0], 0), max(size[1] - new[1], 0)
-        if pad_h or pad_w:
-            fill = [round(255 * m) / 255 for m in config["mean"]]
-            padded = x.new_empty(*x.shape[:2], new[0] + pad_h, new[1] + pad_w)
-            padded[:] = x.new_tensor(fill).view(1, -1, 1, 1)
-            padded[..., pad_h // 2 : pad_h // 2 + new[0], pad_w // 2 : pad_w // 2 + new[1]] = x
-            x, new = padded, (new[0] + pad_h, new[1] + pad_w)
-    top, left = int(round((new[0] - size[0]) / 2.0)), int(round((new[1] - size[1]) / 2.0))
-    return x[..., top : top + size[0], left : left + size[1]]
 
 
 @hookimpl
