@@ -46,16 +46,19 @@ def run(
     registry: str | os.PathLike | None = None,
     force: bool = False,
     device: str | None = None,
+    seed: int = 0,
+    limit: int | float | None = None,
 ) -> list[Result]:
     """Run the cross product of encoders x tasks and render the leaderboard; return the
     records computed in this run (cells already in results.jsonl are reused). Encoders
     and tasks are registry instance names or objects (`get_encoder(...)`, an `Encoder`
-    subclass of one's own, `harness.adhoc.ModuleEncoder`), mixed freely."""
+    subclass of one's own, `harness.adhoc.ModuleEncoder`), mixed freely. `limit` cuts
+    each classification split to N images or a fraction (stratified, seeded by `seed`)."""
     from harness.config.registry import use_registry
     from harness.runner.cells import Runner
 
     reg = use_registry(registry) if registry is not None else active_registry()
-    runner = Runner(reg, out_dir=Path(out), device=device, force=force)
+    runner = Runner(reg, out_dir=Path(out), device=device, force=force, seed=seed, limit=limit)
     return runner.run(runner.select(profile, encoders, tasks))
 
 

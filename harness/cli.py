@@ -106,7 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for option in ("partition", "train_gpus", "eval_gpus", "mem_gb"):
         if getattr(args, option) is not None:
             setattr(registry.config.slurm, option, getattr(args, option))
-    runner = Runner(registry, out_dir=Path(args.out), device=args.device, force=args.force, seed=args.seed, threads=args.threads)
+    runner = Runner(
+        registry, out_dir=Path(args.out), device=args.device, force=args.force, seed=args.seed, threads=args.threads, limit=args.limit,
+    )
     plan = runner.select(args.profile, args.encoders, args.tasks, args.generators)
     if args.dry_run:
         from harness.runner.dryrun import describe_plan
@@ -177,6 +179,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_limit(text: str) -> int | float:
+    from harness.datasets.subsets import parse_limit as parse
+
+    return parse(text)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (argparse names the option when it is not)."""
     try:
@@ -210,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute cells already in results.jsonl")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=parse_limit, help="N images per split, or a fraction (0.1), of each classification dataset: "
+                   "a stratified subset seeded by --seed, the same for every encoder, part of the cell keys")
     p.add_argument("--threads", type=positive_int, help="torch and BLAS threads, fixed for the whole run (default: one per core); "
                    "the same command with the same thread count gives the same values")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="run cells here, or as Slurm jobs via submitit")

@@ -116,7 +116,8 @@ def board(tmp_path):
     store = ResultStore(tmp_path / "out")
     for encoder, hits in KNN_HITS.items():
         store.append([headline("knn-x", "knn", encoder, hits),
-                      Result(task="knn-x", dataset="digits", encoder=encoder, metric="top5", value=99.0, n=N, task_plugin="knn")])
+                      Result(task="knn-x", dataset="digits", encoder=encoder, metric="top5", value=99.0, n=N,
+                             task_plugin="knn")])
     for encoder, hits in LINEAR_HITS.items():
         store.append([headline("linear-x", "linear", encoder, hits)])
     return render_leaderboard(tmp_path / "out", registry=registry).read_text()
@@ -194,7 +195,8 @@ def test_no_generator_ranking_with_one_generator(tmp_path) -> None:
 def test_knn_and_linear_headlines_carry_their_outcomes(tmp_path) -> None:
     import harness
 
-    knn, linear = harness.get_task("knn", datasets=["digits"], ks=[1]), harness.get_task("linear", datasets=["lfw-faces"], cs=[0.01])
+    knn = harness.get_task("knn", datasets=["digits"], ks=[1])
+    linear = harness.get_task("linear", datasets=["lfw-faces"], cs=[0.01])
     knn.name, linear.name = "knn-outcomes", "linear-outcomes"
     tasks = [knn, linear]
     records = harness.run(encoders=["rgb"], tasks=tasks, out=tmp_path / "out")

@@ -54,7 +54,7 @@ def _with_interval(value: float | None, interval: tuple[float, float] | None) ->
     return f"{_format(value)} ± {_format((interval[1] - interval[0]) / 2)}"
 
 
-def test_interval(row: Any) -> tuple[float, float] | None:
+def record_interval(row: Any) -> tuple[float, float] | None:
     """The bootstrap interval of a record's value from its per-image `outcomes` (None
     without them). A value is the mean of its outcomes, in percent or as a fraction."""
     outcomes = getattr(row, "outcomes", None)
@@ -76,7 +76,7 @@ def _cell(rows: pandas.DataFrame, notes: list[str]) -> _Cell:
     if row.status != "ok":
         return _Cell(row.status)
     try:
-        interval = test_interval(row)
+        interval = record_interval(row)
     except ValueError as exc:
         notes.append(f"{row.encoder} / {row.dataset}: no interval: the record's outcomes are unusable: {exc}")
         interval = None
@@ -164,7 +164,8 @@ def task_table(
         if len(present) >= 2:
             paper_rows = {row[2] for row in present}
             cells = {key: _seed_cell([row[3][key] for row in present]) for key in data_keys}
-            rows.append((present[0][0], f"{label} (mean of {len(present)} seeds)", paper_rows.pop() if len(paper_rows) == 1 else None, cells))
+            paper_row = paper_rows.pop() if len(paper_rows) == 1 else None
+            rows.append((present[0][0], f"{label} (mean of {len(present)} seeds)", paper_row, cells))
     ranked = any(cell.interval is not None for row in rows[: len(encoders)] for cell in row[3].values())
     if ranked:
         def best_first(row: tuple) -> tuple:

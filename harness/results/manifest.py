@@ -109,7 +109,10 @@ def command_line(argv: list[str]) -> list[str]:
     return [program, *argv[1:]]
 
 
-def write_manifest(out_dir: Path, device: str, computed: list[Result], reused: list[Result], argv: list[str] | None = None) -> Path:
+def write_manifest(
+    out_dir: Path, device: str, computed: list[Result], reused: list[Result], argv: list[str] | None = None,
+    limit: int | float | None = None, seed: int = 0,
+) -> Path:
     """Write `<out>/runs/<UTC timestamp>.json` and return its path."""
     now = _dt.datetime.now(_dt.timezone.utc)
     manifest = {
@@ -119,6 +122,8 @@ def write_manifest(out_dir: Path, device: str, computed: list[Result], reused: l
         "git": git_revision(Path(__file__).resolve().parent),
         "libraries": library_versions(),
         "machine": machine(device),
+        "seed": seed,
+        "limit": limit,
         "computed": _cells(computed),
         "reused": _cells(reused),
     }

@@ -86,7 +86,9 @@ def generator_rows(registry: Registry) -> dict[str, str]:
     return rows
 
 
-def _entries(registry: Registry, encoders: Iterable[str]) -> tuple[dict[str, dict[str, str]], dict[str, str | None], set[str]]:
+def _entries(
+    registry: Registry, encoders: Iterable[str]
+) -> tuple[dict[str, dict[str, str]], dict[str, str | None], set[str]]:
     """({recipe: {dino encoder: generator}}, {dino encoder: its own paper_row}, random-init encoders)."""
     recipes: dict[str, dict[str, str]] = defaultdict(dict)
     own_rows: dict[str, str | None] = {}
@@ -169,7 +171,8 @@ def ranking_tables(frame: pandas.DataFrame, registry: Registry, plugin: str) -> 
             ])
         headers = ["rank", "generator", "encoders", "ours", "paper row", "paper rank", "paper"]
         where = ", ".join(f"{task} / {dataset}" for task, dataset in sorted(columns))
-        lines += [tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), "", f"Over {where}. " + _tau_sentence(agreement), ""]
+        lines += [tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+        lines += [f"Over {where}. " + _tau_sentence(agreement), ""]
     return lines
 
 

@@ -74,6 +74,7 @@ class Runner:
         seed: int = 0,
         progress: bool = True,
         threads: int | None = None,
+        limit: int | float | None = None,
     ) -> None:
         self.registry = registry
         self.threads = threads
@@ -83,6 +84,7 @@ class Runner:
             registry=registry,
             device=device or default_device(),
             seed=seed,
+            limit=limit,
             out_dir=Path(out_dir),
             progress=progress,
             force=force,
@@ -158,7 +160,8 @@ class Runner:
         return plugin
 
     def cell_key(self, encoder: Encoder, task: Task, dataset: str) -> str:
-        return stable_hash([encoder.key, task.key, dataset, self.ctx.dataset_description(dataset)])
+        subset = [] if self.ctx.limit is None else [{"limit": self.ctx.limit, "seed": self.ctx.seed}]
+        return stable_hash([encoder.key, task.key, dataset, self.ctx.dataset_description(dataset), *subset])
 
     def cells(self, plan: Plan) -> list[Cell]:
         encoders = [self.instance("encoder", item) for item in plan.encoders]
@@ -205,7 +208,7 @@ class Runner:
 
         out_dir = self.store.out_dir
         with output_errors(out_dir / RUNS):
-            write_manifest(out_dir, self.ctx.device, produced, reused)
+            write_manifest(out_dir, self.ctx.device, produced, reused, limit=self.ctx.limit, seed=self.ctx.seed)
         write_generator_grids(self.registry, plan.generators, out_dir, self.ctx.seed)
         with output_errors(out_dir / "LEADERBOARD.md"):
             render_leaderboard(out_dir, registry=self.registry)

@@ -33,6 +33,9 @@ class RunContext:
     """Recompute cached embeddings (once per run) instead of loading them."""
     recomputed: set[Path] = field(default_factory=set)
     """Embedding files computed in this run: with `force`, each is recomputed only once."""
+    limit: int | float | None = None
+    """`--limit`: each split of a classification dataset cut to N images or a fraction
+    (stratified, seeded by `seed`); part of every cell and embedding key."""
     dataset_descriptions: dict[str, Any] = field(default_factory=dict)
     """`Registry.dataset_description` per dataset, taken once per run: fingerprinting a
     large root lists all its files, which every cell key and embedded split would repeat."""
@@ -73,7 +76,12 @@ class CellContext:
         from harness.datasets import open_dataset
 
         name = name or self.dataset
-        return open_dataset(name, self.registry.dataset(name), self.registry.plugins.readers())
+        data = open_dataset(name, self.registry.dataset(name), self.registry.plugins.readers())
+        if self.run.limit is None:
+            return data
+        from harness.datasets.subsets import limit_dataset
+
+        return limit_dataset(data, self.run.limit, self.run.seed)
 
     def embed_split(self, split: Any, split_name: str, batch_size: int = 256) -> np.ndarray:
         """Global features of every image of `split`, cached per (encoder, dataset, split).
@@ -81,7 +89,8 @@ class CellContext:
         The key holds the dataset's description, fingerprint of its contents included, so
         changed images are embedded afresh; with `run.force` the cache is bypassed once."""
         data = self.run.dataset_description(self.dataset)
-        key = stable_hash([self.encoder.key, self.dataset, data, split_name, len(split)])
+        subset = [] if self.run.limit is None else [{"limit": self.run.limit, "seed": self.run.seed}]
+        key = stable_hash([self.encoder.key, self.dataset, data, split_name, len(split), *subset])
         path = self.run.cache_path("embeddings", self.encoder.name, f"{self.dataset}-{split_name}-{key}.npz")
 
         def compute() -> dict[str, np.ndarray]:

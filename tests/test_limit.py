@@ -1,0 +1,63 @@
+"""`harness run --limit`: a seeded, stratified subset of each classification split, the
+same for every encoder, part of the cell keys and recorded in the run manifest."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import harness
+from harness.datasets.subsets import SubsetSplit, parse_limit, subset_indices
+from helpers import cli
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_limit_keeps_class_proportions_and_is_seeded() -> None:
+    labels = np.repeat(np.arange(4), [40, 30, 20, 10])
+    chosen = subset_indices(labels, 50, seed=3)
+    assert len(chosen) == 50 and np.all(np.diff(chosen) > 0)
+    counts = Counter(labels[chosen].tolist())
+    assert {c: counts[c] for c in range(4)} == {0: 20, 1: 15, 2: 10, 3: 5}  # 50 % of every class
+    assert np.array_equal(chosen, subset_indices(labels, 50, seed=3))
+    assert not np.array_equal(chosen, subset_indices(labels, 50, seed=4))
+    assert len(subset_indices(labels, 0.1, seed=0)) == 10 and len(subset_indices(labels, 500, seed=0)) == 100
+    assert parse_limit("100") == 100 and parse_limit("0.25") == 0.25
+    for bad in ("0", "1.5", "-3", "many"):
+        with pytest.raises(Exception, match="expected"):
+            parse_limit(bad)
+
+
+def test_subset_split_serves_the_chosen_images() -> None:
+    from harness.datasets.splits import ArraySplit
+
+    images = np.arange(10 * 3 * 2 * 2, dtype=np.uint8).reshape(10, 3, 2, 2)
+    split = SubsetSplit(ArraySplit(images, np.arange(10) % 2), np.array([1, 4, 7]))
+    assert len(split) == 3 and split.labels.tolist() == [1, 0, 1]
+    assert np.array_equal(np.concatenate([b.numpy() for b in split.batches(2)]), images[[1, 4, 7]])
+    assert np.array_equal(split.take([2, 0]).numpy(), images[[7, 1]])
+    assert [int(i) for i in split.map_raw([1], lambda image, index: image.sum() * 0 + index)] == [1]
+
+
+def test_limit_through_the_cli_is_in_the_keys_and_the_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    limited = cli("run", "--encoders", "rgb", "--tasks", "knn-digits", "--limit", "100", "--out", str(out))
+    assert limited.returncode == 0, limited.stderr[-2000:]
+    first = records(out)
+    assert {r["n"] for r in first if r["metric"] == "top1"} == {100}  # 100 of the 540 test images
+    manifest = json.loads(sorted((out / "runs").glob("*.json"))[-1].read_text())
+    assert manifest["limit"] == 100 and manifest["seed"] == 0
+    whole = cli("run", "--encoders", "rgb", "--tasks", "knn-digits", "--out", str(out))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    keys = {r["cell_key"] for r in records(out)}
+    assert len(keys) == 2, "the limited cell and the whole one are different cells"
+    assert {r["n"] for r in records(out) if r["metric"] == "top1"} == {100, 540}
+    fraction = harness.run(encoders=["rgb"], tasks=["knn-digits"], out=tmp_path / "fraction", limit=0.1)
+    assert {r.n for r in fraction if r.metric == "top1"} == {54}
+    assert cli("run", "--encoders", "rgb", "--tasks", "knn-digits", "--limit", "0", "--out", str(out)).returncode == 2
