@@ -53,8 +53,7 @@ def test_limit_through_the_cli_is_in_the_keys_and_the_manifest(tmp_path: Path) -
     assert {r["n"] for r in first if r["metric"] == "top1"} == {100}  # 100 of the 540 test images
     manifest = json.loads(sorted((out / "runs").glob("*.json"))[-1].read_text())
     assert manifest["limit"] == 100 and manifest["seed"] == 0
-    whole = cli("run", "--encoders", "rgb", "--tasks", "knn-digits", "--out", str(out))
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    harness.run(encoders=["rgb"], tasks=["knn-digits"], out=out)
     keys = {r["cell_key"] for r in records(out)}
     assert len(keys) == 2, "the limited cell and the whole one are different cells"
     assert {r["n"] for r in records(out) if r["metric"] == "top1"} == {100, 540}

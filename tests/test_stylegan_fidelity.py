@@ -63,8 +63,9 @@ def test_no_frame_at_the_border(name, n, size):
     images = harness.get_generator(name).sample(0, n, size)
     ratio = frame_to_interior_gradient(images)
     assert 0.8 < ratio < 1.15, f"{name} at {size} px: frame / interior gradient {ratio:.3f}"
-    released = harness.get_generator(name, padding="zeros").sample(0, n, size)  # the release's padding
-    assert frame_to_interior_gradient(released) > 1.15, "padding: zeros draws the release's frame"
+    if name == "stylegan-oriented":  # the small network is cheap to render twice
+        released = harness.get_generator(name, padding="zeros").sample(0, n, size)  # the release's padding
+        assert frame_to_interior_gradient(released) > 1.15, "padding: zeros draws the release's frame"
 
 
 def test_size_presets_give_the_papers_and_the_small_network():

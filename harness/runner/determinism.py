@@ -25,5 +25,21 @@ def pin_threads(threads: int | None = None) -> int:
         raise ValueError(f"threads must be >= 1, got {count}")
     torch.set_num_threads(count)
     threadpool_limits(count)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_kernels()
     return count
+
+
+def deterministic_kernels() -> None:
+    """torch's deterministic algorithms on (warning, not failing, where there is none).
+
+    `torch.use_deterministic_algorithms` also sets torch.compile's (inductor's) flag, and
+    importing inductor's config for it costs about a second in every process. Runs do not
+    compile: unless inductor is already loaded, only the eager switch is set."""
+    import sys
+
+    import torch
+
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
