@@ -28,10 +28,11 @@ MAX_IMAGES = 8192
 MESA_EGL_VENDOR = Path("/usr/share/glvnd/egl_vendor.d/50_mesa.json")
 
 
-def sampling_rate(sample: Callable[[int], Any], start: int, quick: bool) -> tuple[int, float]:
-    """(images, images/s) of `sample(n)`, n doubled from `start` until one call takes
-    `MIN_SECONDS` (a fast device needs many images per call to be timed at all)."""
-    n = start
+def sampling_rate(sample: Callable[[int], Any], size: int, quick: bool) -> tuple[int, float]:
+    """(images, images/s) of `sample(n)`, n doubled until one call takes `MIN_SECONDS`
+    (a fast device needs many images per call to be timed at all), starting from as
+    many images as 64 at 64 px (one per shader program)."""
+    n = max(8, 64 * 64 * 64 // (size * size))
     if not quick:
         sample(n)  # first use: programs compile, kernels load
     while not quick and n < MAX_IMAGES:
@@ -72,9 +73,8 @@ def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, devi
             rows.append({"generator": name, "error": str(exc)})
             continue
         for size in sizes:
-            start = max(8, 64 * 64 * 64 // (size * size))  # at 64 px, one image per shader program
             try:
-                n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), start, quick)
+                n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), size, quick)
                 reference = generator.reference_rate(seed=2, n=min(n, 32), size=size)
                 if reference is None:
                     if size not in decode_rate:
@@ -101,7 +101,7 @@ def _child(name: str, size: int) -> None:
     from harness.config.registry import use_registry
 
     generator = use_registry(None).create("generator", name)
-    n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), max(8, 64 * 64 * 64 // (size * size)), False)
+    n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), size, False)
     generator.close()
     print(json.dumps({"images": n, "images_per_s": rate}))
 
