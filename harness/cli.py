@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = Runner(
         registry, out_dir=Path(args.out), device=args.device, force=args.force, seed=args.seed, threads=args.threads, limit=args.limit,
     )
-    plan = runner.select(args.profile, args.encoders, args.tasks, args.generators)
+    plan = runner.select(args.profile, args.encoders, args.tasks, args.generators, scale=args.scale)
     if args.dry_run:
         from harness.runner.dryrun import describe_plan
 
@@ -154,6 +154,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """0 when the two encoders' weights are bit-identical, 1 when they differ."""
+    from harness.compare import compare_encoders
+    from harness.config.registry import use_registry
+
+    report, same = compare_encoders(use_registry(args.registry), args.encoder_a, args.encoder_b, images=args.images, device=args.device)
+    print(report)
+    return 0 if same else 1
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.results.leaderboard import render_leaderboard
     from harness.results.store import output_errors
@@ -185,6 +195,17 @@ def parse_limit(text: str) -> int | float:
     return parse(text)
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (argparse names the option when it is not)."""
     try:
@@ -213,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="named selection in registry.yaml (default: default)")
     p.add_argument("--encoders", help="'all' or comma-separated encoder instances")
     p.add_argument("--tasks", help="'all' or comma-separated task instances")
-    p.add_argument("--generators", help="generators to draw sample grids of")
+    p.add_argument("--generators", help="generators to draw sample grids of; a profile that compares generators "
+                   "(`ranking`) adds them to its own and trains one encoder per generator and seed")
+    p.add_argument("--scale", type=positive_float, default=1.0, help="with a profile that compares generators: F times "
+                   "every training budget (steps and images), as encoders named '-xF'; --dry-run prices it")
     p.add_argument("--out", default="leaderboard", help="output directory (default: leaderboard)")
     p.add_argument("--force", action="store_true", help="recompute cells already in results.jsonl")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -248,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="are two encoders the same weights? tensor by tensor, then their features (exit 1: they differ)")
+    p.add_argument("encoder_a")
+    p.add_argument("encoder_b")
+    p.add_argument("--images", type=positive_int, default=64, help="seeded images whose global features are compared (default: 64)")
+    p.add_argument("--device", default="cpu", help="where both encoders run (default: cpu, in float32)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("leaderboard", help="re-render LEADERBOARD.md from results.jsonl")
     p.add_argument("--out", default="leaderboard")

@@ -161,6 +161,13 @@ class Plugin(ABC):
         None when there is nothing more to show."""
         return None
 
+    def variants(self) -> dict[str, dict[str, Any]]:
+        """The instances this one stands for, as {name suffix: parameter overrides}; empty
+        (the default) when it stands for itself. A sweep (e.g. every layer of a model) is
+        run as one instance per variant, named `<name>.<suffix>`, each with its own cells
+        and leaderboard rows; the runner derives them from instances given by name."""
+        return {}
+
     def _describe_value(self, value: Any) -> Any:
         if isinstance(value, Reference):
             return {"instance": str(value), "kind": value.kind, **self.resolve(value).describe()}
@@ -292,6 +299,11 @@ class Encoder(Plugin):
     def training_cost(self) -> TrainingCost | None:
         """What `prepare` trains, when it trains (None: nothing to train)."""
         return None
+
+    def scaled_params(self, factor: float) -> dict[str, Any]:
+        """Parameter overrides that multiply the training budget (steps and images) by
+        `factor`: what `harness run --scale` applies to a profile's compared encoders."""
+        raise HarnessError(f"encoder {self.name!r} ({self.plugin_name}) trains nothing, so it has no training budget to scale")
 
     def measure_training(
         self, ctx: RunContext, steps: int, batch_size: int | None, budget_s: float | None, profile: bool = False

@@ -35,6 +35,10 @@ encoders:
   timm-resnet18: {{plugin: timm, params: {{model: resnet18.a1_in1k, img_size: 32}}}}
   timm-resnet18-64: {{plugin: timm, params: {{model: resnet18.a1_in1k, img_size: 64}}}}  # a 2 x 2 map
   timm-vit-tiny: {{plugin: timm, params: {{model: vit_tiny_patch16_224, img_size: 32}}}}
+  timm-vit-sweep:  # a 3-block ViT on a 4 x 4 grid, random weights, every block swept
+    {{plugin: timm, params: {{model: vit_tiny_patch16_224, pretrained: false, img_size: 32, model_kwargs: {{depth: 3, patch_size: 8}}, layers: all}}}}
+  timm-vit-block2:  # its last block alone
+    {{plugin: timm, params: {{model: vit_tiny_patch16_224, pretrained: false, img_size: 32, model_kwargs: {{depth: 3, patch_size: 8}}, layer: 2}}}}
 tasks:
   coco-r2-synthetic: {{plugin: coco-r2, params: {{datasets: [synthetic-scenes], n_images: 6, photographs: []}}}}
 """
@@ -170,6 +174,21 @@ def test_layer_picks_a_feature_level(hub: dict) -> None:
         harness.get_encoder("timm", model="resnet18", layer=7).prepare()
 
 
+def test_layers_sweeps_the_feature_levels_and_excludes_layer() -> None:
+    sweep = harness.get_encoder("timm-vit-sweep")
+    assert sweep.variants() == {f"layer{i}": {"layer": i, "layers": None} for i in range(3)}
+    ends = harness.get_encoder("timm-vit-sweep", layers=[-1, 0]).variants()
+    assert ends == {"layer0": {"layer": 0, "layers": None}, "layer2": {"layer": 2, "layers": None}}
+    assert harness.get_encoder("timm", model="resnet18", layers="all").variants().keys() == {f"layer{i}" for i in range(5)}
+    assert harness.get_encoder("timm-vit-block2").variants() == {}
+    with pytest.raises(HarnessError, match=r"`layers` \[3\] outside vit_tiny_patch16_224's 3 feature levels"):
+        harness.get_encoder("timm-vit-sweep", layers=[0, 3]).variants()
+    with pytest.raises(HarnessError, match="`layer` picks one feature level and `layers` sweeps several"):
+        harness.get_encoder("timm-vit-sweep", layer=1)
+    with pytest.raises(HarnessError, match="runner.*set `layer` instead"):
+        sweep.embed(images(1))
+
+
 # ---------------------------------------------------------------- preprocessing
 def test_mean_and_std_come_from_the_models_config() -> None:
     grey = torch.full((2, 3, 40, 48), 200, dtype=torch.uint8)
@@ -268,3 +287,20 @@ def test_resnet_and_vit_run_segmentation_r2(hub: dict, tmp_path: Path) -> None:
         headline = [r for r in records if r.encoder == name and r.headline]
         assert len(headline) == 1 and headline[0].status == "ok", headline
         assert headline[0].params["nan_images"] < 6 and math.isfinite(headline[0].value) and 0 <= headline[0].value <= 100
+
+
+def test_layers_all_gives_one_row_per_block_and_the_depth_figure(hub: dict, tmp_path: Path) -> None:
+    records = harness.run(
+        encoders=["timm-vit-sweep", "timm-vit-block2"], tasks=["knn-digits"], out=tmp_path, registry=hub["registry"], limit=200
+    )
+    headline = {r.encoder: r for r in records if r.headline}
+    assert sorted(headline) == ["timm-vit-block2", "timm-vit-sweep.layer0", "timm-vit-sweep.layer1", "timm-vit-sweep.layer2"]
+    assert all(r.status == "ok" for r in headline.values()), [r.message for r in headline.values()]
+    assert headline["timm-vit-sweep.layer2"].value == headline["timm-vit-block2"].value
+    assert headline["timm-vit-sweep.layer2"].outcomes == headline["timm-vit-block2"].outcomes
+    assert len({headline[f"timm-vit-sweep.layer{i}"].outcomes for i in range(3)}) > 1  # the levels differ
+    assert (tmp_path / "figures" / "depth_knn-digits.png").is_file()
+    board = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "## Metric against depth" in board and "figures/depth_knn-digits.png" in board
+    table = board.split("## Metric against depth")[1]
+    assert "| timm-vit-sweep " in table and "timm-vit-block2" not in table

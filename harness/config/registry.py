@@ -99,6 +99,20 @@ class Registry:
     def spec(self, kind: str, name: str) -> InstanceSpec | None:
         return self.section(kind).get(name)
 
+    def add_instance(self, kind: str, name: str, spec: InstanceSpec) -> str:
+        """Add an instance derived at run time (one per block of a layer sweep, one per
+        generator and seed of a comparison) to this registry, in memory; returns its name.
+        An entry of that name with other contents is refused: results are filed by name."""
+        existing = self.section(kind).get(name)
+        if existing is not None and (existing.plugin, existing.params) != (spec.plugin, spec.params):
+            raise RegistryError(
+                f"{self.path}: {kind}s.{name}: the name is taken by an entry with other contents "
+                f"({existing.plugin} {existing.params}) than the derived instance ({spec.plugin} {spec.params}); rename one"
+            )
+        if existing is None:
+            self.section(kind)[name] = spec
+        return name
+
     def create(self, kind: str, name: str, _chain: tuple[str, ...] = (), **overrides: Any) -> Plugin:
         """An instance by registry name, or a plugin by its own name with default params.
 

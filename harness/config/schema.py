@@ -86,10 +86,30 @@ class BenchSpec(_Strict):
     targets: list[TargetSpec] = Field(default_factory=list, description="figures to reach, checked in the report")
 
 
+class GeneratorComparisonSpec(_Strict):
+    """Encoders trained one per generator and seed with the same recipe, so that a profile
+    compares generators. `harness run --profile P --generators mine` adds a generator to
+    the comparison; `--scale F` multiplies every training budget (steps and images)."""
+
+    plugin: str = Field(description="the encoder plugin that trains on a generator")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters, the same for every generator")
+    generator_param: str = Field("data", description="the parameter that names the generator")
+    seed_param: str = Field("seed", description="the parameter that seeds the training")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
+    name: str = Field(
+        description="the derived encoders' name: {generator} stands for the generator; '-seed<s>' is added for "
+        "seeds other than the plugin's default, '-x<F>' under `--scale F`"
+    )
+    group: Literal["target", "realistic", "procedural", "white-box"] = "procedural"
+
+
 class ProfileSpec(_Strict):
     encoders: list[str] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
-    generators: list[str] = Field(default_factory=list, description="generators shown as sample grids")
+    generators: list[str] = Field(default_factory=list, description="generators shown as sample grids (and compared, with compare_generators)")
+    compare_generators: GeneratorComparisonSpec | None = Field(
+        None, description="also train one encoder per generator of the profile and seed, to rank the generators"
+    )
     bench: BenchSpec = Field(default_factory=BenchSpec, description="what `harness bench` measures with this profile")
 
 

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from harness.version import __version__
 from harness.cache import atomic_write
 from harness.config.schema import GROUPS
+from harness.results.depth import depth_section
 from harness.results.manifest import newest_manifest
-from harness.results.ranking import generator_ranking_section, seed_groups
-from harness.results.stats import bootstrap_interval, overlap, seed_interval
+from harness.results.ranking import generator_ranking_section, recorded_specs, seed_groups
+from harness.results.stats import bootstrap_interval, format_value, overlap, seed_interval
 from harness.results.store import ResultStore, latest, unpack_outcomes
 
 if TYPE_CHECKING:
@@ -31,12 +32,6 @@ if TYPE_CHECKING:
     from harness.config.registry import Registry
 
 FIGURES = "figures"
-
-
-def _format(value: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
 
 
 @dataclass
@@ -50,8 +45,8 @@ class _Cell:
 
 def _with_interval(value: float | None, interval: tuple[float, float] | None) -> str:
     if value is None or interval is None:
-        return _format(value)
-    return f"{_format(value)} ± {_format((interval[1] - interval[0]) / 2)}"
+        return format_value(value)
+    return f"{format_value(value)} ± {format_value((interval[1] - interval[0]) / 2)}"
 
 
 def record_interval(row: Any) -> tuple[float, float] | None:
@@ -184,7 +179,7 @@ def task_table(
                 match = paper[
                     (paper.dataset == dataset) & (paper.metric == metric[6:]) & (paper.paper_row == paper_row)
                 ] if paper is not None else None
-                line.append(_format(float(match.value.iloc[0])) if match is not None and not match.empty else "")
+                line.append(format_value(float(match.value.iloc[0])) if match is not None and not match.empty else "")
             else:
                 line.append(cells[(dataset, metric)].text)
         table_rows.append(line + ([ranks[i]] if ranked else []))
@@ -240,13 +235,14 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
         task_cls = registry.plugins.classes["task"].get(plugin)
         paper = task_cls.cls.paper_numbers() if task_cls else None
         title = (task_cls.cls.title if task_cls else "") or plugin
-        table, notes = task_table(task_frame, paper, seed_groups(registry, task_frame.encoder.unique()))
+        table, notes = task_table(task_frame, paper, seed_groups(registry, task_frame.encoder.unique(), recorded_specs(task_frame)))
         lines += [f"## {task_name}: {title}", "", table, ""]
         lines += [f"- {note}" for note in notes] + ([""] if notes else [])
         if task_cls:
             for path in task_cls.cls.figures(task_frame.reset_index(drop=True), figures_dir):
                 lines += [f"![{path.stem}]({path.relative_to(out_dir).as_posix()})", ""]
     lines += generator_ranking_section(frame, registry)
+    lines += depth_section(frame, out_dir, figures_dir)
     lines += training_section(out_dir, figures_dir)
     grids = sorted((figures_dir / "generators").glob("*.png"))
     if grids:
@@ -281,8 +277,8 @@ def training_section(out_dir: Path, figures_dir: Path) -> list[str]:
         tail = loss[-10:]
         rows.append([
             name, info.get("data", ""), info.get("steps", ""), info.get("images_seen", ""),
-            _format(info.get("wall_time_s")), _format(info.get("images_per_s")),
-            _format(loss[0]) if loss else "", _format(sum(tail) / len(tail)) if tail else "", info.get("device", ""),
+            format_value(info.get("wall_time_s")), format_value(info.get("images_per_s")),
+            format_value(loss[0]) if loss else "", format_value(sum(tail) / len(tail)) if tail else "", info.get("device", ""),
         ])
     headers = ["encoder", "data", "steps", "images seen", "wall s", "images/s", "first loss", "last-10 loss", "device"]
     lines = ["## Training", "", "How each trained encoder in these results was trained.", ""]

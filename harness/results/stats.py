@@ -100,3 +100,10 @@ def overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> boo
 def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie between 0 and 1, got {confidence}")
+
+
+def format_value(value: float | None) -> str:
+    """A value as the leaderboard prints it: 2 decimals, 4 below 1 in magnitude."""
+    if value is None:
+        return ""
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"

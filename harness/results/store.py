@@ -48,6 +48,10 @@ class Result(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="variant of the metric, e.g. k and vote")
     encoder_group: str = "white-box"
     paper_row: str | None = None
+    encoder_spec: dict[str, Any] | None = Field(
+        None, description="the encoder's plugin, registry parameters and architecture, so that seed groups and "
+        "the generator ranking read what a record was computed with (older records: the registry's entry)"
+    )
     task_plugin: str = ""
     cell_key: str = Field("", description="hash of everything that determined this cell")
     keys: dict[str, Any] = Field(default_factory=dict, description="config hashes, code version, seed")

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.device import default_device
+from harness.runner.compare import compared_encoders
 from harness.runner.context import CellContext, RunContext
 from harness.errors import DatasetUnavailable, HarnessError, RegistryError, UnknownNameError
 from harness.keys import NAME_PATTERN, stable_hash
 from harness.kinds import Encoder, Task
 from harness.config.registry import Registry
+from harness.config.schema import EncoderSpec, InstanceSpec
 from harness.results.store import Result, ResultStore, exclusive_run, latest, output_errors, write_training_summary
 
 
@@ -64,6 +66,24 @@ def _names(option: list[Any] | str | None, known: list[str]) -> list[Any] | None
     return list(known) if items == ["all"] else items
 
 
+def with_variants(registry: Registry, kind: str, items: list[Any], instances: dict[str, Any]) -> list[Any]:
+    """`items` with each name whose instance stands for variants (`Plugin.variants`, e.g. a
+    layer sweep) replaced by one derived name per variant, `<name>.<suffix>`, added to
+    `registry` with the entry's parameters and the variant's overrides. Objects made in
+    Python are kept as they are."""
+    out: list[Any] = []
+    for item in items:
+        variants = instances[item].variants() if isinstance(item, str) else {}
+        if not variants:
+            out.append(item)
+            continue
+        spec = registry.spec(kind, item) or (EncoderSpec if kind == "encoder" else InstanceSpec)(plugin=item)
+        for suffix, overrides in variants.items():
+            derived = spec.model_copy(update={"params": {**spec.params, **overrides}})
+            out.append(registry.add_instance(kind, f"{item}.{suffix}", derived))
+    return out
+
+
 class Runner:
     def __init__(
         self,
@@ -96,9 +116,12 @@ class Runner:
         encoders: list[str | Encoder] | str | None = None,
         tasks: list[str | Task] | str | None = None,
         generators: list[str] | str | None = None,
+        scale: float = 1.0,
     ) -> Plan:
         """The profile's selection, with any of encoders/tasks/generators given explicitly
-        (encoders and tasks as names or objects)."""
+        (encoders and tasks as names or objects). A profile that compares generators adds
+        the given generators to its own and one trained encoder per generator and seed,
+        with `scale` times the training budget."""
         name = profile or "default"
         chosen = self.registry.profile(name) if (profile or not (encoders and tasks)) else None
         picked = {}
@@ -107,9 +130,16 @@ class Runner:
             if names is None:
                 names = list(getattr(chosen, kind + "s")) if chosen else []
             made = [self.instance(kind, item) for item in names]  # fail before any work on a misspelt name
+            by_name = {item: obj for item, obj in zip(names, made) if isinstance(item, str)}
             if any(not isinstance(item, str) for item in names):
                 names = self._check_objects(kind, names, made)
-            picked[kind] = names
+            picked[kind] = with_variants(self.registry, kind, names, by_name)
+        if chosen is not None and chosen.compare_generators is not None:
+            picked["generator"] = list(dict.fromkeys(chosen.generators + picked["generator"]))
+            compared = compared_encoders(self.registry, name, picked["generator"], scale)
+            picked["encoder"] += [encoder for encoder in compared if encoder not in picked["encoder"]]
+        elif scale != 1.0:
+            compared_encoders(self.registry, name, [], scale)  # raises: the profile compares nothing
         return Plan(name, picked["encoder"], picked["task"], picked["generator"])
 
     def instance(self, kind: str, item: Any) -> Any:

@@ -128,6 +128,11 @@ class CellContext:
             params=params,
             encoder_group=group,
             paper_row=paper_row,
+            encoder_spec={
+                "plugin": self.encoder.plugin_name,
+                "params": dict(spec.params) if spec is not None else {},
+                "architecture": self.encoder.architecture,
+            },
             task_plugin=self.task.plugin_name,
             cell_key=self.cell_key,
             seconds=round(time.perf_counter() - self.started, 3),

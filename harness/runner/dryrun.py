@@ -26,7 +26,20 @@ PUBLISHED_IMAGES = {
     "coco": 5_000,
     "voc": 1_464 + 1_449,
     "ade20k": 20_210 + 2_000,
-    "medmnist": 100_000,
+    "medmnist": 100_000,  # a MedMNIST dataset not listed below
+    # MedMNIST v2 by flag (train + val + test)
+    "pathmnist": 107_180,
+    "chestmnist": 112_120,
+    "dermamnist": 10_015,
+    "octmnist": 109_309,
+    "pneumoniamnist": 5_856,
+    "retinamnist": 1_600,
+    "breastmnist": 780,
+    "bloodmnist": 17_092,
+    "tissuemnist": 236_386,
+    "organamnist": 58_850,
+    "organcmnist": 23_660,
+    "organsmnist": 25_221,
     # bundled with installed packages (docs/tasks.md)
     "digits": 1_257 + 540,
     "lfw-faces": 100 + 100,
@@ -103,6 +116,8 @@ def describe_plan(
     unknown = 0
     trained: set[str] = set()
     gpus = registry.config.slurm
+    local = launcher != "slurm"  # one process here: no GPUs to share the work
+    train_gpus, eval_gpus = (1, 1) if local else (gpus.train_gpus, gpus.eval_gpus)
     for cell in todo:
         encoder = cell.encoder
         cost = encoder.training_cost()
@@ -110,19 +125,20 @@ def describe_plan(
             trained.add(encoder.name)
             images = cost.images
             rate = train_images_per_s or _measured_rate(measured, "train", encoder)
-            hours = images / (rate * max(1, gpus.train_gpus)) / 3600 if images and rate else None  # wall time
-            rows.append([f"train {encoder.name}", gpus.train_gpus if launcher == "slurm" else "local", images or "?", rate or "?", _hours(hours)])
-            gpu_hours, unknown = _add(gpu_hours, unknown, hours, gpus.train_gpus)
+            hours = images / (rate * max(1, train_gpus)) / 3600 if images and rate else None  # wall time
+            rows.append([f"train {encoder.name}", "local" if local else train_gpus, images or "?", rate or "?", _hours(hours)])
+            gpu_hours, unknown = _add(gpu_hours, unknown, hours, train_gpus)
         spec = registry.config.datasets.get(cell.dataset)
-        images = PUBLISHED_IMAGES.get(spec.format) if spec else None
+        published_as = spec.options.get("flag", cell.dataset) if spec else None  # MedMNIST files are named by flag
+        images = (PUBLISHED_IMAGES.get(published_as) or PUBLISHED_IMAGES.get(spec.format)) if spec else None
         rate = embed_images_per_s or _measured_rate(measured, "embed", encoder)
         hours = images / rate / 3600 if images and rate else None
-        rows.append([f"eval {cell.label}", gpus.eval_gpus if launcher == "slurm" else "local", images or "?", rate or "?", _hours(hours)])
-        gpu_hours, unknown = _add(gpu_hours, unknown, hours, gpus.eval_gpus)
+        rows.append([f"eval {cell.label}", "local" if local else eval_gpus, images or "?", rate or "?", _hours(hours)])
+        gpu_hours, unknown = _add(gpu_hours, unknown, hours, eval_gpus)
     lines.append(tabulate(rows, headers=["job", "GPUs", "images", "images/s per GPU", "wall hours"]))
     lines += [
         "",
-        f"expected GPU-hours: {gpu_hours:.1f}" + (f" (+ {unknown} jobs whose image count or throughput is unknown; `harness bench` measures throughputs)" if unknown else ""),
+        ("expected hours here: " if local else "expected GPU-hours: ") + f"{gpu_hours:.1f}" + (f" (+ {unknown} jobs whose image count or throughput is unknown; `harness bench` measures throughputs)" if unknown else ""),
     ]
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache import atomic_write
-from harness.config.schema import SlurmSpec
+from harness.config.schema import EncoderSpec, SlurmSpec
 from harness.config.registry import load_registry, use_registry
 from harness.errors import HarnessError
 from harness.results.store import Result, exclusive_run
@@ -45,13 +45,19 @@ class JobSpec:
     out_dir: str
     seed: int
     encoder: str
+    limit: int | float | None = None
     task: str | None = None
     dataset: str | None = None
+    encoder_entry: dict[str, Any] | None = None
+    """The encoder's registry entry, for one derived at run time (a layer of a sweep, a
+    generator of a comparison), which the registry file does not hold."""
 
 
 def _runner(spec: JobSpec) -> Runner:
     registry = use_registry(load_registry(spec.registry_path))
-    return Runner(registry, out_dir=Path(spec.out_dir), seed=spec.seed, progress=False)
+    if spec.encoder_entry is not None:
+        registry.add_instance("encoder", spec.encoder, EncoderSpec.model_validate(spec.encoder_entry))
+    return Runner(registry, out_dir=Path(spec.out_dir), seed=spec.seed, progress=False, limit=spec.limit)
 
 
 def train_job(spec: JobSpec) -> str:
@@ -177,7 +183,7 @@ class SlurmLauncher:
             # local jobs die with the process that submitted them; Slurm jobs outlive it
             live = self._live_jobs([state[c.key] for c in todo if c.key in state]) if self._on_slurm else set()
             jobs = [submitit.SlurmJob(self.folder / "%j", job_id) for job_id in sorted(live)]
-            base = dict(registry_path=str(runner.registry.path.resolve()), out_dir=str(runner.store.out_dir.resolve()), seed=runner.ctx.seed)
+            base = dict(registry_path=str(runner.registry.path.resolve()), out_dir=str(runner.store.out_dir.resolve()), seed=runner.ctx.seed, limit=runner.ctx.limit)
             by_encoder: dict[str, list[Cell]] = {}
             for cell in todo:
                 by_encoder.setdefault(cell.encoder.name, []).append(cell)
@@ -186,6 +192,8 @@ class SlurmLauncher:
                 if not waiting:
                     continue
                 encoder = cells[0].encoder
+                entry = runner.registry.spec("encoder", encoder_name)
+                base["encoder_entry"] = None if entry is None else EncoderSpec.model_validate(entry.model_dump()).model_dump()
                 dependency = None
                 if encoder.trainable:
                     train = self._executor(self.slurm.train_gpus, self.slurm.train_time_min, f"train-{encoder_name}")

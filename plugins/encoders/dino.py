@@ -226,6 +226,15 @@ class DINOEncoder(ViTEncoder):
             images = None
         return TrainingCost(images=images, recipe=self.params.recipe, batch_size=batch)
 
+    def scaled_params(self, factor: float) -> dict[str, Any]:
+        """`factor` times the images (`dataset_size`) and the steps; the epochs stay, so a
+        step still sees the same share of an epoch and the schedules keep their shape."""
+        cfg = self.training_config()
+        overrides = {key: max(1, round(int(cfg[key]) * factor)) for key in ("steps", "steps_per_epoch", "dataset_size") if cfg[key] is not None}
+        if not overrides:
+            raise HarnessError(f"encoder {self.name!r}: an endless stream without steps has no budget to scale; set `steps`")
+        return overrides
+
     def load_weights(self, model: torch.nn.Module, ctx: RunContext | None) -> None:
         from harness.device import default_device
         from harness_plugins.encoders._dino_run import train_or_load

@@ -1,12 +1,13 @@
 """Any timm model as an encoder (`timm`): hub weights by name, or a local checkpoint.
 
 `model` is a name from timm's registry, with or without a pretrained tag
-(`vit_small_patch16_224.dino`, `resnet50.a1_in1k`, `convnext_tiny`). Weights come from
-the Hugging Face hub (`timm/<name>`, through huggingface_hub's cache, `revision`
-optional) or from `checkpoint` (safetensors, or a torch state dict read with
-`weights_only=True`). Either way the file is read here and handed to timm as a state
-dict, so timm's own conversion (position-embedding resampling, format filters) applies,
-and the load is strict: a file that does not fit the model is an error naming both.
+(`vit_small_patch16_224.dino`, `resnet50.a1_in1k`), or `hf-hub:ORG/REPO` (its config.json
+names the architecture). Weights come from the Hugging Face hub (`timm/<name>` or the
+repo, through huggingface_hub's cache, `revision` optional) or from `checkpoint`
+(safetensors, or a torch state dict read with `weights_only=True`). Either way the file
+is read here and handed to timm as a state dict, so timm's own conversion
+(position-embedding resampling, format filters) applies, and the load is strict: a file
+that does not fit the model is an error naming both.
 
 Preprocessing follows the model's data config (`timm.data.resolve_model_data_config`):
 input size, interpolation, `crop_pct` / `crop_mode`, mean and std, computed in torch on
@@ -19,11 +20,12 @@ file actually loaded and the data config.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import inspect
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -90,15 +92,35 @@ def hub_weights(model: str, repo: str, revision: str | None, filenames: tuple[st
         else:
             _HUB_FILES_FOUND[memo] = found
             return found
+    instead = "name the timm model and set `checkpoint:`" if "config.json" in filenames else "set `checkpoint:` to a local weights file"
     if not_cached:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
         raise HarnessError(
-            f"timm model {model!r}: its weights ({where}, {' or '.join(filenames)}) are not in the Hugging Face cache "
+            f"timm model {model!r}: {' or '.join(filenames)} of {where} is not in the Hugging Face cache "
             f"{constants.HF_HUB_CACHE} and the hub cannot be reached{offline}. Fill the cache where there is network, "
             f"with HF_HUB_CACHE (or HF_HOME) naming the same folder: `huggingface-cli download {repo}` "
-            f"(or `hf download {repo}`); or set the encoder's `checkpoint:` to a local weights file"
+            f"(or `hf download {repo}`); or {instead}"
         )
-    raise HarnessError(f"timm model {model!r}: {where} holds none of {', '.join(filenames)}; set `checkpoint:` instead")
+    raise HarnessError(f"timm model {model!r}: {where} holds none of {', '.join(filenames)}; {instead}")
+
+
+def hub_model_config(model: str, revision: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Architecture, pretrained config (less `source: hf-hub`, so that timm takes the state dict
+    it is handed, and keys this timm lacks) and model arguments of `hf-hub:ORG/REPO[@REV]`."""
+    from timm.models import PretrainedCfg, is_model
+    from timm.models._hub import _parse_model_cfg, hf_split, load_cfg_from_json
+
+    model_id = model.removeprefix("hf-hub:")
+    repo, pinned = hf_split(model_id)
+    path = hub_weights(model, repo, revision or pinned, ("config.json",))
+    try:
+        cfg, arch, model_args = _parse_model_cfg(load_cfg_from_json(path), {"hf_hub_id": model_id})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise HarnessError(f"timm model {model!r}: {path} is not a timm config.json ({first_line(exc)})") from None
+    if not is_model(arch):
+        raise HarnessError(f"timm model {model!r}: its config.json names architecture {arch!r}, which this timm does not have")
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)} - {"source"}
+    return arch, {k: v for k, v in cfg.items() if k in known}, dict(model_args)
 
 
 class TimmEncoder(Encoder):
@@ -110,14 +132,15 @@ class TimmEncoder(Encoder):
     with label maps), then the last feature map of `forward_intermediates` (ViT tokens
     after the final norm, CNN stage outputs), [n, h, w, c]. `layer` picks another
     feature level (blocks for ViTs, stages for CNNs); its global feature is the class
-    token for token-pooled models, else the map's spatial mean.
+    token for token-pooled models, else the map's spatial mean. `layers` sweeps levels:
+    the runner runs one instance per level, `<name>.layer<i>` (see `variants`).
     """
 
     group = "target"
     supports_patches = True
 
     class Params(Encoder.Params):
-        model: str = Field(description="timm model name, optionally with a pretrained tag (resnet50.a1_in1k, vit_small_patch16_224.dino)")
+        model: str = Field(description="timm model name, optionally tagged (resnet50.a1_in1k, vit_small_patch16_224.dino), or hf-hub:ORG/REPO")
         pretrained: bool = Field(True, description="load pretrained weights (false: seeded random initialisation)")
         checkpoint: str | None = Field(
             None, exclude=True, description="local .safetensors or torch state-dict file instead of the hub ($VARS and ~ expanded)"
@@ -127,6 +150,9 @@ class TimmEncoder(Encoder):
         crop_pct: float | None = Field(None, gt=0.0, le=1.0, description="centre-crop fraction for global features (default: the data config's)")
         model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
         layer: int | None = Field(None, description="feature level of forward_intermediates (0-based, negative from the end; default the last)")
+        layers: Literal["all"] | Annotated[list[int], Field(min_length=1)] | None = Field(
+            None, description="sweep of feature levels (`all`, or a list of `layer` values): one instance <name>.layer<i> per level"
+        )
         seed: int = Field(0, ge=0, description="seed of the initialisation (only what the weights leave unset)")
         batch_size: int | None = Field(
             None, ge=1, exclude=True, description="images per forward pass (default: automatic, halved on GPU out-of-memory)"
@@ -136,6 +162,8 @@ class TimmEncoder(Encoder):
         def _one_source(self) -> TimmEncoder.Params:
             if self.checkpoint and (self.revision or not self.pretrained):
                 raise ValueError("`checkpoint` gives the weights: leave out `revision` and `pretrained: false`")
+            if self.layers is not None and self.layer is not None:
+                raise ValueError("`layer` picks one feature level and `layers` sweeps several: set one of them")
             return self
 
     def __init__(self, name: str | None = None, /, **params: Any) -> None:
@@ -145,10 +173,16 @@ class TimmEncoder(Encoder):
         self.data_config: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ what is loaded
+    def hub_config(self) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+        """(architecture, pretrained config, model arguments) of an `hf-hub:` model, else None."""
+        return hub_model_config(self.params.model, self.params.revision) if self.params.model.startswith("hf-hub:") else None
+
     def pretrained_cfg(self) -> dict[str, Any]:
         """timm's pretrained config of `model` (the default tag when it names none)."""
         from timm.models import get_pretrained_cfg, is_model, list_models, split_model_name_tag
 
+        if self.params.model.startswith("hf-hub:"):
+            return self.hub_config()[1]
         name = self.params.model
         arch, _ = split_model_name_tag(name)
         if not is_model(arch):
@@ -201,20 +235,22 @@ class TimmEncoder(Encoder):
         that cannot be found gives a `missing:` marker, and `prepare` raises) and the
         data config, which timm's version could change."""
         described = super().describe()
+        config = None  # stays None for an hf-hub: repo that is not in the cache
         try:
+            config = {k: list(v) if isinstance(v, tuple) else v for k, v in self.resolved_data_config().items()}
             path = self.weights_file()
             digest = None if path is None else file_sha256(path) if path.is_file() else f"missing:{path.name}"
         except HarnessError:
             digest = f"missing:{self.params.model}"
-        config = {k: list(v) if isinstance(v, tuple) else v for k, v in self.resolved_data_config().items()}
         return {**described, "params": {**described["params"], "weights_sha256": digest, "data_config": config}}
 
     @property
     def architecture(self) -> str:
         from timm.models import split_model_name_tag
 
+        hub = self.hub_config()
         extra = "".join(f" {k}={v}" for k, v in sorted(self.params.model_kwargs.items()))
-        return f"{split_model_name_tag(self.params.model)[0]} {self.input_size}px{extra}"
+        return f"{hub[0] if hub else split_model_name_tag(self.params.model)[0]} {self.input_size}px{extra}"
 
     @property
     def input_size(self) -> int:
@@ -223,21 +259,61 @@ class TimmEncoder(Encoder):
     def torch_module(self) -> torch.nn.Module | None:
         return self.model
 
-    def build_model(self) -> torch.nn.Module:
-        """The timm model with its weights, without a classifier (`num_classes=0`)."""
-        import timm
+    def feature_levels(self) -> int:
+        """How many feature levels `forward_intermediates` offers (`layer` 0 to this - 1):
+        from the prepared model, else from one built on the meta device (no weights, no
+        memory)."""
         import torch
 
-        cfg = self.pretrained_cfg()
+        model = self.model
+        if model is None:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                model = self._create(pretrained=False, **self._create_kwargs(self.pretrained_cfg()))
+        return len(getattr(model, "feature_info", None) or [])
+
+    def variants(self) -> dict[str, dict[str, Any]]:
+        """With `layers`, one instance per feature level swept: `layer<i>` -> `layer: i`."""
+        if self.params.layers is None:
+            return {}
+        levels = self.feature_levels()
+        if not levels:
+            raise HarnessError(f"encoder {self.name!r}: timm model {self.params.model!r} has no feature levels to sweep; remove `layers`")
+        if self.params.layers == "all":
+            chosen = list(range(levels))
+        else:
+            outside = [i for i in self.params.layers if not -levels <= i < levels]
+            if outside:
+                raise HarnessError(
+                    f"encoder {self.name!r}: `layers` {outside} outside {self.params.model}'s {levels} feature levels (0 to {levels - 1})"
+                )
+            chosen = sorted({i % levels for i in self.params.layers})
+        return {f"layer{i}": {"layer": i, "layers": None} for i in chosen}
+
+    def _create_kwargs(self, cfg: dict[str, Any]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"num_classes": 0}
         if self.params.img_size and cfg.get("fixed_input_size"):
             kwargs["img_size"] = self.params.img_size
         kwargs.update(self.params.model_kwargs)
+        return kwargs
+
+    def _create(self, **kwargs: Any) -> torch.nn.Module:
+        """timm.create_model of `model` (an `hf-hub:` repo: per its config.json, `kwargs` first)."""
+        import timm
+
+        name, cfg, model_args = self.hub_config() or (self.params.model, None, {})
+        return timm.create_model(name, pretrained_cfg=cfg, **{**model_args, **kwargs})
+
+    def build_model(self) -> torch.nn.Module:
+        """The timm model with its weights, without a classifier (`num_classes=0`)."""
+        import torch
+
+        cfg = self.pretrained_cfg()
+        kwargs = self._create_kwargs(cfg)
         path = self.weights_file()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.params.seed)
             if path is None:
-                return timm.create_model(self.params.model, pretrained=False, **kwargs)
+                return self._create(pretrained=False, **kwargs)
             state = read_state_dict(path)
             classifiers = cfg.get("classifier") or ()
             for head in (classifiers,) if isinstance(classifiers, str) else classifiers:
@@ -246,7 +322,7 @@ class TimmEncoder(Encoder):
             # num_classes 0 on both sides keeps timm's load strict (it relaxes it when they differ)
             overlay = {"state_dict": state, "num_classes": 0, "label_offset": 0}
             try:
-                model = timm.create_model(self.params.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+                model = self._create(pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
             except RuntimeError as exc:
                 raise HarnessError(
                     f"encoder {self.name!r}: weights file {path} does not fit timm model {self.params.model!r}: "
@@ -259,6 +335,12 @@ class TimmEncoder(Encoder):
     def prepare(self, ctx: Any = None) -> None:
         if self.model is not None:
             return
+        if self.params.layers is not None:
+            raise HarnessError(
+                f"encoder {self.name!r}: `layers` sweeps feature levels, one instance per level, which the runner makes "
+                "from a registry entry (harness run --encoders NAME, or harness.run(encoders=['NAME'])); "
+                "to embed with this object, set `layer` instead"
+            )
         from timm.data import resolve_model_data_config
 
         from harness.device import default_device
