@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.version import __version__
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.config.schema import GeneratorComparisonSpec
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -51,7 +55,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if formats:
         print("\ndataset formats", *formats, sep="\n")
     matched += len(formats)
-    profiles = [f"  {name}: encoders={p.encoders} tasks={p.tasks}" for name, p in registry.config.profiles.items() if fnmatch(name, pattern)]
+    profiles = [
+        f"  {name}: encoders={p.encoders} tasks={p.tasks}" + _compared(p.compare_generators, p.generators)
+        for name, p in registry.config.profiles.items()
+        if fnmatch(name, pattern)
+    ]
     if profiles:
         print("\nprofiles", *profiles, sep="\n")
     matched += len(profiles)
@@ -96,6 +104,13 @@ def _type_name(annotation: object) -> str:
     if annotation is type(None):
         return "None"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def _compared(spec: GeneratorComparisonSpec | None, generators: list[str]) -> str:
+    """How a profile that compares generators trains one encoder per generator and seed."""
+    if spec is None:
+        return ""
+    return f"\n      + {spec.name} for each of {generators} (+ --generators): {spec.plugin} {spec.params}, seeds {spec.seeds}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

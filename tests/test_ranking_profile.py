@@ -151,3 +151,11 @@ def test_a_ranking_run_end_to_end_as_cluster_jobs(tmp_path) -> None:
     trained = (out / "training").glob("*.json")
     assert len(list(trained)) == 4
 
+
+
+def test_harness_list_shows_what_a_profile_trains_per_generator(capsys) -> None:
+    from harness.cli import main
+
+    assert main(["list", "ranking"]) == 0
+    shown = capsys.readouterr().out
+    assert "+ dino-tiny-{generator} for each of ['dead-leaves'," in shown and "seeds [0, 1, 2]" in shown
