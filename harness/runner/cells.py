@@ -139,7 +139,7 @@ class Runner:
             compared = compared_encoders(self.registry, name, picked["generator"], scale)
             picked["encoder"] += [encoder for encoder in compared if encoder not in picked["encoder"]]
         elif scale != 1.0:
-            compared_encoders(self.registry, name, [], scale)  # raises: the profile compares nothing
+            raise HarnessError(f"profile {name!r} compares no generators (no compare_generators entry), so --scale does not apply to it")
         return Plan(name, picked["encoder"], picked["task"], picked["generator"])
 
     def instance(self, kind: str, item: Any) -> Any:

@@ -28,9 +28,8 @@ def compared_encoders(registry: Registry, profile: str, generators: list[str], s
     """The names of the profile's compared encoders for `generators` (each trained once per
     seed), added to `registry`; under `scale`, every training budget multiplied by it."""
     spec = registry.profile(profile).compare_generators
+    assert spec is not None, f"profile {profile!r} compares no generators"
     where = f"{registry.path}: profiles.{profile}.compare_generators"
-    if spec is None:
-        raise HarnessError(f"profile {profile!r} compares no generators (no compare_generators entry), so --scale does not apply to it")
     if scale <= 0:
         raise HarnessError(f"--scale {scale:g}: the budget multiplier must be positive")
     if "{generator}" not in spec.name:

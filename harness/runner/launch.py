@@ -193,11 +193,11 @@ class SlurmLauncher:
                     continue
                 encoder = cells[0].encoder
                 entry = runner.registry.spec("encoder", encoder_name)
-                base["encoder_entry"] = None if entry is None else EncoderSpec.model_validate(entry.model_dump()).model_dump()
+                job_spec = dict(base, encoder=encoder_name, encoder_entry=None if entry is None else entry.model_dump())
                 dependency = None
                 if encoder.trainable:
                     train = self._executor(self.slurm.train_gpus, self.slurm.train_time_min, f"train-{encoder_name}")
-                    train_job_handle = train.submit(train_job, JobSpec(**base, encoder=encoder_name))
+                    train_job_handle = train.submit(train_job, JobSpec(**job_spec))
                     jobs.append(train_job_handle)
                     if train.cluster == "slurm":
                         dependency = f"afterok:{train_job_handle.job_id}"
@@ -205,7 +205,7 @@ class SlurmLauncher:
                         train_job_handle.result()  # the local executor has no dependencies: wait
                 for cell in waiting:
                     executor = self._executor(self.slurm.eval_gpus, self.slurm.eval_time_min, f"eval-{cell.task.name}", dependency)
-                    job = executor.submit(cell_job, JobSpec(**base, encoder=encoder_name, task=cell.task.name, dataset=cell.dataset))
+                    job = executor.submit(cell_job, JobSpec(**job_spec, task=cell.task.name, dataset=cell.dataset))
                     state[cell.key] = str(job.job_id)
                     jobs.append(job)
                 self._save_state(state)
