@@ -134,6 +134,12 @@ class Plugin(ABC):
         self.params = validate_params(type(self), self.name, params)
         self.resolved: dict[tuple[str, str], Plugin] = {}  # filled by the registry
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The instance as pickled for another process (a spawned data-loader worker). The
+        registered plugin name travels with it: there the class is imported, not
+        registered, and outputs derived from the name (seeds) must not change."""
+        return {**self.__dict__, "plugin_name": self.plugin_name}
+
     def resolve(self, reference: Reference) -> Plugin:
         """The instance a reference parameter names (made by the registry with this one)."""
         try:

@@ -26,6 +26,41 @@ def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(harness.config.registry, "_active", None)
 
 
+ACCEPTANCE_FILE = "test_acceptance.py"
+# Tests that reuse what the acceptance run trains into the session's cache: they run after it.
+AFTER_ACCEPTANCE = {"test_default_run_writes_a_leaderboard_above_chance"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The acceptance experiment near the end: its run starts in the background (below)
+    and the suite runs beside it; then the tests that reuse its training."""
+    items.sort(key=lambda item: 2 if item.name in AFTER_ACCEPTANCE else item.path.name == ACCEPTANCE_FILE)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _acceptance_run_in_background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _private_cache: None):
+    """Start the acceptance experiment's run at the first test when it is selected; stop it
+    if the session ends first."""
+    if not any(item.path.name == ACCEPTANCE_FILE for item in request.session.items):
+        yield None
+        return
+    from test_acceptance import start_acceptance_run
+
+    folder = tmp_path_factory.mktemp("acceptance")
+    alone = len(request.session.items) == 1
+    process = start_acceptance_run(folder, threads=None if alone else 1)
+    yield process, folder
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def acceptance_run(_acceptance_run_in_background):
+    """The background acceptance run (process, folder) started for this session."""
+    return _acceptance_run_in_background
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """`../shared/data` beside the checkout; tests that need it skip when it is absent."""

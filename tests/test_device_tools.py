@@ -47,6 +47,7 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert "error" not in train, train
     assert train["crops"] == "2x32 + 8x16" and train["recipe"] == "paper"
     assert train["images_per_s"] > 0 and isinstance(train["loss_fell"], bool)
+    assert train["data_workers"] == 1  # rehearsal.yaml streams its data through one worker, as a GPU run does
 
     assert all(row["identical_on_sample"] for row in rows["memory"])
 

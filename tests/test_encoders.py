@@ -527,3 +527,20 @@ def test_color_jitter_matches_torchvision() -> None:
     ours = color_jitter(x, factors, order, torch.tensor([True, True, True, False]))
     torch.testing.assert_close(ours[:3], torch.stack(expected[:3]), rtol=0, atol=1e-4)
     assert torch.equal(ours[3], x[3])
+
+
+def test_spawned_data_workers_give_the_batches_of_the_training_process() -> None:
+    """A process that holds CUDA spawns its data-loader workers (a forked one could not use
+    the GPU). A spawned worker imports the generator classes without registering them:
+    the batches must still be those made in the training process, pixel for pixel, here
+    for a built-in generator whose base stream is seeded by its plugin name."""
+    from harness_plugins.encoders._dino_data import GeneratorSource, StreamPlan, step_batches
+
+    source = GeneratorSource(harness.get_generator("shaders-kml-mixup"), "shaders-kml-mixup", seed=5, size=24)
+    plan = StreamPlan(seed=5, global_batch=3, dataset_size=40)
+    inline = list(step_batches(source, plan, 0, 3, 0))
+    spawned = list(step_batches(source, plan, 0, 3, 2, start_method="spawn"))
+    assert [s for s, _, _ in spawned] == [0, 1, 2]
+    for (step, images, indices), (_, theirs, their_indices) in zip(inline, spawned):
+        assert indices == their_indices == plan.indices(step)
+        assert torch.equal(images, theirs), f"step {step}: a spawned worker drew other images"

@@ -19,6 +19,7 @@ import torch
 
 from harness.errors import HarnessError
 
+PREFETCH_FACTOR = 2  # batches each DataLoader worker prepares ahead
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 
 
@@ -48,6 +49,11 @@ class GeneratorSource:
         self._cache: dict[int, torch.Tensor] | None = None
         if length is not None and length * 3 * size * size <= cache_bytes:
             self._cache = {}
+
+    @property
+    def held_in_memory(self) -> bool:
+        """Whether the dataset is rendered once and kept (then it needs no data workers)."""
+        return self._cache is not None
 
     def check(self, images: Any, n: int) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, self.size, self.size):
@@ -177,16 +183,27 @@ class StepBatches(torch.utils.data.Dataset):
         return step, self.source.fetch(indices), indices
 
 
-def step_batches(source: Any, plan: StreamPlan, start: int, end: int, num_workers: int) -> Iterator[tuple[int, torch.Tensor, list[int]]]:
+def worker_start_method() -> str | None:
+    """How DataLoader workers start: spawned (a fresh interpreter) when this process has
+    initialised CUDA, since a worker forked from it cannot use the GPU and a generator
+    would render and cluster on the CPU there; otherwise forked (the platform default)."""
+    return "spawn" if torch.cuda.is_initialized() else None
+
+
+def step_batches(
+    source: Any, plan: StreamPlan, start: int, end: int, num_workers: int, start_method: str | None = None,
+) -> Iterator[tuple[int, torch.Tensor, list[int]]]:
     """(step, this rank's uint8 batch, stream indices) for steps start..end-1.
 
     An endless generator stream read by at most one worker goes through
     `harness.streaming.GeneratorStream` (its batch k of b consecutive images goes to
     rank k mod w: exactly `plan`'s images). Otherwise a map-style dataset over steps is
     prefetched by `num_workers` DataLoader workers; its batches do not depend on the
-    number of workers.
+    number of workers, nor on how they start (`start_method`, default
+    `worker_start_method()`).
     """
-    if isinstance(source, GeneratorSource) and source._cache is None and plan.dataset_size is None and num_workers <= 1:
+    start_method = start_method or worker_start_method()
+    if isinstance(source, GeneratorSource) and not source.held_in_memory and plan.dataset_size is None and num_workers <= 1:
         try:
             from harness.streaming import GeneratorStream
         except ImportError:
@@ -199,14 +216,17 @@ def step_batches(source: Any, plan: StreamPlan, start: int, end: int, num_worker
             )
             batches: Any = stream
             if num_workers:
-                batches = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+                batches = torch.utils.data.DataLoader(
+                    stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                    multiprocessing_context=start_method,
+                )
             for step, (images, indices) in zip(range(start, end), batches):
                 indices = [int(i) for i in indices]
                 if indices != plan.indices(step):
                     raise HarnessError(f"generator stream gave images {indices[:3]}... for step {step}, expected {plan.indices(step)[:3]}...")
                 yield step, source.check(images, len(indices)), indices
             return
-    if isinstance(source, GeneratorSource) and source._cache is not None:
+    if isinstance(source, GeneratorSource) and source.held_in_memory:
         # A dataset held in memory is rendered once, here: forked workers would each render
         # their own copy, on the CPU where the parent holds the GPU; batches of it cost nothing.
         source.preload()
@@ -221,8 +241,9 @@ def step_batches(source: Any, plan: StreamPlan, start: int, end: int, num_worker
         batch_size=None,
         sampler=range(start, end),
         num_workers=num_workers,
-        prefetch_factor=2,
+        prefetch_factor=PREFETCH_FACTOR,
         pin_memory=torch.cuda.is_available(),
         collate_fn=_as_is,
+        multiprocessing_context=start_method,
     )
     yield from loader

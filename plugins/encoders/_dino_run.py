@@ -33,6 +33,7 @@ from harness_plugins.encoders._dino_train import (
     load_checkpoint,
     save_checkpoint,
     timed_steps,
+    warmup_steps,
 )
 
 if TYPE_CHECKING:
@@ -56,9 +57,16 @@ def _write_json(path: Path, info: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def _default_workers(device: str, dist: Distributed) -> int:
+def data_workers(encoder: DINOEncoder, source: Any, device: str, dist: Distributed) -> int:
+    """DataLoader workers of a training run: none for a dataset held in memory, else the
+    encoder's `num_workers`, else none on a CPU (the training step already uses every
+    core) and up to 8 per GPU."""
+    if getattr(source, "held_in_memory", False):
+        return 0
+    if encoder.params.num_workers is not None:
+        return encoder.params.num_workers
     if not device.startswith("cuda"):
-        return 0  # on a CPU the training step already uses every core
+        return 0
     return max(0, min(8, (os.cpu_count() or 1) // max(1, dist.world) - 1))
 
 
@@ -121,8 +129,7 @@ def train_or_load(encoder: DINOEncoder, ctx: RunContext | None, device: str) -> 
             info = json.loads(checkpoint["info"])
             info["resumed_from"].append(start)
             info["world_size"], info["device"] = dist.world, _device_name(device)
-        workers = encoder.params.num_workers
-        workers = _default_workers(device, dist) if workers is None else workers
+        workers = data_workers(encoder, source, device, dist)
         _train(encoder, ctx, trainer, source, plan, info, folder, start, encoder.checkpoint_every, workers, dist)
         state = trainer.teacher_backbone_state()
         dist.barrier()
@@ -235,15 +242,17 @@ def throughput(
         cfg = encoder.resolved_schedule(source)
         if batch_size:
             cfg["train_batch_size"] = batch_size
-        # The timed steps are the whole schedule, warming up over a third of them, so that
-        # the loss is seen to move; a step's speed does not depend on the schedule's values.
-        cfg["steps"] = steps + 1
-        cfg["warmup_epochs"] = max(1, (steps + 1) // 3) / cfg["steps_per_epoch"]
+        # The warm-up and timed steps are the whole schedule, its learning rate warming up
+        # over a third of them, so that the loss is seen to move; a step's speed does not
+        # depend on the schedule's values.
+        workers = data_workers(encoder, source, device, Distributed())
+        cfg["steps"] = warmup_steps(workers) + steps
+        cfg["warmup_epochs"] = max(1, cfg["steps"] // 3) / cfg["steps_per_epoch"]
         cfg["freeze_last_layer"] = 0
         trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), device, Distributed())
         plan = StreamPlan(cfg["data_seed"], trainer.global_batch, 0, 1, cfg["dataset_size"])
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        measured = timed_steps(trainer, source, plan, steps, sync, budget_s, profile)
+        measured = timed_steps(trainer, source, plan, steps, sync, budget_s, profile, workers)
         images = source.fetch(plan.indices(0))
         ours_augment = augment_rate(trainer.multicrop, images, device, trainer.global_batch)
         reference_augment = reference_augment_rate(images, trainer.multicrop)
@@ -263,6 +272,7 @@ def throughput(
         "recipe": encoder.params.recipe,
         "arch": encoder.architecture,
         "train_batch_size": cfg["train_batch_size"],
+        "data_workers": workers,
         "crops": f"2x{cfg['img_size']} + {cfg['local_crops_number']}x{cfg['local_crop_size']}",
         "steps": measured["steps"],
         "loss_first_step": round(measured["first_loss"], 4),

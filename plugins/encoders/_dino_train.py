@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from harness.errors import HarnessError
 from harness_plugins.encoders._dino_augment import MultiCrop
-from harness_plugins.encoders._dino_data import StreamPlan, derive_seed, step_batches
+from harness_plugins.encoders._dino_data import PREFETCH_FACTOR, StreamPlan, derive_seed, step_batches
 from harness_plugins.encoders._dino_model import DINOHead, DINOLoss, MultiCropWrapper, clip_gradients, cosine_schedule, param_groups
 
 
@@ -216,23 +216,29 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 def timed_steps(
     trainer: Trainer, source: Any, plan: StreamPlan, steps: int, sync: Callable[[], None], budget_s: float | None = None,
-    profile: bool = False,
+    profile: bool = False, num_workers: int = 0,
 ) -> dict[str, Any]:
-    """Throughput of up to `steps` training steps after one warm-up step (nothing is
-    saved); with `budget_s`, as many of them (at least 2) as fit in that many seconds,
-    judged by the warm-up step. The losses of the first and the last step show whether
-    training moves. With `profile`, `operators` lists where the timed steps spent their time."""
+    """Throughput of up to `steps` training steps (nothing is saved), with the data made
+    by `num_workers` DataLoader workers as in training, after `warmup_steps(num_workers)`
+    untimed steps: the batches the workers prefetch while they start would otherwise
+    be counted as free. With `budget_s`, as many timed steps (at least 2) as fit in that
+    many seconds, judged by the last warm-up step. The losses of the first and the last
+    step show whether training moves. With `profile`, `operators` lists where the timed
+    steps spent their time."""
     from harness.bench.timing import operator_profile
 
-    batches = step_batches(source, plan, 0, steps + 1, 0)
-    step, images, _ = next(batches)
-    t0 = time.perf_counter()
-    first_loss = trainer.step(step, images)
-    sync()
+    warmup = warmup_steps(num_workers)
+    batches = step_batches(source, plan, 0, warmup + steps, num_workers)
+    losses = []
+    for _ in range(warmup):
+        step, images, _ = next(batches)
+        t0 = time.perf_counter()
+        losses.append(trainer.step(step, images))
+        sync()
     if budget_s is not None:
         steps = max(2, min(steps, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
     data_s = model_s = 0.0
-    loss = first_loss
+    loss = losses[-1]
     start = time.perf_counter()
     with operator_profile(trainer.device) if profile else contextlib.nullcontext([]) as operators:
         for _ in range(steps):
@@ -247,5 +253,11 @@ def timed_steps(
     n = steps * trainer.local_batch
     return {
         "images_per_s": n / wall, "model_images_per_s": n / max(model_s, 1e-9), "data_images_per_s": n / max(data_s, 1e-9),
-        "seconds": wall, "steps": steps, "first_loss": first_loss, "last_loss": loss, "operators": operators,
+        "seconds": wall, "steps": steps, "first_loss": losses[0], "last_loss": loss, "operators": operators,
     }
+
+
+def warmup_steps(num_workers: int) -> int:
+    """Untimed steps before a timing: one, plus the batches that `num_workers` workers
+    prefetch while they start (`PREFETCH_FACTOR` each)."""
+    return 1 + PREFETCH_FACTOR * num_workers
