@@ -34,13 +34,20 @@ AFTER_ACCEPTANCE = {"test_default_run_writes_a_leaderboard_above_chance"}
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The acceptance experiment near the end: its run starts in the background (below)
     and the suite runs beside it; then the tests that reuse its training."""
-    items.sort(key=lambda item: 2 if item.name in AFTER_ACCEPTANCE else item.path.name == ACCEPTANCE_FILE)
+
+    def place(item: pytest.Item) -> int:
+        if item.name in AFTER_ACCEPTANCE:
+            return 2
+        return 1 if item.path.name == ACCEPTANCE_FILE else 0
+
+    items.sort(key=place)
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _acceptance_run_in_background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _private_cache: None):
-    """Start the acceptance experiment's run at the first test when it is selected; stop it
-    if the session ends first."""
+def acceptance_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _private_cache: None):
+    """The acceptance experiment's run (process, folder), started in the background at the
+    first test when the acceptance test is selected (else None); stopped if the session
+    ends first."""
     if not any(item.path.name == ACCEPTANCE_FILE for item in request.session.items):
         yield None
         return
@@ -53,12 +60,6 @@ def _acceptance_run_in_background(request: pytest.FixtureRequest, tmp_path_facto
     if process.poll() is None:
         process.kill()
         process.wait()
-
-
-@pytest.fixture
-def acceptance_run(_acceptance_run_in_background):
-    """The background acceptance run (process, folder) started for this session."""
-    return _acceptance_run_in_background
 
 
 @pytest.fixture
