@@ -257,6 +257,13 @@ class Generator(Plugin):
         then times JPEG decoding)."""
         return None
 
+    def time_split(self) -> dict[str, float]:
+        """Seconds spent so far in each part of making this generator's images, where it
+        keeps count (e.g. issuing draws, waiting for the GPU, reading back; a part named
+        "a > b" is part of "a"); `harness bench profile` reports what one sampling call
+        adds to each. Default: none kept."""
+        return {}
+
     def close(self) -> None:
         """Release GL contexts or other resources (default: nothing to release)."""
 

@@ -55,6 +55,10 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert works == {"train", "generate", "classify"}
     busy = next(row for row in rows["profile"] if row["work"].startswith("train"))
     assert busy["operator"].startswith("(all operators") and 0 < busy["share"] <= 1.01
+    parts = {row["operator"]: row["share"] for row in rows["profile"] if row["work"].endswith("rehearsal-kml-mixup (parts)")}
+    assert {"base images", "combine them", "base images > wait for the GL work (glFinish)"} <= set(parts)
+    assert parts["base images"] + parts["combine them"] <= 1.0
+    assert sum(share for part, share in parts.items() if part.startswith("base images > ")) <= parts["base images"] + 0.002
 
     # the acceptance profile's encoders that need no training, on this CPU, equal the committed leaderboard
     comparison = {row["encoder"]: row for row in rows["end-to-end"]}

@@ -450,3 +450,55 @@ def test_sample_at_scattered_indices_equals_sample_of_each(name: str) -> None:
     assert generator.sample_at(5, [], 16).shape == (0, 3, 16, 16)
     with pytest.raises(ValueError, match="indices"):
         generator.sample_at(5, [3, -1], 16)
+
+
+@pytest.mark.parametrize("reorder_on_gl", [False, True], ids=["numpy-reorder", "gl-reorder"])
+def test_a_batch_over_several_frames_gives_the_images_drawn_one_at_a_time(monkeypatch, reorder_on_gl: bool) -> None:
+    """Tiles are laid out into the result by numpy under a software rasteriser and by a
+    GL pass on a GPU; both, across frames and a last row of tiles left part empty, give
+    each image as numpy lays it out from a frame of its own. At an odd size too: where
+    in a frame a tile lies must not change what a program that takes derivatives draws."""
+    from harness_plugins.generators import _shader_gl
+    from harness_plugins.generators._shader_server import renderer
+
+    generator = harness.get_generator("shaders")
+    size, n = 21, 23  # frames of 3 x 3 tiles: two full frames, then 5 tiles over two rows; an odd size
+    usable = generator.library().usable
+    takes_fwidth = next(p for p in usable if p.name == "contour_bands")  # tiles at odd rows and columns draw it
+    programs = [takes_fwidth if j % 2 else usable[j] for j in range(n)]
+    _, rows = generator.draws(3, list(range(n)))
+    local = renderer()
+    gl = local._gl
+    for program in programs:
+        assert local.compile(program) is None
+    monkeypatch.setattr(gl, "reorder_on_gl", False)
+    monkeypatch.setattr(gl, "frames", {})
+    alone = np.stack([local._run(lambda j=j: gl.render(programs[j:j + 1], rows[j:j + 1], size, 60.0))[0] for j in range(n)])
+    monkeypatch.setattr(_shader_gl, "FRAME_SIDE", 3 * (size + 1))
+    gl.reorder_on_gl = reorder_on_gl
+    gl.frames.clear()
+    batch = local._run(lambda: gl.render(programs, rows, size, 60.0))
+    assert batch.shape == (n, 3, size, size) and batch.dtype == np.uint8
+    np.testing.assert_array_equal(batch, alone)
+    assert len({image.tobytes() for image in batch}) == n  # distinct images: no tile read twice
+
+
+def test_time_split_counts_the_parts_of_a_call_within_its_wall_time() -> None:
+    """A composite over shaders counts its base images and its own work, and the renderer
+    its parts inside the base images; each part lies within what the caller timed."""
+    import time
+
+    generator = harness.get_generator("kml-mixup", base="shaders", kmeans_size=16)
+    generator.sample(1, 4, 16)
+    before = generator.time_split()
+    start = time.perf_counter()
+    generator.sample(2, 6, 16)
+    wall = time.perf_counter() - start
+    spent = {part: seconds - before.get(part, 0.0) for part, seconds in generator.time_split().items()}
+    inside_base = {part: s for part, s in spent.items() if part.startswith("base images > ")}
+    assert set(inside_base) >= {"base images > wait for the GL work (glFinish)", "base images > read back"}
+    assert all(s >= 0 for s in spent.values())
+    assert spent["base images"] > 0 and spent["combine them"] > 0
+    assert spent["base images"] + spent["combine them"] <= wall
+    assert sum(inside_base.values()) <= spent["base images"]
+    assert harness.get_generator("dead-leaves").time_split() == {}

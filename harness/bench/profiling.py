@@ -1,10 +1,13 @@
-"""The profile stage: where the time of training steps and of a memory classification
-goes, so a target missed comes with what limits it. Training is profiled by operator
-(torch.profiler, GPU time on a GPU); classification by Python function (cProfile), since
-most of its host time is numpy, which torch's profiler does not see."""
+"""The profile stage: where the time of training steps, of sampling generators and of a
+memory classification goes, so a target missed comes with what limits it. Training is
+profiled by operator (torch.profiler, GPU time on a GPU); generators by the parts they
+count themselves (e.g. waiting for the GPU, reading back), since their GL work runs
+outside Python, and by Python function (cProfile); classification by Python function,
+since most of its host time is numpy, which torch's profiler does not see."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from harness.bench.memory import synthetic_memory, synthetic_queries
@@ -16,6 +19,7 @@ PROFILE_BATCH = 128  # images per profiled training step on a GPU
 
 if TYPE_CHECKING:
     from harness.config.schema import ProfileSpec
+    from harness.kinds import Generator
     from harness.config.registry import Registry
 
 
@@ -33,6 +37,20 @@ def function_profile(run: Callable[[], Any]) -> list[dict[str, Any]]:
         {"operator": f"{name} ({file.rsplit('/', 1)[-1]}:{line})"[:60], "calls": entry[0],
          "self_ms": round(entry[2] * 1000, 2), "share": round(entry[2] / total, 3)}
         for (file, line, name), entry in top
+    ]
+
+
+def time_split(generator: Generator, n: int, size: int) -> list[dict[str, Any]]:
+    """The parts of one call making `n` images, as far as the generator counts them
+    (`Generator.time_split`): seconds each, and their share of the call's wall time."""
+    before = generator.time_split()
+    start = time.perf_counter()
+    generator.sample(seed=3, n=n, size=size)
+    wall = time.perf_counter() - start
+    spent = {part: seconds - before.get(part, 0.0) for part, seconds in generator.time_split().items()}
+    return [
+        {"operator": part, "self_ms": round(seconds * 1000, 2), "share": round(seconds / wall, 3)}
+        for part, seconds in spent.items() if seconds > 0
     ]
 
 
@@ -55,6 +73,7 @@ def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device:
         generator = registry.create("generator", name)
         side, n = max(spec.sizes), (16 if quick else 1024)
         generator.sample(seed=1, n=n, size=side)  # first use: programs compile, kernels load
+        rows += [{"work": f"generate {n} x {side} px {name} (parts)", **row} for row in time_split(generator, n, side)]
         work = f"generate {n} x {side} px {name} (functions)"
         rows += [{"work": work, **row} for row in function_profile(lambda: generator.sample(seed=2, n=n, size=side))]
         generator.close()

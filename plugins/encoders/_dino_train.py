@@ -222,17 +222,17 @@ def timed_steps(
     by `num_workers` DataLoader workers as in training, after `warmup_steps(num_workers)`
     untimed steps: the batches the workers prefetch while they start would otherwise
     be counted as free. With `budget_s`, as many timed steps (at least 2) as fit in that
-    many seconds, judged by the last warm-up step. The losses of the first and the last
-    step show whether training moves. With `profile`, `operators` lists where the timed
-    steps spent their time."""
+    many seconds, judged by the last warm-up step (its batch and its model step). The
+    losses of the first and the last step show whether training moves. With `profile`,
+    `operators` lists where the timed steps spent their time."""
     from harness.bench.timing import operator_profile
 
     warmup = warmup_steps(num_workers)
     batches = step_batches(source, plan, 0, warmup + steps, num_workers)
     losses = []
     for _ in range(warmup):
-        step, images, _ = next(batches)
         t0 = time.perf_counter()
+        step, images, _ = next(batches)
         losses.append(trainer.step(step, images))
         sync()
     if budget_s is not None:

@@ -3,8 +3,9 @@ programs, the fixed iChannel noise textures, and batched rendering into a tiled
 framebuffer.
 
 Every image of a call is a tile of one framebuffer, drawn as one instance of a
-full-tile quad with its per-image values as per-instance attributes, so a batch costs
-one draw per distinct program and one readback.
+full-tile quad with its per-image values as per-instance attributes; a second pass on
+the GL side lays the tiles' bytes out as the result is laid out, so a batch costs one
+draw per distinct program, one reorder draw and one readback straight into the result.
 
 The wait for a batch's draws happens in `glFinish` called through ctypes, which lets go
 of Python's GIL (moderngl's own calls hold it): so another thread can stop waiting for a
@@ -16,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import math
 import os
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Iterator
 
 from harness.errors import HarnessError
 
@@ -29,6 +32,52 @@ if TYPE_CHECKING:
 
 INSTANCE_FLOATS = 26  # origin 2, time 4, date 4, params 16
 NOISE_SIZES = (256, 64, 256, 32)  # iChannel0..3: white, coarse white, smooth, very coarse
+FRAME_SIDE = 4096  # pixels per side of the framebuffer a batch's tiles are drawn into
+FRAMES_KEPT = 8  # frame sizes whose framebuffers a renderer keeps
+REORDER_UNIT = 8  # the texture unit of the reorder pass (the programs' iChannels use 0..3)
+# The parts of a render that `Renderer.seconds` counts.
+DRAWS = "issue the draws (Python, GL calls)"
+WAIT = "wait for the GL work (glFinish)"
+READBACK = "read back"
+REORDER = "lay the tiles out (numpy)"
+
+# The reorder pass: a triangle over the viewport; texel (x, y) of the byte framebuffer
+# holds bytes 4 * (y * u_width + x) .. + 3 of the result [image, channel, row, column],
+# fetched from the image's tile (GL rows bottom-up, so row r is tile row size - 1 - r;
+# tiles start every u_pitch pixels).
+REORDER_VERTEX = """#version 330 core
+void main() {
+    vec2 corner = vec2((gl_VertexID << 1) & 2, gl_VertexID & 2);
+    gl_Position = vec4(corner * 2.0 - 1.0, 0.0, 1.0);
+}
+"""
+REORDER_FRAGMENT = """#version 330 core
+uniform sampler2D tiles;
+uniform int u_size;
+uniform int u_pitch;
+uniform int u_cols;
+uniform int u_width;
+uniform int u_bytes;
+out uvec4 out_bytes;
+void main() {
+    ivec2 texel = ivec2(gl_FragCoord.xy);
+    int first = 4 * (texel.y * u_width + texel.x);
+    uvec4 bytes = uvec4(0u);
+    for (int k = 0; k < 4; ++k) {
+        int b = first + k;
+        if (b >= u_bytes) break;
+        int column = b % u_size;
+        int rest = b / u_size;
+        int row = rest % u_size;
+        rest /= u_size;
+        int channel = rest % 3;
+        int image = rest / 3;
+        ivec2 at = ivec2((image % u_cols) * u_pitch + column, (image / u_cols) * u_pitch + u_size - 1 - row);
+        bytes[k] = uint(round(texelFetch(tiles, at, 0)[channel] * 255.0));
+    }
+    out_bytes = bytes;
+}
+"""
 
 
 def _gl_error(exc: BaseException) -> HarnessError:
@@ -84,7 +133,13 @@ class Renderer:
         self.pid = os.getpid()
         self.quad = self.ctx.buffer(np.array([0, 0, 1, 0, 0, 1, 1, 1], dtype="f4").tobytes())
         self.compiled: dict[str, Any] = {}  # digest -> (program, vao, instance buffer, capacity) or error
-        self.fbos: dict[tuple[int, int], Any] = {}
+        self.frames: dict[int, tuple[Any, Any, Any]] = {}
+        self.seconds: dict[str, float] = {}  # by part of the work, for `Generator.time_split`
+        # Software rasterisers (Mesa's llvmpipe, softpipe) reorder a frame slower than numpy.
+        self.reorder_on_gl = not any(name in self.ctx.info["GL_RENDERER"] for name in ("llvmpipe", "softpipe"))
+        self.reorder = self.ctx.program(vertex_shader=REORDER_VERTEX, fragment_shader=REORDER_FRAGMENT)
+        self.reorder["tiles"].value = REORDER_UNIT
+        self.reorder_vao = self.ctx.vertex_array(self.reorder, [])
         noise = _noise_textures()
         self.textures: dict[str, list[Any]] = {"2d": [], "cube": [], "3d": []}
         for i, tex in enumerate(noise):
@@ -151,66 +206,145 @@ class Renderer:
             entry[1:] = [vao, buf, capacity]
         return prog, vao, buf
 
-    def _fbo(self, width: int, height: int) -> Any:
-        key = (width, height)
-        if key not in self.fbos:
-            if len(self.fbos) > 4:
-                for fbo in self.fbos.values():
-                    fbo.release()
-                self.fbos.clear()
-            self.fbos[key] = self.ctx.simple_framebuffer((width, height), components=4)
-        return self.fbos[key]
+    def _frame(self, side: int) -> tuple[Any, Any, Any]:
+        """The tile framebuffer of a frame `side` pixels square (RGBA8, a texture the
+        reorder pass reads) and, on a GPU, the byte framebuffer (RGBA8UI: four bytes of
+        the result per texel) of the same size."""
+        if side not in self.frames:
+            if len(self.frames) >= FRAMES_KEPT:
+                for frame in self.frames.values():
+                    for obj in frame:
+                        if obj is not None:
+                            obj.release()
+                self.frames.clear()
+            tiles = self.ctx.texture((side, side), 4)
+            tiles.filter = (self.moderngl.NEAREST, self.moderngl.NEAREST)
+            byte_fbo = None
+            if self.reorder_on_gl:
+                byte_fbo = self.ctx.framebuffer(color_attachments=[self.ctx.texture((side, side), 4, dtype="u1")])
+            self.frames[side] = (self.ctx.framebuffer(color_attachments=[tiles]), tiles, byte_fbo)
+        return self.frames[side]
+
+    @contextlib.contextmanager
+    def _spent(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start
 
     def render(self, programs: list[Program], rows: Any, size: int, fps: float) -> np.ndarray:
-        """Images [n, size, size, 3] uint8 (top row first) of `programs[i]` with the
-        per-image values `rows[i]` = (iTime, iFrame, iDate[4], iParams[16])."""
+        """Images [n, 3, size, size] uint8 (top row first) of `programs[i]` with the
+        per-image values `rows[i]` = (iTime, iFrame, iDate[4], iParams[16]).
+
+        A frame holds up to (FRAME_SIDE / size)^2 tiles. On a GPU, a second pass on the
+        GL side writes the frame's bytes in the order of the result (image, channel, row
+        top-down, column), read straight into the result: the host copies nothing, which
+        would otherwise cost more than the rendering. A software rasteriser runs that pass
+        slower than numpy reorders the tiles (one strided copy), so there numpy does."""
         import numpy as np
 
         n = len(programs)
-        out = np.empty((n, size, size, 3), dtype=np.uint8)
-        cols = max(1, min(n, 2048 // size))
-        max_rows = max(1, 2048 // size)
-        per_frame = cols * max_rows
+        # Tiles start on even pixels, so the 2 x 2 pixel quads that derivatives (dFdx,
+        # fwidth) are taken over never straddle two tiles: an image does not depend on
+        # where in the frame it is drawn, also at odd sizes.
+        pitch = size + size % 2
+        # Square frames a power of two tiles a side (few frame sizes to keep), at most FRAME_SIDE pixels.
+        at_least = math.isqrt(max(n, 1) - 1) + 1  # ceil(sqrt(n))
+        cols = min(max(1, FRAME_SIDE // pitch), 1 << math.ceil(math.log2(at_least)))
+        per_frame = cols * cols
+        image_bytes = 3 * size * size
+        side = cols * pitch
+        # One texel row of slack: a frame's last row of bytes may run past its images.
+        flat = np.empty(n * image_bytes + 4 * side, dtype=np.uint8)
+        images = flat[: n * image_bytes].reshape(n, 3, size, size)
+        tile_fbo, tiles, byte_fbo = self._frame(side)
         for f0 in range(0, n, per_frame):
             m = min(per_frame, n - f0)
             grid_rows = -(-m // cols)
-            width, height = cols * size, grid_rows * size
-            fbo = self._fbo(cols * size, max_rows * size)
-            fbo.use()
-            self.ctx.viewport = (0, 0, width, height)
-            fbo.clear(0.0, 0.0, 0.0, 1.0, viewport=(0, 0, width, height))
-            tiles = np.arange(m)
-            data = np.zeros((m, INSTANCE_FLOATS), dtype=np.float32)
-            data[:, 0] = (tiles % cols) * size
-            data[:, 1] = (tiles // cols) * size
-            data[:, 2:4] = rows[f0:f0 + m, 0:2]
-            data[:, 6:26] = rows[f0:f0 + m, 2:22]
-            groups: dict[str, list[int]] = {}
-            for j in range(m):
-                groups.setdefault(programs[f0 + j].digest, []).append(j)
-            for digest, members in groups.items():
-                program = programs[f0 + members[0]]
-                prog, vao, buf = self._vao(program, len(members))
-                prog["u_fb"].value = (float(width), float(height))
-                prog["u_size"].value = float(size)
-                if "iResolution" in prog:
-                    prog["iResolution"].value = (float(size), float(size), float(size))
-                if "iTimeDelta" in prog:
-                    prog["iTimeDelta"].value = 1.0 / fps
-                if "iFrameRate" in prog:
-                    prog["iFrameRate"].value = float(fps)
-                if "iChannelTime" in prog:
-                    prog["iChannelTime"].value = [0.0] * 4
-                for i, kind in enumerate(program.channels):  # every unit: twigl's `b` samplers read unit 0
-                    self.textures[kind][i].use(location=i)
-                buf.write(data[members].tobytes())
-                vao.render(self.moderngl.TRIANGLE_STRIP, vertices=4, instances=len(members))
+            with self._spent(DRAWS):
+                tile_fbo.use()
+                self.ctx.viewport = (0, 0, side, grid_rows * pitch)
+                tile_fbo.clear(0.0, 0.0, 0.0, 1.0, viewport=(0, 0, side, grid_rows * pitch))
+                self._draw_tiles(programs[f0:f0 + m], rows[f0:f0 + m], size, pitch, fps, cols, side, grid_rows * pitch)
+            if byte_fbo is None:
+                self._read_on_host(tile_fbo, images[f0:f0 + m], pitch, cols)
+            else:
+                self._read_reordered(tiles, byte_fbo, flat, f0 * image_bytes, m, size, pitch, cols)
+        return images
+
+    def _read_on_host(self, tile_fbo: Any, images: np.ndarray, pitch: int, cols: int) -> None:
+        """Read the frame's tiles back and copy them into `images` [m, 3, size, size] in order."""
+        import numpy as np
+
+        m, size = len(images), images.shape[-1]
+        grid_rows = -(-m // cols)
+        with self._spent(WAIT):
             self.gl_finish()  # the draws run here, without the GIL
-            raw = fbo.read(viewport=(0, 0, width, height), components=3, alignment=1)
-            grid = np.frombuffer(raw, dtype=np.uint8).reshape(grid_rows, size, cols, size, 3)
-            tiles_img = grid.transpose(0, 2, 1, 3, 4).reshape(grid_rows * cols, size, size, 3)[:m]
-            out[f0:f0 + m] = tiles_img[:, ::-1]  # GL rows run bottom-up
-        return out
+        with self._spent(READBACK):
+            raw = tile_fbo.read(viewport=(0, 0, cols * pitch, grid_rows * pitch), components=3, alignment=1)
+        with self._spent(REORDER):
+            grid = np.frombuffer(raw, dtype=np.uint8).reshape(grid_rows, pitch, cols, pitch, 3)
+            in_order = grid[:, size - 1::-1, :, :size].transpose(0, 2, 4, 1, 3)  # [tile row, column, channel, y, x]
+            full, rest = divmod(m, cols)
+            images[: full * cols].reshape(full, cols, 3, size, size)[...] = in_order[:full]  # one strided copy
+            if rest:
+                images[full * cols:] = in_order[full, :rest]
+
+    def _read_reordered(
+        self, tiles: Any, byte_fbo: Any, flat: np.ndarray, offset: int, m: int, size: int, pitch: int, cols: int
+    ) -> None:
+        """Lay the frame's m tiles out on the GL side (the reorder pass) and read the bytes
+        into `flat` from `offset` on."""
+        width = cols * pitch
+        byte_rows = -(-m * 3 * size * size // (4 * width))
+        with self._spent(DRAWS):
+            byte_fbo.use()
+            self.ctx.viewport = (0, 0, width, byte_rows)
+            tiles.use(location=REORDER_UNIT)
+            for name, value in (("u_size", size), ("u_pitch", pitch), ("u_cols", cols), ("u_width", width),
+                                ("u_bytes", m * 3 * size * size)):
+                self.reorder[name].value = value
+            self.reorder_vao.render(self.moderngl.TRIANGLES, vertices=3)
+        with self._spent(WAIT):
+            self.gl_finish()  # the draws run here, without the GIL
+        with self._spent(READBACK):
+            byte_fbo.read_into(flat, viewport=(0, 0, width, byte_rows), components=4, dtype="u1", write_offset=offset)
+
+    def _draw_tiles(
+        self, programs: list[Program], rows: Any, size: int, pitch: int, fps: float, cols: int, width: int, height: int
+    ) -> None:
+        """Draw image j of the frame into the tile at (j % cols, j // cols) * pitch: one
+        instanced draw per program."""
+        import numpy as np
+
+        m = len(programs)
+        tiles = np.arange(m)
+        data = np.zeros((m, INSTANCE_FLOATS), dtype=np.float32)
+        data[:, 0] = (tiles % cols) * pitch
+        data[:, 1] = (tiles // cols) * pitch
+        data[:, 2:4] = rows[:, 0:2]
+        data[:, 6:26] = rows[:, 2:22]
+        groups: dict[str, list[int]] = {}
+        for j in range(m):
+            groups.setdefault(programs[j].digest, []).append(j)
+        for members in groups.values():
+            program = programs[members[0]]
+            prog, vao, buf = self._vao(program, len(members))
+            prog["u_fb"].value = (float(width), float(height))
+            prog["u_size"].value = float(size)
+            if "iResolution" in prog:
+                prog["iResolution"].value = (float(size), float(size), float(size))
+            if "iTimeDelta" in prog:
+                prog["iTimeDelta"].value = 1.0 / fps
+            if "iFrameRate" in prog:
+                prog["iFrameRate"].value = float(fps)
+            if "iChannelTime" in prog:
+                prog["iChannelTime"].value = [0.0] * 4
+            for i, kind in enumerate(program.channels):  # every unit: twigl's `b` samplers read unit 0
+                self.textures[kind][i].use(location=i)
+            buf.write(data[members].tobytes())
+            vao.render(self.moderngl.TRIANGLE_STRIP, vertices=4, instances=len(members))
 
     def release(self) -> None:
         self.ctx.release()

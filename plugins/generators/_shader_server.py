@@ -81,6 +81,10 @@ class LocalRenderer:
             self.stuck = True
             raise _render_timeout(programs, size, timeout) from None
 
+    def seconds(self) -> dict[str, float]:
+        """Seconds spent so far by part of the rendering (`Renderer.seconds`)."""
+        return self._run(lambda: dict(self._gl.seconds))
+
 
 class RemoteRenderer:
     """A Renderer in a fresh helper process (`python -m
@@ -153,6 +157,10 @@ class RemoteRenderer:
         except TimeoutError:
             raise _render_timeout(programs, size, timeout) from None
 
+    def seconds(self) -> dict[str, float]:
+        """Seconds spent so far by part of the rendering in the render server (none before it starts)."""
+        return self._call("seconds") if self.proc is not None else {}
+
 
 def _stop_server(proc: Any) -> None:
     try:
@@ -186,6 +194,8 @@ def _serve() -> None:
             elif op == "render":
                 digests, rows, size, fps = args
                 reply = ("ok", gl.render([programs[d] for d in digests], rows, size, fps))
+            elif op == "seconds":
+                reply = ("ok", dict(gl.seconds))
             else:
                 reply = ("error", f"unknown request {op!r}")
         except HarnessError as exc:

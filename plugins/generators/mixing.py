@@ -25,6 +25,7 @@ image at a time: the reference that `harness bench` times the batched generator 
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Sequence
@@ -41,6 +42,9 @@ from harness_plugins.generators._seeding import check_indices, check_sample_args
 
 if TYPE_CHECKING:
     import torch
+
+BASE = "base images"  # the parts of `time_split`
+COMBINE = "combine them"
 
 
 class _Composite(Generator):
@@ -65,11 +69,18 @@ class _Composite(Generator):
         """The base images of output images start..start+n-1: [n, per_image, 3, size, size]."""
         return self.base_images_at(seed, range(start, start + n), size)
 
+    @cached_property
+    def seconds(self) -> dict[str, float]:
+        """Seconds spent so far making base images and combining them (`time_split`)."""
+        return {BASE: 0.0, COMBINE: 0.0}
+
     def base_images_at(self, seed: int, indices: Sequence[int], size: int) -> torch.Tensor:
         """The base images of output images `indices` (output image i uses base images
         i*k .. i*k+k-1): [len(indices), per_image, 3, size, size], in one base call."""
         k = self.per_image
+        start = time.perf_counter()
         x = self.base.sample_at(self.base_seed(seed), [i * k + j for i in indices for j in range(k)], size)
+        self.seconds[BASE] += time.perf_counter() - start
         return x.view(len(indices), k, *x.shape[1:])
 
     def sample(self, seed: int, n: int, size: int, start: int = 0) -> torch.Tensor:
@@ -82,7 +93,15 @@ class _Composite(Generator):
         seed, indices, size = check_indices(seed, indices, size)
         if not indices:
             return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-        return self.combine(seed, indices, size)
+        start, base_before = time.perf_counter(), self.seconds[BASE]
+        images = self.combine(seed, indices, size)
+        self.seconds[COMBINE] += time.perf_counter() - start - (self.seconds[BASE] - base_before)
+        return images
+
+    def time_split(self) -> dict[str, float]:
+        parts = dict(self.seconds)
+        parts.update({f"{BASE} > {part}": spent for part, spent in self.base.time_split().items()})
+        return parts
 
     @abstractmethod
     def combine(self, seed: int, indices: list[int], size: int) -> torch.Tensor:

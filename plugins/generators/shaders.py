@@ -175,8 +175,6 @@ class Shaders(Generator):
         """Compile every candidate and probe it (once per process)."""
         if self._library is not None and self._library_pid == os.getpid():
             return self._library
-        import numpy as np
-
         lib = _Library()
         compiled = []
         for program in self.candidates():
@@ -189,7 +187,7 @@ class Shaders(Generator):
         if compiled:
             compiled, images = self._probe(compiled, lib)
         if compiled:
-            flat = near_constant(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+            flat = near_constant(images)
             flat = flat.reshape(len(compiled), PROBE_DRAWS).all(dim=1).tolist()
             lib.constant = [p.name for p, c in zip(compiled, flat) if c]
             lib.usable = [p for p, c in zip(compiled, flat) if not c]
@@ -207,8 +205,8 @@ class Shaders(Generator):
         return lib
 
     def _probe(self, compiled: list[Program], lib: _Library) -> tuple[list[Program], Any]:
-        """The programs kept and their probe images [kept * PROBE_DRAWS, PROBE_SIZE,
-        PROBE_SIZE, 3], program by program: a warm-up draw (the driver compiles at the
+        """The programs kept and their probe images [kept * PROBE_DRAWS, 3, PROBE_SIZE,
+        PROBE_SIZE], program by program: a warm-up draw (the driver compiles at the
         first draw), then PROBE_DRAWS timed draws. A program past the render timeout goes
         to `lib.slow`, one over `max_program_ms` to `lib.costly`. Probes are cached per
         (program digest, probe values, fps) for the process."""
@@ -241,7 +239,7 @@ class Shaders(Generator):
         if lib.costly:
             warn_shader(f"shader program(s) over max_program_ms={budget:g} ms per {PROBE_SIZE} px probe image are "
                         "left out: " + ", ".join(f"{n!r} ({ms:.1f} ms)" for n, ms in lib.costly.items()))
-        empty = np.zeros((0, PROBE_SIZE, PROBE_SIZE, 3), dtype=np.uint8)
+        empty = np.zeros((0, 3, PROBE_SIZE, PROBE_SIZE), dtype=np.uint8)
         return kept, np.concatenate(images or [empty])
 
     def program_report(self) -> dict[str, Any]:
@@ -272,7 +270,7 @@ class Shaders(Generator):
         return "\n".join(lines)
 
     def _render(self, programs: list[Program], rows: Any, size: int) -> Any:
-        """Images [n, size, size, 3] through this process's renderer, under the render timeout."""
+        """Images [n, 3, size, size] through this process's renderer, under the render timeout."""
         timeout = self.params.render_timeout * max(1.0, len(programs) * size * size / REFERENCE_PIXELS)
         return renderer().render(programs, rows, size, self.params.fps, timeout)
 
@@ -324,13 +322,18 @@ class Shaders(Generator):
             images = self._render(programs, rows, size)
         except RenderTimeout as exc:
             raise RenderTimeout(f"generator {self.name!r}: {exc}. Raise render_timeout or exclude the program") from None
-        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(images)
 
     def sample_with_programs(self, seed: int, n: int, size: int, start: int = 0) -> tuple[torch.Tensor, list[str]]:
         """`sample` plus the name of the program behind each image."""
         images = self.sample(seed, n, size, start)
         programs, _ = self.draws(seed, list(range(start, start + n)))
         return images, [p.name for p in programs]
+
+    def time_split(self) -> dict[str, float]:
+        """Rendering time by part, counted by this process's renderer (shared by every
+        shader generator of the process)."""
+        return renderer().seconds()
 
     def describe(self) -> dict[str, Any]:
         """Parameters plus the selected programs, by name and a digest of their code: an
