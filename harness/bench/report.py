@@ -109,10 +109,10 @@ STAGE_NOTES = {
     ),
     "profile": (
         "Where the time goes. Training steps: torch operators by self time (GPU time on a GPU); the first "
-        "row's share is how busy the device was over the steps' wall time. Generating: the parts the "
-        "generator counts (share of one call's wall time; \"a > b\" is part of \"a\"), then Python functions. "
-        "Generating and classifying: Python functions by own time (cProfile; GL rendering runs on a thread of "
-        "its own, seen as a wait)."
+        "row's share is how busy the device was over the steps' wall time. Generating: first the parts the "
+        "generator counts itself (each a share of one call's wall time; \"a > b\" is part of \"a\"), then Python "
+        "functions by own time (cProfile; GL rendering runs on a thread of its own, seen as a wait). "
+        "Classifying: Python functions by own time."
     ),
     TARGETS: (
         "The profile's `bench.targets` (registry.yaml): each figure beside its floor and aim, with the "
