@@ -138,3 +138,40 @@ def test_prepare_refuses_a_folder_git_would_commit() -> None:
         [sys.executable, str(ROOT / "tools/device/prepare"), "--folder", "tools"], capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2 and "tools is not ignored by git" in done.stderr
+
+
+SYSTEM_MESA = Path("/usr/share/glvnd/egl_vendor.d/50_mesa.json")
+
+
+@pytest.mark.skipif(not SYSTEM_MESA.exists(), reason="no Mesa EGL on this machine")
+def test_cpu_renderer_comes_from_the_folder_mesa_was_unpacked_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU machine has no Mesa of its own: `tools/device/run` unpacks the carried packages
+    into a folder and names it in HARNESS_MESA_ROOT. The generators stage's CPU child then
+    loads Mesa's EGL library and llvmpipe from there, not from the system."""
+    from harness.bench.generators import cpu_gl_environment
+
+    monkeypatch.setenv("HARNESS_MESA_ROOT", str(tmp_path / "nothing-here"))
+    assert "nothing-here/usr/share/glvnd/egl_vendor.d/50_mesa.json absent" in cpu_gl_environment()
+
+    system_lib = Path("/usr/lib/x86_64-linux-gnu")
+    lib = tmp_path / "usr/lib/x86_64-linux-gnu"
+    (lib / "dri").mkdir(parents=True)
+    (tmp_path / "usr/share/glvnd/egl_vendor.d").mkdir(parents=True)
+    (tmp_path / "usr/share/glvnd/egl_vendor.d/50_mesa.json").write_bytes(SYSTEM_MESA.read_bytes())
+    (lib / "libEGL_mesa.so.0").write_bytes((system_lib / "libEGL_mesa.so.0").read_bytes())
+    (lib / "dri/swrast_dri.so").write_bytes((system_lib / "dri/swrast_dri.so").read_bytes())
+    monkeypatch.setenv("HARNESS_MESA_ROOT", str(tmp_path))
+    env = cpu_gl_environment()
+    assert isinstance(env, dict) and env["CUDA_VISIBLE_DEVICES"] == ""
+    probe = (
+        "import moderngl\n"
+        "ctx = moderngl.create_standalone_context(backend='egl', require=330)\n"
+        "print(ctx.info['GL_RENDERER'])\n"
+        "print('\\n'.join(sorted({line.split()[-1] for line in open('/proc/self/maps') if '/usr/lib/' in line})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    renderer, *mapped = done.stdout.splitlines()
+    assert "llvmpipe" in renderer
+    assert {str(lib / "libEGL_mesa.so.0"), str(lib / "dri/swrast_dri.so")} <= set(mapped)
+    assert str(system_lib / "libEGL_mesa.so.0") not in mapped

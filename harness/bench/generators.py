@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 
 MIN_SECONDS = 0.5  # a timed call makes at least this many seconds of images
 MAX_IMAGES = 8192
-# Where glvnd finds Mesa's EGL vendor library: with it alone, a child's OpenGL runs on
-# the CPU (llvmpipe) even on a machine whose GPU driver offers EGL.
-MESA_EGL_VENDOR = Path("/usr/share/glvnd/egl_vendor.d/50_mesa.json")
+# Where glvnd finds Mesa's EGL vendor library, below the root Mesa is installed in ("/",
+# or the folder its Debian packages were unpacked into, named by HARNESS_MESA_ROOT):
+# with it alone, a child's OpenGL runs on the CPU (llvmpipe) even on a machine whose GPU
+# driver offers EGL.
+MESA_EGL_VENDOR = Path("usr/share/glvnd/egl_vendor.d/50_mesa.json")
 
 
 def sampling_rate(sample: Callable[[int], Any], size: int, quick: bool) -> tuple[int, float]:
@@ -44,12 +46,29 @@ def sampling_rate(sample: Callable[[int], Any], size: int, quick: bool) -> tuple
     return n, n / best_time(lambda: sample(n), repeats=1 if quick else 2, warmup=quick)
 
 
+def cpu_gl_environment() -> dict[str, str] | str:
+    """The environment in which a child process sees no GPU (CUDA hidden) and renders
+    OpenGL with Mesa's llvmpipe: Mesa installed in / or unpacked into HARNESS_MESA_ROOT
+    (its libraries and DRI drivers found there first). A string says why there is none."""
+    root = Path(os.environ.get("HARNESS_MESA_ROOT") or "/")
+    vendor = root / MESA_EGL_VENDOR
+    if not vendor.exists():
+        return f"no CPU OpenGL here ({vendor} absent)"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "__EGL_VENDOR_LIBRARY_FILENAMES": str(vendor)}
+    if root != Path("/"):
+        libraries = sorted((root / "usr" / "lib").glob("*-linux-gnu"))
+        if libraries:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libraries[0]), os.environ.get("LD_LIBRARY_PATH")]))
+            env["LIBGL_DRIVERS_PATH"] = str(libraries[0] / "dri")
+    return env
+
+
 def hidden_gpu_rate(name: str, size: int) -> tuple[float | None, str]:
     """images/s of generator `name` in a child process that sees no GPU (CUDA hidden;
-    OpenGL through Mesa's CPU renderer), or None and why not."""
-    if not MESA_EGL_VENDOR.exists():
-        return None, f"no CPU OpenGL here ({MESA_EGL_VENDOR} absent)"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "__EGL_VENDOR_LIBRARY_FILENAMES": str(MESA_EGL_VENDOR)}
+    OpenGL through Mesa's CPU renderer, `cpu_gl_environment`), or None and why not."""
+    env = cpu_gl_environment()
+    if isinstance(env, str):
+        return None, env
     done = subprocess.run(
         [sys.executable, "-m", "harness.bench.generators", name, str(size)], env=env, capture_output=True, text=True, timeout=300,
     )
