@@ -133,7 +133,7 @@ class Renderer:
         self.pid = os.getpid()
         self.quad = self.ctx.buffer(np.array([0, 0, 1, 0, 0, 1, 1, 1], dtype="f4").tobytes())
         self.compiled: dict[str, Any] = {}  # digest -> (program, vao, instance buffer, capacity) or error
-        self.frames: dict[int, tuple[Any, Any, Any]] = {}
+        self.frames: dict[int, tuple[Any, Any]] = {}
         self.seconds: dict[str, float] = {}  # by part of the work, for `Generator.time_split`
         # Software rasterisers (Mesa's llvmpipe, softpipe) reorder a frame slower than numpy.
         self.reorder_on_gl = not any(name in self.ctx.info["GL_RENDERER"] for name in ("llvmpipe", "softpipe"))
@@ -206,23 +206,23 @@ class Renderer:
             entry[1:] = [vao, buf, capacity]
         return prog, vao, buf
 
-    def _frame(self, side: int) -> tuple[Any, Any, Any]:
-        """The tile framebuffer of a frame `side` pixels square (RGBA8, a texture the
-        reorder pass reads) and, on a GPU, the byte framebuffer (RGBA8UI: four bytes of
-        the result per texel) of the same size."""
+    def _frame(self, side: int) -> tuple[Any, Any]:
+        """The tile framebuffer of a frame `side` pixels square (its RGBA8 texture is what
+        the reorder pass reads) and, on a GPU, the byte framebuffer (RGBA8UI: four bytes
+        of the result per texel) of the same size, else None."""
         if side not in self.frames:
             if len(self.frames) >= FRAMES_KEPT:
-                for frame in self.frames.values():
-                    for obj in frame:
-                        if obj is not None:
-                            obj.release()
+                for fbo in (fbo for frame in self.frames.values() for fbo in frame if fbo is not None):
+                    for texture in fbo.color_attachments:
+                        texture.release()
+                    fbo.release()
                 self.frames.clear()
             tiles = self.ctx.texture((side, side), 4)
             tiles.filter = (self.moderngl.NEAREST, self.moderngl.NEAREST)
             byte_fbo = None
             if self.reorder_on_gl:
                 byte_fbo = self.ctx.framebuffer(color_attachments=[self.ctx.texture((side, side), 4, dtype="u1")])
-            self.frames[side] = (self.ctx.framebuffer(color_attachments=[tiles]), tiles, byte_fbo)
+            self.frames[side] = (self.ctx.framebuffer(color_attachments=[tiles]), byte_fbo)
         return self.frames[side]
 
     @contextlib.contextmanager
@@ -258,7 +258,7 @@ class Renderer:
         # One texel row of slack: a frame's last row of bytes may run past its images.
         flat = np.empty(n * image_bytes + 4 * side, dtype=np.uint8)
         images = flat[: n * image_bytes].reshape(n, 3, size, size)
-        tile_fbo, tiles, byte_fbo = self._frame(side)
+        tile_fbo, byte_fbo = self._frame(side)
         for f0 in range(0, n, per_frame):
             m = min(per_frame, n - f0)
             grid_rows = -(-m // cols)
@@ -270,7 +270,7 @@ class Renderer:
             if byte_fbo is None:
                 self._read_on_host(tile_fbo, images[f0:f0 + m], pitch, cols)
             else:
-                self._read_reordered(tiles, byte_fbo, flat, f0 * image_bytes, m, size, pitch, cols)
+                self._read_reordered(tile_fbo.color_attachments[0], byte_fbo, flat, f0 * image_bytes, m, size, pitch, cols)
         return images
 
     def _read_on_host(self, tile_fbo: Any, images: np.ndarray, pitch: int, cols: int) -> None:
