@@ -5,7 +5,7 @@ images: shared by the timm encoder plugin and `harness.evaluate` of a timm modul
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -21,6 +21,17 @@ def resize(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.
         x = F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True)
         return x.clamp_(0.0, 1.0) if interpolation == "bicubic" else x
     return F.interpolate(x, size=size, mode="nearest")
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x - mean) / std per channel of a float batch [n, c, h, w]. The constants reach x's
+    device by a non-blocking copy: a batch on a GPU does not wait here for the work queued
+    before it."""
+    import torch
+
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
+    std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
+    return (x - mean_t) / std_t
 
 
 def resize_and_crop(x: torch.Tensor, size: tuple[int, int], config: dict[str, Any]) -> torch.Tensor:
@@ -68,12 +79,6 @@ class TimmPreprocess:
         self.code = code_fingerprint(__name__)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        import torch
-
-
         config = self.config if self.crop else {**self.config, "crop_pct": 1.0, "crop_mode": "squash"}
         size = tuple(int(s) for s in config["input_size"][-2:])
-        x = resize_and_crop(images.float().div(255.0), size, config)
-        mean = torch.tensor(config["mean"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(config["std"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return normalize(resize_and_crop(images.float().div(255.0), size, config), config["mean"], config["std"])

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -279,7 +280,42 @@ def test_measure_training(setup: dict) -> None:
     measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None)
     assert measured["images_per_s"] > 0 and measured["recipe"] == "tiny" and "cpu" in measured["device"]
     assert measured["arch"] == encoder.architecture and measured["train_batch_size"] == 8
+    assert measured["one_step_descends"] and measured["one_step_loss_after"] < measured["one_step_loss_before"]
     assert not (setup["root"] / "cache-throughput").exists()  # nothing is saved
+
+
+def dino_test_trainer() -> tuple[Any, torch.Tensor]:
+    """A `Trainer` of the `dino-test` encoder on the CPU, and its first batch."""
+    from harness_plugins.encoders._dino_data import StreamPlan
+    from harness_plugins.encoders._dino_train import Distributed, Trainer
+
+    encoder = harness.get_encoder("dino-test")
+    source = encoder.open_source()
+    cfg = encoder.resolved_schedule(source)
+    trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), "cpu", Distributed())
+    return trainer, source.fetch(StreamPlan(cfg["data_seed"], trainer.global_batch, 0, 1, cfg["dataset_size"]).indices(0))
+
+
+def test_one_step_descent_changes_the_student_alone(setup: dict) -> None:
+    """The descent probe puts the teacher and the centre back: with a learning rate of 0
+    the student does not move either, so the loss after the step is the loss before."""
+    from harness_plugins.encoders._dino_run import one_step_descent
+
+    trainer, images = dino_test_trainer()
+    trainer.step(0, images)  # the centre is no longer zero
+    trainer.lr[:] = 0.0
+    before, after = one_step_descent(trainer, images)
+    assert before == after == trainer.loss(0, images)
+    trainer.lr[:] = 1e-4
+    before, after = one_step_descent(trainer, images)
+    assert after < before
+
+
+def test_a_step_whose_loss_is_not_finite_names_it(setup: dict) -> None:
+    trainer, images = dino_test_trainer()
+    trainer.loss_fn.cross_entropy = lambda student, teacher, epoch: student.sum() * float("nan")
+    with pytest.raises(HarnessError, match="DINO loss is nan at step 3; lower the learning rate"):
+        trainer.step(3, images)
 
 
 def test_image_folder_data(setup: dict, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +70,8 @@ def compare(
     failed: dict[str, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per encoder: records compared, the largest and median |difference|, how
-    many agree (`agrees`), and the cells of the run that did not end `ok` (`failed`)."""
+    many agree (`agrees`) and the metrics of those that do not, and the cells of the run
+    that did not end `ok` (`failed`)."""
     failed = failed or {}
     rows = []
     for encoder in sorted({key[2] for key in ours} | set(failed)):
@@ -81,6 +83,7 @@ def compare(
             continue
         differences = [abs(ours[key] - committed[key]) for key in keys]
         worst = keys[differences.index(max(differences))]
+        outside = Counter(key[3] for key in keys if not agrees(ours[key], committed[key]))
         rows.append({
             "encoder": encoder,
             "compared": len(keys),
@@ -88,6 +91,7 @@ def compare(
             "max_abs_difference": round(max(differences), 4),
             "median_abs_difference": round(statistics.median(differences), 4),
             "largest_at": f"{worst[0]}/{worst[3]} {worst[4]}: {ours[worst]:.4g} vs {committed[worst]:.4g}",
+            "disagreeing_metrics": ", ".join(f"{metric} x{count}" for metric, count in outside.most_common()),
             "held_to_tolerance": encoder not in trained,
             "not_ok_cells": len(problems),
             **({"note": problems[0]} if problems else {}),

@@ -96,7 +96,11 @@ STAGE_NOTES = {
     "train": (
         "Reference for the data path: DINO's own loader design (JPEG decode and per-image PIL/"
         "torchvision multi-crop, one thread per core) on the same images. DINO's published "
-        "ViT-S/16 training runs at about 100 images/s per V100; compare with it on a GPU only."
+        "ViT-S/16 training runs at about 100 images/s per V100; compare with it on a GPU only. "
+        "`model_alone`: steps on a batch in memory with the data workers stopped. `one_step`: one "
+        "batch's loss before and after a step on it, the teacher and centre put back (DINO's loss "
+        "first rises while its centre settles, so the first and last losses of a short run do not "
+        "show whether it learns)."
     ),
     "memory": (
         "Reference: brute-force leave-one-out (timed on sampled rows, extrapolated); on a GPU, "
@@ -108,7 +112,8 @@ STAGE_NOTES = {
         "Encoders trained in the run are listed but not held to it (their training ran on other kernels)."
     ),
     "profile": (
-        "Where the time goes. Training steps: torch operators by self time (GPU time on a GPU); the first "
+        "Where the time goes. Training steps: torch operators by self time (on a GPU, the time of the "
+        "kernels each launched); the first "
         "row's share is how busy the device was over the steps' wall time. Generating: first the parts the "
         "generator counts itself (each a share of one call's wall time; \"a > b\" is part of \"a\"), then Python "
         "functions by own time (cProfile; GL rendering runs on a thread of its own, seen as a wait). "

@@ -109,13 +109,18 @@ def operator_profile(device: str) -> Iterator[list[dict[str, Any]]]:
     the most self time on `device` (on a CPU, CPU time), each with its share of the whole."""
     from torch.profiler import ProfilerActivity, profile
 
+    from torch.autograd import DeviceType
+
     on_gpu = device.startswith("cuda")
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as profiler:
         yield rows
     wall_us = (time.perf_counter() - began) * 1e6
-    events = profiler.key_averages()
+    # On a GPU, an operator's self device time is the time of the kernels it launched,
+    # and those kernels are listed too: only the operators are counted, so that no
+    # kernel is counted twice.
+    events = [e for e in profiler.key_averages() if e.device_type == DeviceType.CPU]
 
     def self_us(event: Any) -> float:
         return float(getattr(event, "self_device_time_total", 0.0) if on_gpu else event.self_cpu_time_total)

@@ -27,6 +27,11 @@ Here the same operations run on a whole batch of uint8 images at once:
   image as the paper's;
 * solarisation inverts values >= 128/255, as `PIL.ImageOps.solarize(img, 128)`.
 
+The decisions (which images are flipped, jittered in which order, blurred) are drawn on
+the CPU and taken there: nothing here waits for the GPU, so the host queues a step's
+work while the GPU runs the last one. Per-image values go to the images' device with
+non-blocking copies.
+
 Nothing depends on the other images of the batch, so a rank's crops equal the same rows
 of the crops of the whole global batch. Values stay float in [0, 1] between operations
 (PIL rounds to uint8 after each one).
@@ -112,20 +117,24 @@ class MultiCrop:
         """
         device = images.device
         x = images.float().div_(255.0)
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        mean = _on(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), device)
+        std = _on(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), device)
         crops = []
-        for spec, p in zip(self.crops, params):
-            if rows is not None:
-                p = {k: v[rows] for k, v in p.items()}
-            p = {k: v.to(device) for k, v in p.items()}
+        for spec, host in zip(self.crops, params):
+            host = {k: v[rows] for k, v in host.items()} if rows is not None else {k: v.cpu() for k, v in host.items()}
+            p = {k: _on(v, device) for k, v in host.items()}
             y = resized_crop(x, p["box"], p["flip"], spec.size, spec.scale[1])
-            y = color_jitter(y, p["factors"], p["order"], p["jitter"])
+            y = color_jitter(y, p["factors"], host["order"], host["jitter"])
             y = torch.where(p["gray"].view(-1, 1, 1, 1), grayscale(y).expand_as(y), y)
-            y = gaussian_blur(y, p["sigma"], p["blur"], self.blur_sigma[1] * self.sigma_scale)
+            y = gaussian_blur(y, p["sigma"], host["blur"], self.blur_sigma[1] * self.sigma_scale)
             y = torch.where(p["solarize"].view(-1, 1, 1, 1) & (y >= 128.0 / 255.0), 1.0 - y, y)
             crops.append((y - mean) / std)
         return crops
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device` without waiting for it (a CPU tensor is staged at once)."""
+    return tensor.to(device, non_blocking=True)
 
 
 def _crop_boxes(gen: torch.Generator, n: int, height: int, width: int, scale: tuple[float, float]) -> torch.Tensor:
@@ -226,7 +235,7 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     """HSV -> RGB as f(n) = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1
     (the same conversion as torchvision's sector table, in fewer operations)."""
     h, s, v = x.unbind(dim=1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # 5, 3, 1
     k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
     amount = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return v.unsqueeze(1) * (1.0 - s.unsqueeze(1) * amount)
@@ -250,7 +259,9 @@ def _jitter_op(x: torch.Tensor, which: int, f: torch.Tensor) -> torch.Tensor:
 def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
     """torchvision ColorJitter with per-image factors [n, 4] (brightness, contrast,
     saturation, hue) and operation order [n, 4]; only images where `apply`. Each
-    operation runs on the images that apply it at that stage only."""
+    operation runs on the images that apply it at that stage only. `order` and `apply`
+    are read on the CPU (where they are, they decide which rows each operation takes)."""
+    order, apply = order.cpu(), apply.cpu()
     if not bool(apply.any()):
         return x
     x = x.clone()
@@ -260,16 +271,19 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, ap
             rows = torch.nonzero(apply & (op == which)).flatten()
             if rows.numel() == 0:
                 continue
+            rows = _on(rows, x.device)
             f = factors[rows, which].view(-1, 1, 1, 1).to(x.dtype)
             x[rows] = _jitter_op(x[rows], which, f)
     return x
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor, max_sigma: float) -> torch.Tensor:
-    """Per-image Gaussian blur (sigma in pixels), only where `apply`; reflect padding.
-    The kernel reaches 3 x `max_sigma` (at most the image side) for every image."""
-    if not bool(apply.any()):
+    """Per-image Gaussian blur (sigma in pixels), only where `apply` (read on the CPU);
+    reflect padding. The kernel reaches 3 x `max_sigma` (at most the image side) for
+    every image."""
+    if not bool(apply.cpu().any()):
         return x
+    apply = _on(apply, x.device)
     n, c, height, width = x.shape
     radius = int(math.ceil(3.0 * max_sigma))
     radius = max(1, min(radius, (min(height, width) - 1)))

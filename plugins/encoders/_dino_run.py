@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 
 from harness.cache import atomic_write
@@ -213,6 +215,23 @@ def step_flops(trainer: Trainer, images: torch.Tensor) -> float:
     return float(counter.get_total_flops()) / len(images)
 
 
+def one_step_descent(trainer: Trainer, images: torch.Tensor) -> tuple[float, float]:
+    """The loss of one batch before and after one step on it, at the schedule's largest
+    learning rate, with the teacher and the centre put back after the step: whether a
+    step lowers the loss it follows. DINO's loss itself first rises towards ln(out_dim)
+    while the centre catches up with the teacher, so a run of a few dozen steps shows
+    that training moves by this, not by its first and last loss. It takes a real step:
+    call it on a trainer whose state no longer matters."""
+    step = int(np.argmax(trainer.lr))
+    teacher = {name: value.clone() for name, value in trainer.teacher.state_dict().items()}
+    center = trainer.loss_fn.center.clone()
+    before = trainer.loss(step, images)
+    trainer.step(step, images)
+    trainer.teacher.load_state_dict(teacher)
+    trainer.loss_fn.center.copy_(center)
+    return before, trainer.loss(step, images)
+
+
 def augment_rate(multicrop: MultiCrop, images: torch.Tensor, device: str, global_batch: int) -> float:
     """images/s of our batched multi-crop augmentation of these uint8 images on `device`."""
     from harness.bench.timing import best_time
@@ -228,14 +247,38 @@ def augment_rate(multicrop: MultiCrop, images: torch.Tensor, device: str, global
     return len(images) / best_time(augment, repeats=3)
 
 
+def model_alone_rate(trainer: Trainer, images: torch.Tensor, sync: Callable[[], None], steps: int = 4) -> float:
+    """images/s of training steps on one batch already in memory, after one untimed step,
+    with no data workers running: the model's rate when it has the machine (and, where
+    the generator renders on the GPU, the GPU) to itself. It takes real steps: call it
+    on a trainer whose state no longer matters."""
+    trainer.step(0, images)
+    sync()
+    began = time.perf_counter()
+    for _ in range(steps):
+        trainer.step(0, images)
+    sync()
+    return steps * len(images) / (time.perf_counter() - began)
+
+
+REFERENCE_IMAGES = 128  # images DINO's own data path is timed on (a rate, at PIL's pace)
+
+
 def throughput(
     encoder: DINOEncoder, device: str, steps: int, batch_size: int | None, budget_s: float | None = None, profile: bool = False
 ) -> dict[str, Any]:
-    """Training images/s end to end and split into data and model time, beside DINO's own
-    data path (`_dino_reference`) on the same images and, on a GPU, the bf16 limit. The
-    schedule is compressed to the timed steps (`loss_fell` says whether training moves)."""
+    """Training images/s end to end and split into data and model time, the model's rate
+    with the data workers stopped (`model_alone_rate`), beside DINO's own data path
+    (`_dino_reference`) on the same images and, on a GPU, the bf16 limit. The
+    schedule is compressed to the timed steps; `one_step_descent` says whether training
+    moves. With `profile`, only the steps and where their time goes."""
     from harness.bench.timing import peak_flops
     from harness_plugins.encoders._dino_reference import reference_augment_rate
+
+    began = time.perf_counter()
+
+    def progress(what: str) -> None:
+        print(f"train: {encoder.name}: {what} ({time.perf_counter() - began:.0f} s)", file=sys.stderr, flush=True)
 
     source = encoder.open_source()
     try:
@@ -243,8 +286,7 @@ def throughput(
         if batch_size:
             cfg["train_batch_size"] = batch_size
         # The warm-up and timed steps are the whole schedule, its learning rate warming up
-        # over a third of them, so that the loss is seen to move; a step's speed does not
-        # depend on the schedule's values.
+        # over a third of them; a step's speed does not depend on the schedule's values.
         workers = data_workers(encoder, source, device, Distributed())
         cfg["steps"] = warmup_steps(workers) + steps
         cfg["warmup_epochs"] = max(1, cfg["steps"] // 3) / cfg["steps_per_epoch"]
@@ -253,10 +295,17 @@ def throughput(
         plan = StreamPlan(cfg["data_seed"], trainer.global_batch, 0, 1, cfg["dataset_size"])
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         measured = timed_steps(trainer, source, plan, steps, sync, budget_s, profile, workers)
+        progress(f"{measured['steps']} timed steps of {trainer.global_batch} images, {workers} data workers")
+        if profile:
+            return {"operators": measured["operators"]}
         images = source.fetch(plan.indices(0))
+        model_alone = model_alone_rate(trainer, images, sync)
         ours_augment = augment_rate(trainer.multicrop, images, device, trainer.global_batch)
-        reference_augment = reference_augment_rate(images, trainer.multicrop)
+        reference_augment = reference_augment_rate(images[:REFERENCE_IMAGES], trainer.multicrop)
+        progress("augmentation timed beside DINO's data path")
+        loss_before, loss_after = one_step_descent(trainer, images)
         flops = step_flops(trainer, images)
+        progress("one step's descent and FLOPs")
     finally:
         if hasattr(source, "generator"):
             source.generator.close()
@@ -264,6 +313,7 @@ def throughput(
         "images_per_s": round(measured["images_per_s"], 2),
         "model_images_per_s": round(measured["model_images_per_s"], 2),
         "data_images_per_s": round(measured["data_images_per_s"], 2),
+        "model_alone_images_per_s": round(model_alone, 2),
         "augment_images_per_s": round(ours_augment, 1),
         "reference_augment_images_per_s": round(reference_augment, 1),
         "augment_ratio_to_reference": round(ours_augment / reference_augment, 2),
@@ -277,10 +327,10 @@ def throughput(
         "steps": measured["steps"],
         "loss_first_step": round(measured["first_loss"], 4),
         "loss_last_step": round(measured["last_loss"], 4),
-        "loss_fell": measured["last_loss"] < measured["first_loss"],
+        "one_step_loss_before": round(loss_before, 4),
+        "one_step_loss_after": round(loss_after, 4),
+        "one_step_descends": loss_after < loss_before,
     }
-    if profile:
-        row["operators"] = measured["operators"]
     peak = peak_flops(device)
     if peak:
         row["bf16_limit_images_per_s"] = round(peak / flops, 0)

@@ -124,7 +124,10 @@ class Trainer:
             int(cfg["out_dim"]), 2 + int(cfg["local_crops_number"]), float(cfg["warmup_teacher_temp"]), float(cfg["teacher_temp"]),
             int(cfg["warmup_teacher_temp_epochs"]), epochs, float(cfg["student_temp"]), float(cfg["center_momentum"]),
         ).to(device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0, weight_decay=0.0)
+        # On a GPU, AdamW's fused kernels update every parameter in a few launches; on a
+        # CPU, torch's default implementation (the results the leaderboard holds).
+        fused = True if device.startswith("cuda") else None
+        self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0, weight_decay=0.0, fused=fused)
         spe, total = self.steps_per_epoch, self.total_steps
         self.lr = cosine_schedule(float(cfg["lr"]) * gb / 256.0, float(cfg["min_lr"]), total, int(cfg["warmup_epochs"] * spe))
         self.wd = cosine_schedule(float(cfg["weight_decay"]), float(cfg["weight_decay_end"]), total)
@@ -151,12 +154,10 @@ class Trainer:
         return {k: v.detach().float().cpu().contiguous() for k, v in self.teacher.backbone.state_dict().items()}
 
     # -------------------------------------------------------------- one step
-    def step(self, step: int, images: torch.Tensor) -> float:
-        """One optimisation step on this rank's uint8 images; returns the mean loss over ranks."""
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = float(self.lr[step])
-            if i == 0:
-                group["weight_decay"] = float(self.wd[step])
+    def forward(self, step: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step `step`'s student outputs (every crop) and teacher outputs (the global
+        crops) for this rank's uint8 images: its crops and drop path are drawn from
+        (seed, step), so a step's forward can be repeated exactly."""
         images = images.to(self.device, non_blocking=True)
         gen = torch.Generator().manual_seed(derive_seed("augment", self.seed, step))
         params = self.multicrop.draw(gen, self.global_batch, images.shape[-2], images.shape[-1])
@@ -169,9 +170,22 @@ class Trainer:
             with torch.no_grad():
                 teacher_out = self.teacher(crops[:2])
             student_out = self.student_forward(crops)
-        loss = self.loss_fn(student_out.float(), teacher_out.float(), step // self.steps_per_epoch)
-        if not torch.isfinite(loss):
-            raise HarnessError(f"DINO loss is {loss.item()} at step {step}; lower the learning rate or check the data")
+        return student_out.float(), teacher_out.float()
+
+    def loss(self, step: int, images: torch.Tensor) -> float:
+        """Step `step`'s loss on these images with the models as they are, changing nothing."""
+        with torch.no_grad():
+            student_out, teacher_out = self.forward(step, images)
+            return float(self.loss_fn.cross_entropy(student_out, teacher_out, step // self.steps_per_epoch).item())
+
+    def step(self, step: int, images: torch.Tensor) -> float:
+        """One optimisation step on this rank's uint8 images; returns the mean loss over ranks."""
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = float(self.lr[step])
+            if i == 0:
+                group["weight_decay"] = float(self.wd[step])
+        student_out, teacher_out = self.forward(step, images)
+        loss = self.loss_fn(student_out, teacher_out, step // self.steps_per_epoch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg["clip_grad"]:
@@ -183,13 +197,19 @@ class Trainer:
         self.optimizer.step()
         with torch.no_grad():
             m = float(self.momentum[step])
-            for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
-                pt.mul_(m).add_(ps.detach(), alpha=1.0 - m)
+            teacher = list(self.teacher.parameters())
+            torch._foreach_mul_(teacher, m)
+            torch._foreach_add_(teacher, [p.detach() for p in self.student.parameters()], alpha=1.0 - m)
             value = loss.detach().clone()
             if self.dist.world > 1:
                 torch.distributed.all_reduce(value)
                 value /= self.dist.world
-        return float(value.item())
+        # The step's only wait for the GPU: a non-finite loss is caught here, before the
+        # caller can save the state it left.
+        mean_loss = float(value.item())
+        if not math.isfinite(mean_loss):
+            raise HarnessError(f"DINO loss is {mean_loss} at step {step}; lower the learning rate or check the data")
+        return mean_loss
 
 
 def image_hash(image: torch.Tensor) -> str:

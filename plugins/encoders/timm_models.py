@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
-from harness.preprocessing import resize_and_crop, resize
+from harness.preprocessing import normalize, resize, resize_and_crop
 
 from harness_plugins.encoders._shared import file_sha256, first_line, in_batches, load_weights_file
 
@@ -369,9 +369,7 @@ class TimmEncoder(Encoder):
             x = resize_and_crop(x, size, config)
         else:
             x = resize(x, size, config["interpolation"])
-        mean = torch.tensor(config["mean"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(config["std"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return normalize(x, config["mean"], config["std"])
 
     def _autocast(self) -> Any:
         import torch

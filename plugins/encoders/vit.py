@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
+from harness.preprocessing import normalize
 
 from harness_plugins.encoders._shared import file_sha256, in_batches, load_weights_file
 
@@ -151,9 +152,7 @@ class ViTEncoder(Encoder):
             self.prepare()
         model = self.model
         x = self._resize(images.to(self.device, non_blocking=True).float().div_(255.0), crop)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
+        x = normalize(x, IMAGENET_MEAN, IMAGENET_STD)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda") else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             layer = self.params.layer

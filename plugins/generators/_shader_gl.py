@@ -6,10 +6,13 @@ Every image of a call is a tile of one framebuffer, drawn as one instance of a
 full-tile quad with its per-image values as per-instance attributes; a second pass on
 the GL side lays the tiles' bytes out as the result is laid out, so a batch costs one
 draw per distinct program, one reorder draw and one readback straight into the result.
+On a GPU the readback of a frame goes into a pixel buffer, and the host copies it out
+while the GPU draws the next frame.
 
-The wait for a batch's draws happens in `glFinish` called through ctypes, which lets go
-of Python's GIL (moderngl's own calls hold it): so another thread can stop waiting for a
-batch that runs past its render timeout (see `_shader_server.LocalRenderer`).
+The waits for the GL work happen in `glFinish` or `glClientWaitSync` called through
+ctypes, which let go of Python's GIL (moderngl's own calls hold it): so another thread
+can stop waiting for a batch that runs past its render timeout (see
+`_shader_server.LocalRenderer`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,15 @@ FRAMES_KEPT = 8  # frame sizes whose framebuffers a renderer keeps
 REORDER_UNIT = 8  # the texture unit of the reorder pass (the programs' iChannels use 0..3)
 # The parts of a render that `Renderer.seconds` counts.
 DRAWS = "issue the draws (Python, GL calls)"
-WAIT = "wait for the GL work (glFinish)"
+WAIT = "wait for the GL work"
 READBACK = "read back"
 REORDER = "lay the tiles out (numpy)"
+# glFenceSync / glClientWaitSync (OpenGL 3.2)
+SYNC_GPU_COMMANDS_COMPLETE = 0x9117
+SYNC_FLUSH_COMMANDS_BIT = 0x1
+TIMEOUT_EXPIRED = 0x911B
+WAIT_FAILED = 0x911D
+WAIT_SLICE_NS = 100_000_000  # one glClientWaitSync call waits at most this long
 
 # The reorder pass: a triangle over the viewport; texel (x, y) of the byte framebuffer
 # holds bytes 4 * (y * u_width + x) .. + 3 of the result [image, channel, row, column],
@@ -129,11 +138,17 @@ class Renderer:
         import numpy as np
 
         self.moderngl = moderngl
-        self.gl_finish = ctypes.CDLL(ctypes.util.find_library("GL") or "libGL.so.1").glFinish  # as glcontext loads it
+        gl = ctypes.CDLL(ctypes.util.find_library("GL") or "libGL.so.1")  # as glcontext loads it
+        self.gl_finish = gl.glFinish
+        self.gl_fence_sync, self.gl_client_wait_sync, self.gl_delete_sync = gl.glFenceSync, gl.glClientWaitSync, gl.glDeleteSync
+        self.gl_fence_sync.argtypes, self.gl_fence_sync.restype = [ctypes.c_uint, ctypes.c_uint], ctypes.c_void_p
+        self.gl_client_wait_sync.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint64]
+        self.gl_client_wait_sync.restype = ctypes.c_uint
+        self.gl_delete_sync.argtypes, self.gl_delete_sync.restype = [ctypes.c_void_p], None
         self.pid = os.getpid()
         self.quad = self.ctx.buffer(np.array([0, 0, 1, 0, 0, 1, 1, 1], dtype="f4").tobytes())
         self.compiled: dict[str, Any] = {}  # digest -> (program, vao, instance buffer, capacity) or error
-        self.frames: dict[int, tuple[Any, Any]] = {}
+        self.frames: dict[int, tuple[Any, Any, tuple[Any, ...]]] = {}
         self.seconds: dict[str, float] = {}  # by part of the work, for `Generator.time_split`
         # Software rasterisers (Mesa's llvmpipe, softpipe) reorder a frame slower than numpy.
         self.reorder_on_gl = not any(name in self.ctx.info["GL_RENDERER"] for name in ("llvmpipe", "softpipe"))
@@ -206,23 +221,28 @@ class Renderer:
             entry[1:] = [vao, buf, capacity]
         return prog, vao, buf
 
-    def _frame(self, side: int) -> tuple[Any, Any]:
+    def _frame(self, side: int) -> tuple[Any, Any, tuple[Any, ...]]:
         """The tile framebuffer of a frame `side` pixels square (its RGBA8 texture is what
         the reorder pass reads) and, on a GPU, the byte framebuffer (RGBA8UI: four bytes
-        of the result per texel) of the same size, else None."""
+        of the result per texel) of the same size and two pixel buffers its bytes are
+        read into in turn; else None and ()."""
         if side not in self.frames:
             if len(self.frames) >= FRAMES_KEPT:
-                for fbo in (fbo for frame in self.frames.values() for fbo in frame if fbo is not None):
-                    for texture in fbo.color_attachments:
-                        texture.release()
-                    fbo.release()
+                for tile_fbo, byte_fbo, buffers in self.frames.values():
+                    for fbo in (tile_fbo, byte_fbo) if byte_fbo is not None else (tile_fbo,):
+                        for texture in fbo.color_attachments:
+                            texture.release()
+                        fbo.release()
+                    for buffer in buffers:
+                        buffer.release()
                 self.frames.clear()
             tiles = self.ctx.texture((side, side), 4)
             tiles.filter = (self.moderngl.NEAREST, self.moderngl.NEAREST)
-            byte_fbo = None
+            byte_fbo, buffers = None, ()
             if self.reorder_on_gl:
                 byte_fbo = self.ctx.framebuffer(color_attachments=[self.ctx.texture((side, side), 4, dtype="u1")])
-            self.frames[side] = (self.ctx.framebuffer(color_attachments=[tiles]), byte_fbo)
+                buffers = tuple(self.ctx.buffer(reserve=4 * side * side, dynamic=True) for _ in range(2))
+            self.frames[side] = (self.ctx.framebuffer(color_attachments=[tiles]), byte_fbo, buffers)
         return self.frames[side]
 
     @contextlib.contextmanager
@@ -258,19 +278,30 @@ class Renderer:
         # One texel row of slack: a frame's last row of bytes may run past its images.
         flat = np.empty(n * image_bytes + 4 * side, dtype=np.uint8)
         images = flat[: n * image_bytes].reshape(n, 3, size, size)
-        tile_fbo, byte_fbo = self._frame(side)
-        for f0 in range(0, n, per_frame):
-            m = min(per_frame, n - f0)
-            grid_rows = -(-m // cols)
-            with self._spent(DRAWS):
-                tile_fbo.use()
-                self.ctx.viewport = (0, 0, side, grid_rows * pitch)
-                tile_fbo.clear(0.0, 0.0, 0.0, 1.0, viewport=(0, 0, side, grid_rows * pitch))
-                self._draw_tiles(programs[f0:f0 + m], rows[f0:f0 + m], size, pitch, fps, cols, side, grid_rows * pitch)
-            if byte_fbo is None:
-                self._read_on_host(tile_fbo, images[f0:f0 + m], pitch, cols)
-            else:
-                self._read_reordered(tile_fbo.color_attachments[0], byte_fbo, flat, f0 * image_bytes, m, size, pitch, cols)
+        tile_fbo, byte_fbo, buffers = self._frame(side)
+        pending: tuple[Any, Any, int, int] | None = None  # the last frame read into a pixel buffer, not yet copied out
+        try:
+            for frame, f0 in enumerate(range(0, n, per_frame)):
+                m = min(per_frame, n - f0)
+                grid_rows = -(-m // cols)
+                with self._spent(DRAWS):
+                    tile_fbo.use()
+                    self.ctx.viewport = (0, 0, side, grid_rows * pitch)
+                    tile_fbo.clear(0.0, 0.0, 0.0, 1.0, viewport=(0, 0, side, grid_rows * pitch))
+                    self._draw_tiles(programs[f0:f0 + m], rows[f0:f0 + m], size, pitch, fps, cols, side, grid_rows * pitch)
+                if byte_fbo is None:
+                    self._read_on_host(tile_fbo, images[f0:f0 + m], pitch, cols)
+                    continue
+                fence, nbytes = self._reorder_into(tile_fbo.color_attachments[0], byte_fbo, buffers[frame % 2], m, size, pitch, cols)
+                if pending is not None:
+                    self._copy_out(pending, flat)  # while the GPU draws this frame
+                pending = (fence, buffers[frame % 2], nbytes, f0 * image_bytes)
+            if pending is not None:
+                self._copy_out(pending, flat)
+                pending = None
+        finally:
+            if pending is not None:
+                self.gl_delete_sync(pending[0])
         return images
 
     def _read_on_host(self, tile_fbo: Any, images: np.ndarray, pitch: int, cols: int) -> None:
@@ -291,11 +322,11 @@ class Renderer:
             if rest:
                 images[full * cols:] = in_order[full, :rest]
 
-    def _read_reordered(
-        self, tiles: Any, byte_fbo: Any, flat: np.ndarray, offset: int, m: int, size: int, pitch: int, cols: int
-    ) -> None:
-        """Lay the frame's m tiles out on the GL side (the reorder pass) and read the bytes
-        into `flat` from `offset` on."""
+    def _reorder_into(self, tiles: Any, byte_fbo: Any, buffer: Any, m: int, size: int, pitch: int, cols: int) -> tuple[Any, int]:
+        """Lay the frame's m tiles out on the GL side (the reorder pass) and queue the read
+        of their bytes into the pixel buffer `buffer`; returns a fence that is signalled
+        once they are there, and their number (a whole last texel row, so a few more than
+        the images hold)."""
         width = cols * pitch
         byte_rows = -(-m * 3 * size * size // (4 * width))
         with self._spent(DRAWS):
@@ -306,10 +337,25 @@ class Renderer:
                                 ("u_bytes", m * 3 * size * size)):
                 self.reorder[name].value = value
             self.reorder_vao.render(self.moderngl.TRIANGLES, vertices=3)
+            byte_fbo.read_into(buffer, viewport=(0, 0, width, byte_rows), components=4, dtype="u1")
+            fence = self.gl_fence_sync(SYNC_GPU_COMMANDS_COMPLETE, 0)
+        return fence, 4 * width * byte_rows
+
+    def _copy_out(self, pending: tuple[Any, Any, int, int], flat: np.ndarray) -> None:
+        """Wait (without the GIL) for a frame's bytes to be in their pixel buffer, then
+        copy them into `flat` from their offset on."""
+        fence, buffer, nbytes, offset = pending
         with self._spent(WAIT):
-            self.gl_finish()  # the draws run here, without the GIL
+            try:
+                status = TIMEOUT_EXPIRED
+                while status == TIMEOUT_EXPIRED:
+                    status = self.gl_client_wait_sync(fence, SYNC_FLUSH_COMMANDS_BIT, WAIT_SLICE_NS)
+            finally:
+                self.gl_delete_sync(fence)
+            if status == WAIT_FAILED:
+                raise HarnessError("waiting for the GL renderer failed (glClientWaitSync); the GL context may be lost")
         with self._spent(READBACK):
-            byte_fbo.read_into(flat, viewport=(0, 0, width, byte_rows), components=4, dtype="u1", write_offset=offset)
+            buffer.read_into(flat, size=nbytes, write_offset=offset)
 
     def _draw_tiles(
         self, programs: list[Program], rows: Any, size: int, pitch: int, fps: float, cols: int, width: int, height: int
