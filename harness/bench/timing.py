@@ -107,9 +107,8 @@ def peak_flops(device: str) -> float | None:
 def operator_profile(device: str) -> Iterator[list[dict[str, Any]]]:
     """Profile the block's torch operators; on exit the yielded list holds the `TOP` with
     the most self time on `device` (on a CPU, CPU time), each with its share of the whole."""
-    from torch.profiler import ProfilerActivity, profile
-
     from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
 
     on_gpu = device.startswith("cuda")
     rows: list[dict[str, Any]] = []

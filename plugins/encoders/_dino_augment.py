@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from harness.preprocessing import normalize
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA = (0.299, 0.587, 0.114)
@@ -115,20 +117,18 @@ class MultiCrop:
 
         `rows` selects this process's rows of the global batch's parameters.
         """
-        device = images.device
         x = images.float().div_(255.0)
-        mean = _on(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), device)
-        std = _on(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), device)
         crops = []
         for spec, host in zip(self.crops, params):
-            host = {k: v[rows] for k, v in host.items()} if rows is not None else {k: v.cpu() for k, v in host.items()}
-            p = {k: _on(v, device) for k, v in host.items()}
+            if rows is not None:
+                host = {k: v[rows] for k, v in host.items()}
+            p = {k: _on(v, images.device) for k, v in host.items()}
             y = resized_crop(x, p["box"], p["flip"], spec.size, spec.scale[1])
             y = color_jitter(y, p["factors"], host["order"], host["jitter"])
             y = torch.where(p["gray"].view(-1, 1, 1, 1), grayscale(y).expand_as(y), y)
             y = gaussian_blur(y, p["sigma"], host["blur"], self.blur_sigma[1] * self.sigma_scale)
             y = torch.where(p["solarize"].view(-1, 1, 1, 1) & (y >= 128.0 / 255.0), 1.0 - y, y)
-            crops.append((y - mean) / std)
+            crops.append(normalize(y, IMAGENET_MEAN, IMAGENET_STD))
         return crops
 
 

@@ -242,9 +242,9 @@ def timed_steps(
     by `num_workers` DataLoader workers as in training, after `warmup_steps(num_workers)`
     untimed steps: the batches the workers prefetch while they start would otherwise
     be counted as free. With `budget_s`, as many timed steps (at least 2) as fit in that
-    many seconds, judged by the last warm-up step (its batch and its model step). The
-    losses of the first and the last step show whether training moves. With `profile`,
-    `operators` lists where the timed steps spent their time."""
+    many seconds, judged by the last warm-up step (its batch and its model step). Also
+    returned: the losses of the first and the last step. With `profile`, `operators`
+    lists where the timed steps spent their time."""
     from harness.bench.timing import operator_profile
 
     warmup = warmup_steps(num_workers)

@@ -229,7 +229,7 @@ class Renderer:
         if side not in self.frames:
             if len(self.frames) >= FRAMES_KEPT:
                 for tile_fbo, byte_fbo, buffers in self.frames.values():
-                    for fbo in (tile_fbo, byte_fbo) if byte_fbo is not None else (tile_fbo,):
+                    for fbo in (fbo for fbo in (tile_fbo, byte_fbo) if fbo is not None):
                         for texture in fbo.color_attachments:
                             texture.release()
                         fbo.release()
