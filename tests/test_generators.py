@@ -350,13 +350,17 @@ from harness_plugins.generators._shader_programs import ShaderWarning, library_n
 
 @pytest.mark.parametrize("program", library_names())
 def test_every_library_program_compiles_and_renders(program):
+    """A library program compiles, draws varied images, and renders the same bytes when
+    dispatched as a compute program (under llvmpipe here)."""
     gen = harness.get_generator("shaders", programs=[program])
+    dispatched = harness.get_generator("shaders", programs=[program], pipeline="compute")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ShaderWarning)
-        assert gen.program_names() == [program]
+        assert gen.program_names() == [program] == dispatched.program_names()
     images = gen.sample(0, 8, 32)
     assert near_constant(images).sum() <= 1, f"{program} renders near-constant images"
     assert len({bytes(x.numpy()) for x in images}) == 8
+    assert torch.equal(dispatched.sample(0, 8, 32), images)
 
 
 def test_library_is_large_and_varied():
@@ -452,12 +456,17 @@ def test_sample_at_scattered_indices_equals_sample_of_each(name: str) -> None:
         generator.sample_at(5, [3, -1], 16)
 
 
-@pytest.mark.parametrize("reorder_on_gl", [False, True], ids=["numpy-reorder", "gl-reorder"])
-def test_a_batch_over_several_frames_gives_the_images_drawn_one_at_a_time(monkeypatch, reorder_on_gl: bool) -> None:
+@pytest.mark.parametrize(
+    "reorder_on_gl, pipeline", [(False, "graphics"), (True, "graphics"), (True, "compute")],
+    ids=["numpy-reorder", "gl-reorder", "gl-reorder-compute"],
+)
+def test_a_batch_over_several_frames_gives_the_images_drawn_one_at_a_time(monkeypatch, reorder_on_gl: bool, pipeline: str) -> None:
     """Tiles are laid out into the result by numpy under a software rasteriser and by a
     GL pass on a GPU; both, across frames and a last row of tiles left part empty, give
     each image as numpy lays it out from a frame of its own. At an odd size too: where
-    in a frame a tile lies must not change what a program that takes derivatives draws."""
+    in a frame a tile lies must not change what a program that takes derivatives draws.
+    Dispatched as compute programs (the one that takes derivatives still drawn, in the
+    same frames), the images are those drawn one at a time."""
     from harness_plugins.generators import _shader_gl
     from harness_plugins.generators._shader_server import renderer
 
@@ -477,8 +486,10 @@ def test_a_batch_over_several_frames_gives_the_images_drawn_one_at_a_time(monkey
     monkeypatch.setattr(_shader_gl, "FRAME_SIDE", 3 * (size + 1))
     gl.reorder_on_gl = reorder_on_gl
     gl.frames.clear()
-    batch = local._run(lambda: gl.render(programs, rows, size, 60.0))
+    batch = local._run(lambda: gl.render(programs, rows, size, 60.0, pipeline))
     assert batch.shape == (n, 3, size, size) and batch.dtype == np.uint8
+    if pipeline == "compute":
+        assert gl.dispatched[usable[0].digest] is not None and gl.dispatched[takes_fwidth.digest] is None
     np.testing.assert_array_equal(batch, alone)
     assert len({image.tobytes() for image in batch}) == n  # distinct images: no tile read twice
 
@@ -502,3 +513,38 @@ def test_time_split_counts_the_parts_of_a_call_within_its_wall_time() -> None:
     assert spent["base images"] + spent["combine them"] <= wall
     assert sum(inside_base.values()) <= spent["base images"]
     assert harness.get_generator("dead-leaves").time_split() == {}
+
+
+FRONT_FACING = "void mainImage(out vec4 c, in vec2 p) { c = vec4(p / iResolution.xy, gl_FrontFacing ? 0.25 : 0.75, 1.0); }\n"
+FRAG_COORD = "void mainImage(out vec4 c, in vec2 p) { c = vec4(fract(gl_FragCoord.xy / 7.0), 0.5, 1.0); }\n"
+LOD = "void mainImage(out vec4 c, in vec2 p) { c = textureLod(iChannel2, p / iResolution.xy + iTime, 0.0); }\n"
+
+
+def test_the_compute_pipeline_renders_the_images_the_graphics_pipeline_draws(tmp_path) -> None:
+    """Each program that can run as a compute program gives the bytes its fragment form
+    draws (Mesa's llvmpipe here; the device run checks a GPU driver). A program that
+    needs the fragment stage is drawn, one whose compute form does not compile is drawn
+    with a warning naming it, and the pipeline is part of the key (a driver may round
+    the two differently). gl_FragCoord is the pixel in the program's own image, as on
+    Shadertoy: the first 8 images of a batch of 40 (another tile layout), rendered by a
+    render server, are the same."""
+    from harness_plugins.generators._shader_server import RemoteRenderer
+
+    for name, code in (("good", GOOD), ("channel", CHANNEL), ("lod", LOD), ("frag_coord", FRAG_COORD), ("facing", FRONT_FACING)):
+        (tmp_path / f"{name}.glsl").write_text(code)
+    selected = ["brick_wall", "contour_bands", "good", "channel", "lod", "frag_coord", "facing"]
+    drawn = harness.get_generator("shaders", paths=[str(tmp_path)], programs=selected)
+    dispatched = harness.get_generator("shaders", paths=[str(tmp_path)], programs=selected, pipeline="compute")
+    assert {p.name: p.fragment_only for p in dispatched.candidates()} == {
+        "brick_wall": False, "contour_bands": True, "channel": True, "facing": False, "frag_coord": False, "good": False,
+        "lod": False}
+    assert drawn.key != dispatched.key
+    with pytest.warns(ShaderWarning, match=r"'facing'.*does not compile as a compute program"):
+        assert dispatched.program_names() == drawn.program_names()
+    assert dispatched.program_report()["drawn"] == ["contour_bands", "channel"] and "drawn" not in drawn.program_report()
+    images, programs = dispatched.sample_with_programs(4, 40, 45)
+    assert set(programs) == set(selected)
+    torch.testing.assert_close(images, drawn.sample(4, 40, 45), rtol=0, atol=0)
+    programs, rows = dispatched.draws(4, list(range(8)))
+    remote = RemoteRenderer()
+    np.testing.assert_array_equal(remote.render(programs, rows, 45, 10.0, 60.0, "compute"), images[:8].numpy())

@@ -6,6 +6,9 @@ Every image of a call is a tile of one framebuffer, drawn as one instance of a
 full-tile quad with its per-image values as per-instance attributes; a second pass on
 the GL side lays the tiles' bytes out as the result is laid out, so a batch costs one
 draw per distinct program, one reorder draw and one readback straight into the result.
+With the compute pipeline a program's tiles are instead written by one compute dispatch
+(an invocation per pixel, the per-image values in a storage buffer), into the same
+texture; a program that needs the fragment stage is still drawn.
 On a GPU the readback of a frame goes into a pixel buffer, and the host copies it out
 while the GPU draws the next frame.
 
@@ -23,18 +26,20 @@ import ctypes.util
 import math
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Iterator
 
 from harness.errors import HarnessError
 
-from harness_plugins.generators._seeding import rng
-from harness_plugins.generators._shader_programs import VERTEX_SHADER, Program, fragment_source
+from harness_plugins.generators._shader_inputs import channel_textures, set_draw_uniforms, set_fixed_uniforms
+from harness_plugins.generators._shader_programs import (
+    COMPUTE_GROUP, COMPUTE_ROWS_BINDING, COMPUTE_TARGET_UNIT, INSTANCE_FLOATS, VERTEX_SHADER, Program, ShaderWarning,
+    compute_source, fragment_source,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
-INSTANCE_FLOATS = 26  # origin 2, time 4, date 4, params 16
-NOISE_SIZES = (256, 64, 256, 32)  # iChannel0..3: white, coarse white, smooth, very coarse
 FRAME_SIDE = 4096  # pixels per side of the framebuffer a batch's tiles are drawn into
 FRAMES_KEPT = 8  # frame sizes whose framebuffers a renderer keeps
 REORDER_UNIT = 8  # the texture unit of the reorder pass (the programs' iChannels use 0..3)
@@ -49,6 +54,8 @@ SYNC_FLUSH_COMMANDS_BIT = 0x1
 TIMEOUT_EXPIRED = 0x911B
 WAIT_FAILED = 0x911D
 WAIT_SLICE_NS = 100_000_000  # one glClientWaitSync call waits at most this long
+COPY_WRITE_BUFFER = 0x8F37  # a binding point no other code of the renderer uses
+STREAM_READ = 0x88E1  # the usage hint of a buffer the GPU fills and the host reads once
 
 # The reorder pass: a triangle over the viewport; texel (x, y) of the byte framebuffer
 # holds bytes 4 * (y * u_width + x) .. + 3 of the result [image, channel, row, column],
@@ -97,23 +104,6 @@ def _gl_error(exc: BaseException) -> HarnessError:
     )
 
 
-def _noise_textures() -> list[Any]:
-    """The fixed RGBA8 textures bound to iChannel0..3 (same bytes everywhere)."""
-    import numpy as np
-
-    out = []
-    for i, size in enumerate(NOISE_SIZES):
-        tex = rng("shaders-ichannel", i).integers(0, 256, (size, size, 4)).astype(np.uint8)
-        if i == 2:  # smooth noise: a wrapped box blur of white noise, re-stretched
-            f = tex.astype(np.float32)
-            for axis in (0, 1):
-                f = sum(np.roll(f, s, axis=axis) for s in range(-4, 5)) / 9.0
-            f = (f - f.mean()) / (f.std() + 1e-6) * 64.0 + 128.0
-            tex = np.clip(f, 0, 255).astype(np.uint8)
-        out.append(tex)
-    return out
-
-
 def _load_triton_first() -> None:
     """Import triton (when installed) before a GL context exists. Mesa's llvmpipe and
     triton each carry an LLVM; loading triton's after Mesa's crashes the process (torch
@@ -145,9 +135,15 @@ class Renderer:
         self.gl_client_wait_sync.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint64]
         self.gl_client_wait_sync.restype = ctypes.c_uint
         self.gl_delete_sync.argtypes, self.gl_delete_sync.restype = [ctypes.c_void_p], None
+        self.gl_bind_buffer, self.gl_buffer_data = gl.glBindBuffer, gl.glBufferData
+        self.gl_bind_buffer.argtypes, self.gl_bind_buffer.restype = [ctypes.c_uint, ctypes.c_uint], None
+        self.gl_buffer_data.argtypes = [ctypes.c_uint, ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_uint]
+        self.gl_buffer_data.restype = None
         self.pid = os.getpid()
         self.quad = self.ctx.buffer(np.array([0, 0, 1, 0, 0, 1, 1, 1], dtype="f4").tobytes())
         self.compiled: dict[str, Any] = {}  # digest -> (program, vao, instance buffer, capacity) or error
+        self.dispatched: dict[str, Any] = {}  # digest -> (compute program, values buffer, capacity), or None: drawn instead
+        self.compute_capable = self.ctx.version_code >= 430
         self.frames: dict[int, tuple[Any, Any, tuple[Any, ...]]] = {}
         self.seconds: dict[str, float] = {}  # by part of the work, for `Generator.time_split`
         # Software rasterisers (Mesa's llvmpipe, softpipe) reorder a frame slower than numpy.
@@ -155,23 +151,7 @@ class Renderer:
         self.reorder = self.ctx.program(vertex_shader=REORDER_VERTEX, fragment_shader=REORDER_FRAGMENT)
         self.reorder["tiles"].value = REORDER_UNIT
         self.reorder_vao = self.ctx.vertex_array(self.reorder, [])
-        noise = _noise_textures()
-        self.textures: dict[str, list[Any]] = {"2d": [], "cube": [], "3d": []}
-        for i, tex in enumerate(noise):
-            t2 = self.ctx.texture(tex.shape[:2], 4, tex.tobytes())
-            t2.repeat_x = t2.repeat_y = True
-            t2.build_mipmaps()
-            t2.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
-            self.textures["2d"].append(t2)
-            face = tex[:32, :32].tobytes()
-            cube = self.ctx.texture_cube((32, 32), 4, face * 6)
-            cube.filter = (moderngl.LINEAR, moderngl.LINEAR)
-            self.textures["cube"].append(cube)
-            vol = rng("shaders-ichannel-3d", i).integers(0, 256, (32, 32, 32, 4)).astype(np.uint8)
-            t3 = self.ctx.texture3d((32, 32, 32), 4, vol.tobytes())
-            t3.repeat_x = t3.repeat_y = t3.repeat_z = True
-            t3.filter = (moderngl.LINEAR, moderngl.LINEAR)
-            self.textures["3d"].append(t3)
+        self.textures = channel_textures(self.ctx)  # by sampler kind, iChannel0..3 each
 
     def compile(self, program: Program) -> str | None:
         """Compile and link `program`; the GLSL log when that fails, else None."""
@@ -185,21 +165,29 @@ class Renderer:
             log = str(exc).strip()
             self.compiled[key] = log or "compilation failed"
             return self.compiled[key]
-        for name, value in (
-            ("iTimeDelta", 0.0), ("iFrameRate", 0.0), ("iMouse", (0.0, 0.0, 0.0, 0.0)), ("iSampleRate", 44100.0),
-        ):
-            if name in prog:
-                prog[name].value = value
-        for i, kind in enumerate(program.channels):
-            if f"iChannel{i}" in prog:
-                prog[f"iChannel{i}"].value = i
-        if "iChannelResolution" in prog:
-            prog["iChannelResolution"].value = [
-                (float(s), float(s), 1.0) if program.channels[i] == "2d" else (32.0, 32.0, 32.0)
-                for i, s in enumerate(NOISE_SIZES)
-            ]
+        set_fixed_uniforms(prog, program)
         self.compiled[key] = [prog, None, None, 0]
         return None
+
+    def _dispatch_entry(self, program: Program) -> list[Any] | None:
+        """The compute program of `program` and its values buffer, compiled on first use;
+        None where the program is drawn instead: it needs the fragment stage, the context
+        has no compute shaders (OpenGL < 4.3), or its compute form does not compile (warned)."""
+        key = program.digest
+        if key not in self.dispatched:
+            self.dispatched[key] = None
+            if self.compute_capable and not program.fragment_only:
+                try:
+                    prog = self.ctx.compute_shader(compute_source(program))
+                except Exception as exc:
+                    warnings.warn(
+                        f"shader program {program.name!r} ({program.origin}) does not compile as a compute program; "
+                        f"it is drawn as a fragment program. GLSL log:\n{str(exc).strip()}", ShaderWarning, stacklevel=2,
+                    )
+                else:
+                    set_fixed_uniforms(prog, program)
+                    self.dispatched[key] = [prog, None, 0]
+        return self.dispatched[key]
 
     def _vao(self, program: Program, count: int) -> tuple[Any, Any, Any]:
         entry = self.compiled[program.digest]
@@ -241,9 +229,21 @@ class Renderer:
             byte_fbo, buffers = None, ()
             if self.reorder_on_gl:
                 byte_fbo = self.ctx.framebuffer(color_attachments=[self.ctx.texture((side, side), 4, dtype="u1")])
-                buffers = tuple(self.ctx.buffer(reserve=4 * side * side, dynamic=True) for _ in range(2))
+                buffers = tuple(self._read_buffer(4 * side * side) for _ in range(2))
             self.frames[side] = (self.ctx.framebuffer(color_attachments=[tiles]), byte_fbo, buffers)
         return self.frames[side]
+
+    def _read_buffer(self, nbytes: int) -> Any:
+        """A pixel buffer of `nbytes` that frames are read into. moderngl allocates a
+        buffer for drawing from (GL_DYNAMIC_DRAW), which a GPU driver keeps in device
+        memory, so that copying a frame out first moves it to the host; respecified as
+        GL_STREAM_READ, the driver keeps it in host memory and the GPU writes the frame's
+        bytes there itself, while it draws on."""
+        buffer = self.ctx.buffer(reserve=nbytes)
+        self.gl_bind_buffer(COPY_WRITE_BUFFER, buffer.glo)
+        self.gl_buffer_data(COPY_WRITE_BUFFER, nbytes, None, STREAM_READ)
+        self.gl_bind_buffer(COPY_WRITE_BUFFER, 0)
+        return buffer
 
     @contextlib.contextmanager
     def _spent(self, part: str) -> Iterator[None]:
@@ -253,9 +253,10 @@ class Renderer:
         finally:
             self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start
 
-    def render(self, programs: list[Program], rows: Any, size: int, fps: float) -> np.ndarray:
+    def render(self, programs: list[Program], rows: Any, size: int, fps: float, pipeline: str = "graphics") -> np.ndarray:
         """Images [n, 3, size, size] uint8 (top row first) of `programs[i]` with the
-        per-image values `rows[i]` = (iTime, iFrame, iDate[4], iParams[16]).
+        per-image values `rows[i]` = (iTime, iFrame, iDate[4], iParams[16]), drawn
+        (`pipeline` "graphics") or dispatched where the program allows it ("compute").
 
         A frame holds up to (FRAME_SIDE / size)^2 tiles. On a GPU, a second pass on the
         GL side writes the frame's bytes in the order of the result (image, channel, row
@@ -288,7 +289,10 @@ class Renderer:
                     tile_fbo.use()
                     self.ctx.viewport = (0, 0, side, grid_rows * pitch)
                     tile_fbo.clear(0.0, 0.0, 0.0, 1.0, viewport=(0, 0, side, grid_rows * pitch))
-                    self._draw_tiles(programs[f0:f0 + m], rows[f0:f0 + m], size, pitch, fps, cols, side, grid_rows * pitch)
+                    self._draw_tiles(
+                        programs[f0:f0 + m], rows[f0:f0 + m], size, pitch, fps, cols, side, grid_rows * pitch,
+                        tile_fbo.color_attachments[0] if pipeline == "compute" else None,
+                    )
                 if byte_fbo is None:
                     self._read_on_host(tile_fbo, images[f0:f0 + m], pitch, cols)
                     continue
@@ -358,10 +362,12 @@ class Renderer:
             buffer.read_into(flat, size=nbytes, write_offset=offset)
 
     def _draw_tiles(
-        self, programs: list[Program], rows: Any, size: int, pitch: int, fps: float, cols: int, width: int, height: int
+        self, programs: list[Program], rows: Any, size: int, pitch: int, fps: float, cols: int, width: int, height: int,
+        target: Any = None,
     ) -> None:
-        """Draw image j of the frame into the tile at (j % cols, j // cols) * pitch: one
-        instanced draw per program."""
+        """Shade image j of the frame into the tile at (j % cols, j // cols) * pitch: one
+        instanced draw per program, or, given the tile texture `target`, one compute
+        dispatch per program that can run as one."""
         import numpy as np
 
         m = len(programs)
@@ -374,23 +380,37 @@ class Renderer:
         groups: dict[str, list[int]] = {}
         for j in range(m):
             groups.setdefault(programs[j].digest, []).append(j)
+        dispatched = False
         for members in groups.values():
             program = programs[members[0]]
-            prog, vao, buf = self._vao(program, len(members))
-            prog["u_fb"].value = (float(width), float(height))
-            prog["u_size"].value = float(size)
-            if "iResolution" in prog:
-                prog["iResolution"].value = (float(size), float(size), float(size))
-            if "iTimeDelta" in prog:
-                prog["iTimeDelta"].value = 1.0 / fps
-            if "iFrameRate" in prog:
-                prog["iFrameRate"].value = float(fps)
-            if "iChannelTime" in prog:
-                prog["iChannelTime"].value = [0.0] * 4
             for i, kind in enumerate(program.channels):  # every unit: twigl's `b` samplers read unit 0
                 self.textures[kind][i].use(location=i)
+            entry = self._dispatch_entry(program) if target is not None else None
+            if entry is None:
+                prog, vao, buf = self._vao(program, len(members))
+                set_draw_uniforms(prog, size, fps)
+                prog["u_fb"].value = (float(width), float(height))
+                prog["u_size"].value = float(size)
+                buf.write(data[members].tobytes())
+                vao.render(self.moderngl.TRIANGLE_STRIP, vertices=4, instances=len(members))
+                continue
+            if entry[2] < len(members):
+                if entry[1] is not None:
+                    entry[1].release()
+                entry[2] = max(len(members), 2 * entry[2], 16)
+                entry[1] = self.ctx.buffer(reserve=entry[2] * INSTANCE_FLOATS * 4)
+            prog, buf = entry[0], entry[1]
+            set_draw_uniforms(prog, size, fps)
+            prog["u_side"].value = size
+            prog["u_count"].value = len(members)
             buf.write(data[members].tobytes())
-            vao.render(self.moderngl.TRIANGLE_STRIP, vertices=4, instances=len(members))
+            buf.bind_to_storage_buffer(COMPUTE_ROWS_BINDING)
+            target.bind_to_image(COMPUTE_TARGET_UNIT, read=False, write=True)
+            groups_per_side = -(-size // COMPUTE_GROUP)
+            prog.run(groups_per_side, groups_per_side, len(members))
+            dispatched = True
+        if dispatched:  # image stores become visible to the reorder pass and the readback
+            self.ctx.memory_barrier()
 
     def release(self) -> None:
         self.ctx.release()

@@ -3,7 +3,10 @@ GLSL that wraps a program's `mainImage` into a complete fragment shader.
 
 A program is single-pass Shadertoy code (`Program`); `fragment_source` adds the
 Shadertoy uniforms, the per-image flat varyings that `iTime`, `iFrame`, `iDate` and
-`iParams` are defined as, and a `main` that clamps the output.
+`iParams` are defined as, and a `main` that clamps the output. `compute_source` wraps
+the same code into a compute program (the `compute` pipeline of `shaders`): one
+invocation per pixel, the per-image values read from a storage buffer, the clamped
+colour stored into the image's tile.
 """
 
 from __future__ import annotations
@@ -32,6 +35,14 @@ _UNIFORM_DECL = re.compile(
 _VERSION = re.compile(r"^\s*#\s*version[^\n]*$", re.M)
 _MAIN_IMAGE = re.compile(r"\bvoid\s+mainImage\s*\(")
 _CHANNEL = re.compile(r"\biChannel[0-3]\b")
+_FRAG_COORD = re.compile(r"\bgl_FragCoord\b")
+# What only a fragment program has: derivatives (over the 2 x 2 pixel quads a
+# rasteriser shades together), texture lookups whose level of detail comes from them, and
+# discard. A program that uses any of them is never run as a compute program.
+_FRAGMENT_ONLY = re.compile(
+    r"\b(?:dFd[xy]\w*|fwidth\w*|discard)\b"
+    r"|\b(?:texture|texture[123]D|textureCube|textureProj|textureOffset|textureProjOffset|texture2DProj)\s*\("
+)
 
 
 @dataclass
@@ -47,6 +58,12 @@ class Program:
     @property
     def uses_channels(self) -> bool:
         return bool(_CHANNEL.search(self.code) or _CHANNEL.search(self.common))
+
+    @property
+    def fragment_only(self) -> bool:
+        """Does the program need the fragment stage (derivatives, implicit-LOD texture
+        lookups or discard), so that it cannot run as a compute program?"""
+        return bool(_FRAGMENT_ONLY.search(self.code) or _FRAGMENT_ONLY.search(self.common))
 
     @property
     def digest(self) -> str:
@@ -136,6 +153,10 @@ def _from_json(path: Path, name: str, skipped: dict[str, str] | None = None) -> 
 
 
 # ------------------------------------------------------------------------- GLSL
+# The per-image values, in this order: tile origin (2), iTime and iFrame (4, two unused),
+# iDate (4), iParams (16); per-instance attributes of a draw, a storage buffer's floats
+# for a compute dispatch.
+INSTANCE_FLOATS = 26
 VERTEX_SHADER = """#version 330 core
 in vec2 in_pos;
 in vec2 in_origin;
@@ -164,12 +185,7 @@ void main() {
 }
 """
 
-_FRAGMENT_HEADER = """#version 330 core
-flat in vec2 st_origin;
-flat in vec4 st_time;
-flat in vec4 st_date;
-flat in vec4 st_params[4];
-uniform vec3 iResolution;
+_SHADERTOY_DECLARATIONS = """uniform vec3 iResolution;
 uniform float iTimeDelta;
 uniform float iFrameRate;
 uniform vec4 iMouse;
@@ -185,16 +201,68 @@ uniform {c3} iChannel3;
 #define iFrame int(st_time.y)
 #define iDate st_date
 #define iParams st_params
-out vec4 st_fragColor;
+"""
+
+_FRAGMENT_HEADER = """#version 330 core
+flat in vec2 st_origin;
+flat in vec4 st_time;
+flat in vec4 st_date;
+flat in vec4 st_params[4];
+vec4 st_FragCoord;
+""" + _SHADERTOY_DECLARATIONS + """out vec4 st_fragColor;
+"""
+
+# Both stages clamp the colour the same way before it is stored as RGBA8.
+_CLAMPED = """    vec3 st_rgb = st_c.rgb;
+    if (any(isnan(st_rgb))) st_rgb = vec3(0.0);
+    vec4 st_out = vec4(clamp(st_rgb, 0.0, 1.0), 1.0);
 """
 
 _FRAGMENT_FOOTER = """
 void main() {
+    st_FragCoord = vec4(gl_FragCoord.xy - st_origin, gl_FragCoord.zw);
     vec4 st_c = vec4(0.0, 0.0, 0.0, 1.0);
-    mainImage(st_c, gl_FragCoord.xy - st_origin);
-    vec3 st_rgb = st_c.rgb;
-    if (any(isnan(st_rgb))) st_rgb = vec3(0.0);
-    st_fragColor = vec4(clamp(st_rgb, 0.0, 1.0), 1.0);
+    mainImage(st_c, st_FragCoord.xy);
+""" + _CLAMPED + """    st_fragColor = st_out;
+}
+"""
+
+COMPUTE_GROUP = 8  # a compute work group shades COMPUTE_GROUP x COMPUTE_GROUP pixels of one image
+COMPUTE_TARGET_UNIT = 0  # the image unit of the tile texture
+COMPUTE_ROWS_BINDING = 1  # the storage buffer of the per-image values (INSTANCE_FLOATS floats per image)
+
+_COMPUTE_HEADER = f"""#version 430 core
+layout(local_size_x = {COMPUTE_GROUP}, local_size_y = {COMPUTE_GROUP}) in;
+layout(rgba8, binding = {COMPUTE_TARGET_UNIT}) writeonly uniform image2D st_target;
+layout(std430, binding = {COMPUTE_ROWS_BINDING}) readonly buffer st_images {{{{ float st_rows[]; }}}};
+uniform int u_count;
+uniform int u_side;
+vec2 st_origin;
+vec4 st_time;
+vec4 st_date;
+vec4 st_params[4];
+vec4 st_FragCoord;
+""" + _SHADERTOY_DECLARATIONS
+
+# Invocation (x, y, j) shades pixel (x, y) of the dispatch's image j, whose values are
+# the buffer's floats INSTANCE_FLOATS * j and on.
+_COMPUTE_FOOTER = """
+void main() {
+    ivec2 st_pixel = ivec2(gl_GlobalInvocationID.xy);
+    int st_image = int(gl_GlobalInvocationID.z);
+    if (st_pixel.x >= u_side || st_pixel.y >= u_side || st_image >= u_count) return;
+    int st_at = """ + str(INSTANCE_FLOATS) + """ * st_image;
+    st_origin = vec2(st_rows[st_at], st_rows[st_at + 1]);
+    st_time = vec4(st_rows[st_at + 2], st_rows[st_at + 3], st_rows[st_at + 4], st_rows[st_at + 5]);
+    st_date = vec4(st_rows[st_at + 6], st_rows[st_at + 7], st_rows[st_at + 8], st_rows[st_at + 9]);
+    for (int k = 0; k < 4; ++k) {
+        int st_p = st_at + 10 + 4 * k;
+        st_params[k] = vec4(st_rows[st_p], st_rows[st_p + 1], st_rows[st_p + 2], st_rows[st_p + 3]);
+    }
+    st_FragCoord = vec4(vec2(st_pixel) + 0.5, 0.5, 1.0);  // depth and 1/w of the drawn quad
+    vec4 st_c = vec4(0.0, 0.0, 0.0, 1.0);
+    mainImage(st_c, st_FragCoord.xy);
+""" + _CLAMPED + """    imageStore(st_target, ivec2(st_origin) + st_pixel, st_out);
 }
 """
 
@@ -206,9 +274,21 @@ def fragment_source(program: Program) -> str:
 
     `#line` directives make the GLSL log's line numbers those of the program's code.
     """
-    header = _FRAGMENT_HEADER.format(**{f"c{i}": _SAMPLER[k] for i, k in enumerate(program.channels)})
-    parts = [header]
+    return _wrapped(program, _FRAGMENT_HEADER, _FRAGMENT_FOOTER)
+
+
+def compute_source(program: Program) -> str:
+    """The same program as a compute shader (for a program that is not `fragment_only`):
+    pixel centres as `fragCoord`, exactly as the fragment stage passes them."""
+    return _wrapped(program, _COMPUTE_HEADER, _COMPUTE_FOOTER)
+
+
+def _wrapped(program: Program, header: str, footer: str) -> str:
+    """`header`, the program and `footer`. The program's own reads of gl_FragCoord read
+    `st_FragCoord`, the pixel within its image (Shadertoy draws one image per
+    framebuffer; the harness draws many into one)."""
+    parts = [header.format(**{f"c{i}": _SAMPLER[k] for i, k in enumerate(program.channels)})]
     if program.common.strip():
-        parts += ["#line 1 1", program.common]
-    parts += ["#line 1 0", program.code, "#line 100000 2", _FRAGMENT_FOOTER]
+        parts += ["#line 1 1", _FRAG_COORD.sub("st_FragCoord", program.common)]
+    parts += ["#line 1 0", _FRAG_COORD.sub("st_FragCoord", program.code), "#line 100000 2", footer]
     return "\n".join(parts)

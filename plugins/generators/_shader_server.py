@@ -74,9 +74,9 @@ class LocalRenderer:
     def compile(self, program: Program) -> str | None:
         return self._run(lambda: self._gl.compile(program))
 
-    def render(self, programs: list[Program], rows: Any, size: int, fps: float, timeout: float) -> np.ndarray:
+    def render(self, programs: list[Program], rows: Any, size: int, fps: float, timeout: float, pipeline: str = "graphics") -> np.ndarray:
         try:
-            return self._run(lambda: self._gl.render(programs, rows, size, fps), timeout)
+            return self._run(lambda: self._gl.render(programs, rows, size, fps, pipeline), timeout)
         except TimeoutError:
             self.stuck = True
             raise _render_timeout(programs, size, timeout) from None
@@ -149,11 +149,11 @@ class RemoteRenderer:
             self.known[program.digest] = self._call("compile", program)
         return self.known[program.digest]
 
-    def render(self, programs: list[Program], rows: Any, size: int, fps: float, timeout: float) -> np.ndarray:
+    def render(self, programs: list[Program], rows: Any, size: int, fps: float, timeout: float, pipeline: str = "graphics") -> np.ndarray:
         for program in {p.digest: p for p in programs}.values():
             self.compile(program)
         try:
-            return self._call("render", [p.digest for p in programs], rows, size, fps, timeout=timeout)
+            return self._call("render", [p.digest for p in programs], rows, size, fps, pipeline, timeout=timeout)
         except TimeoutError:
             raise _render_timeout(programs, size, timeout) from None
 
@@ -192,8 +192,8 @@ def _serve() -> None:
                 programs[args[0].digest] = args[0]
                 reply: Any = ("ok", gl.compile(args[0]))
             elif op == "render":
-                digests, rows, size, fps = args
-                reply = ("ok", gl.render([programs[d] for d in digests], rows, size, fps))
+                digests, rows, size, fps, pipeline = args
+                reply = ("ok", gl.render([programs[d] for d in digests], rows, size, fps, pipeline))
             elif op == "seconds":
                 reply = ("ok", dict(gl.seconds))
             else:

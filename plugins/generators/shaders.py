@@ -8,8 +8,10 @@ shaders21k's layout with `shaders_list`, `.fragment` files and twigl programs). 
 values `iParams[4]` (vec4s) that the built-in programs read as colours, scales, warps
 and counts. Uniforms follow Shadertoy (`iResolution = (size, size, size)`, `iFrame =
 floor(iTime * fps)`, `iTimeDelta = 1 / fps`, `iFrameRate = fps`, `iMouse = 0`,
-`iChannel0..3`); a program's output is read back flipped vertically (GL's origin is
-bottom-left) and clamped to [0, 1] (NaN -> 0).
+`iChannel0..3`); `gl_FragCoord`, like `fragCoord`, is the pixel in the program's own
+image; a program's output is read back flipped vertically (GL's origin is bottom-left)
+and clamped to [0, 1] (NaN -> 0). `pipeline` runs the programs as drawn fragment
+programs (`graphics`) or as compute dispatches (`compute`), the same bytes under Mesa.
 
 The parts: `_shader_programs` loads programs and wraps them into GLSL, `_shader_gl`
 renders batches in this process's EGL context, `_shader_server` picks the renderer of a
@@ -55,8 +57,8 @@ PROBE_SIZE = 32
 PROBE_DRAWS = 4
 CONSTANT_STD = 2.0  # an image whose channels all have a smaller spatial std (0..255) is near-constant
 REFERENCE_PIXELS = 64 * 224 * 224  # a batch this large or smaller gets `render_timeout`; a larger one more
-# probe images and their cost (ms per probe image) per (program digest, probe values, fps), for this process
-_PROBES: dict[tuple[str, str, float], tuple[Any, float]] = {}
+# probe images and their cost (ms per probe image) per (program digest, probe values, fps, pipeline), for this process
+_PROBES: dict[tuple[str, str, float, str], tuple[Any, float]] = {}
 
 
 def near_constant(images: Any, threshold: float = CONSTANT_STD) -> Any:
@@ -95,6 +97,13 @@ class Shaders(Generator):
             "noise", description="iChannel0..3: bind fixed noise textures, or exclude programs that sample them"
         )
         time_range: tuple[float, float] = Field((0.1, 10.0), description="iTime ~ U(low, high)")
+        pipeline: Literal["graphics", "compute"] = Field(
+            "graphics",
+            description="how programs run: drawn as fragment programs (graphics, as Shadertoy does), or dispatched as "
+            "compute programs (compute), which reach every multiprocessor of a GPU whose graphics units are few "
+            "(NVIDIA H100/H200); a program that needs the fragment stage (derivatives, texture lookups with an "
+            "implicit level of detail, discard) is drawn either way",
+        )
         fps: float = Field(10.0, ge=1e-3, le=1e4, description="frame rate behind iFrame, iTimeDelta and iFrameRate")
         render_timeout: float = Field(
             60.0, gt=0, exclude=True,
@@ -209,14 +218,14 @@ class Shaders(Generator):
         PROBE_SIZE], program by program: a warm-up draw (the driver compiles at the
         first draw), then PROBE_DRAWS timed draws. A program past the render timeout goes
         to `lib.slow`, one over `max_program_ms` to `lib.costly`. Probes are cached per
-        (program digest, probe values, fps) for the process."""
+        (program digest, probe values, fps, pipeline) for the process."""
         import numpy as np
 
         budget = self.params.max_program_ms
         kept, images = [], []
         for program in compiled:
             rows = self._draw(uniforms(derive_seed("shaders-probe", program.name), range(PROBE_DRAWS), 24))
-            key = (program.digest, stable_hash(rows.round(9).tolist()), float(self.params.fps))
+            key = (program.digest, stable_hash(rows.round(9).tolist()), float(self.params.fps), self.params.pipeline)
             if key not in _PROBES:
                 try:
                     self._render([program], rows[:1], PROBE_SIZE)
@@ -244,7 +253,8 @@ class Shaders(Generator):
 
     def program_report(self) -> dict[str, Any]:
         """The programs images are drawn from and every selected program left out, with
-        the reason, plus each probed program's cost (ms per 32 px probe image)."""
+        the reason, plus each probed program's cost (ms per 32 px probe image); with the
+        compute pipeline also the programs that are drawn all the same (`fragment_only`)."""
         lib = self.library()
         left_out = {name: f"not loaded: {why}" for name, why in self._skipped.items()}
         left_out.update({name: "does not compile" for name in lib.failed})
@@ -252,11 +262,14 @@ class Shaders(Generator):
         left_out.update({name: f"{ms:.1f} ms per probe image > max_program_ms={self.params.max_program_ms:g}"
                          for name, ms in lib.costly.items()})
         left_out.update({name: "renders near-constant images" for name in lib.constant})
-        return {
+        report: dict[str, Any] = {
             "usable": [p.name for p in lib.usable],
             "left_out": dict(sorted(left_out.items())),
             "cost_ms": {name: round(ms, 3) for name, ms in sorted(lib.cost_ms.items())},
         }
+        if self.params.pipeline == "compute":
+            report["drawn"] = [p.name for p in lib.usable if p.fragment_only]
+        return report
 
     def inventory(self) -> str:
         """For `harness list`: the programs in use and those left out, with the reason."""
@@ -267,12 +280,14 @@ class Shaders(Generator):
             lines += [f"  {name}: {why}" for name, why in report["left_out"].items()]
         else:
             lines.append("left out: none")
+        if "drawn" in report:
+            lines.append(f"drawn as fragment programs, not dispatched ({len(report['drawn'])}): {', '.join(report['drawn']) or 'none'}")
         return "\n".join(lines)
 
     def _render(self, programs: list[Program], rows: Any, size: int) -> Any:
         """Images [n, 3, size, size] through this process's renderer, under the render timeout."""
         timeout = self.params.render_timeout * max(1.0, len(programs) * size * size / REFERENCE_PIXELS)
-        return renderer().render(programs, rows, size, self.params.fps, timeout)
+        return renderer().render(programs, rows, size, self.params.fps, timeout, self.params.pipeline)
 
     def program_names(self) -> list[str]:
         """The programs that images are drawn from (compiles them on first use)."""
