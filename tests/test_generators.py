@@ -545,6 +545,10 @@ def test_the_compute_pipeline_renders_the_images_the_graphics_pipeline_draws(tmp
     images, programs = dispatched.sample_with_programs(4, 40, 45)
     assert set(programs) == set(selected)
     torch.testing.assert_close(images, drawn.sample(4, 40, 45), rtol=0, atol=0)
+    centre = (np.arange(45) + 0.5) / 7.0  # gl_FragCoord by hand: pixel centres of the image, rows bottom-up
+    expected = np.round(255 * np.stack([np.tile(centre % 1, (45, 1)), np.tile((centre % 1)[::-1, None], (1, 45))]))
+    for image in images[[j for j, name in enumerate(programs) if name == "frag_coord"]]:
+        np.testing.assert_allclose(image[:2].numpy(), expected, atol=1)
     programs, rows = dispatched.draws(4, list(range(8)))
     remote = RemoteRenderer()
     np.testing.assert_array_equal(remote.render(programs, rows, 45, 10.0, 60.0, "compute"), images[:8].numpy())
