@@ -27,13 +27,13 @@ def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 ACCEPTANCE_FILE = "test_acceptance.py"
-# Tests that reuse what the acceptance run trains into the session's cache: they run after it.
+# Tests that reuse what the acceptance experiment trains into the session's cache: they run after it.
 AFTER_ACCEPTANCE = {"test_default_run_writes_a_leaderboard_above_chance"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The acceptance experiment near the end: its run starts in the background (below)
-    and the suite runs beside it; then the tests that reuse its training."""
+    """The acceptance experiment near the end: its trainings start in the background
+    (below) and the suite runs beside them; then the tests that reuse them."""
 
     def place(item: pytest.Item) -> int:
         if item.name in AFTER_ACCEPTANCE:
@@ -44,22 +44,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def acceptance_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _private_cache: None):
-    """The acceptance experiment's run (process, folder), started in the background at the
-    first test when the acceptance test is selected (else None); stopped if the session
-    ends first."""
+def acceptance_trainings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _private_cache: None):
+    """The acceptance experiment's training processes and their folder, started in the
+    background at the first test when the acceptance test is selected (else None), on
+    one thread each; stopped if the session ends first."""
     if not any(item.path.name == ACCEPTANCE_FILE for item in request.session.items):
         yield None
         return
-    from test_acceptance import start_acceptance_run
+    from test_acceptance import start_acceptance_trainings
 
     folder = tmp_path_factory.mktemp("acceptance")
-    alone = len(request.session.items) == 1
-    process = start_acceptance_run(folder, threads=None if alone else 1)
-    yield process, folder
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    processes = start_acceptance_trainings(folder)
+    yield processes, folder
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture

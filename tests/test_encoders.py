@@ -274,22 +274,29 @@ def test_encoder_interface(setup: dict) -> None:
     assert sift.architecture is None and sift.training_cost() is None
 
 
-def test_measure_training(setup: dict) -> None:
+def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training rates, the model's rate under torch.compile included (`compiled=True`, a
+    profile's `bench.compile`; with eager kernels here: the compiler's own take minutes
+    on a CPU), and one step's descent; nothing is saved."""
+    compile_with_inductor = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **options: compile_with_inductor(module, **{**options, "backend": "aot_eager"}))
     ctx = context(setup, "cache-throughput")
     encoder = harness.get_encoder("dino-test")
-    measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None)
+    measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None, compiled=True)
+    assert isinstance(measured["compiled_model_images_per_s"], float) and measured["compiled_model_images_per_s"] > 0
     assert measured["images_per_s"] > 0 and measured["recipe"] == "tiny" and "cpu" in measured["device"]
     assert measured["arch"] == encoder.architecture and measured["train_batch_size"] == 8
     assert measured["one_step_descends"] and measured["one_step_loss_after"] < measured["one_step_loss_before"]
     assert not (setup["root"] / "cache-throughput").exists()  # nothing is saved
 
 
-def dino_test_trainer() -> tuple[Any, torch.Tensor]:
-    """A `Trainer` of the `dino-test` encoder on the CPU, and its first batch."""
+def dino_test_trainer(**params: Any) -> tuple[Any, torch.Tensor]:
+    """A `Trainer` of the `dino-test` encoder (with these parameters) on the CPU, and its
+    first batch."""
     from harness_plugins.encoders._dino_data import StreamPlan
     from harness_plugins.encoders._dino_train import Distributed, Trainer
 
-    encoder = harness.get_encoder("dino-test")
+    encoder = harness.get_encoder("dino-test", **params)
     source = encoder.open_source()
     cfg = encoder.resolved_schedule(source)
     trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), "cpu", Distributed())
@@ -309,6 +316,28 @@ def test_one_step_descent_changes_the_student_alone(setup: dict) -> None:
     trainer.lr[:] = 1e-4
     before, after = one_step_descent(trainer, images)
     assert after < before
+
+
+def test_compiled_training_takes_the_eager_steps(setup: dict) -> None:
+    """`compile` traces the student and the teacher whole (torch.compile with eager
+    kernels here: the compiler's kernels need minutes on a CPU) and the steps stay the
+    eager ones; checkpoints keep the module names; `compile` is in the weights' key."""
+    eager, images = dino_test_trainer()
+    compiled, _ = dino_test_trainer()
+    compiled.compile(backend="aot_eager")
+    assert type(compiled.student_forward).__name__ == "OptimizedModule"
+    eager_losses = [eager.step(step, images) for step in range(3)]
+    compiled_losses = [compiled.step(step, images) for step in range(3)]
+    np.testing.assert_allclose(compiled_losses, eager_losses, rtol=1e-5)
+    eager_state, compiled_state = eager.state_dict(), compiled.state_dict()
+    assert compiled_state["teacher"].keys() == eager_state["teacher"].keys()
+    for name, value in eager_state["teacher"].items():
+        torch.testing.assert_close(compiled_state["teacher"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+    by_param = harness.get_encoder("dino-test", compile=True)
+    assert by_param.training_config()["compile"] is True
+    assert by_param.weights_key != harness.get_encoder("dino-test").weights_key
+    assert dino_test_trainer(compile=True)[0].compiled and not eager.compiled
 
 
 def test_a_step_whose_loss_is_not_finite_names_it(setup: dict) -> None:

@@ -47,6 +47,7 @@ def bench_train(registry: Registry, profile: ProfileSpec, quick: bool, device: s
                     steps=2 if quick else spec.train_steps,
                     batch_size=batch_size,
                     budget_s=None if quick else spec.train_budget_s,
+                    compiled=spec.compile and not quick,
                 )
                 row.update(measured)
                 if on_gpu and batch_size < cost.batch_size:

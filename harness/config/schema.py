@@ -74,7 +74,7 @@ class BenchSpec(_Strict):
 
     sizes: list[Annotated[int, Field(ge=8)]] = Field([64, 128, 224], min_length=1, description="generator image sizes (px)")
     embed_images: int = Field(256, ge=1, description="images per timed embedding pass (a GPU gets 4x)")
-    compile: bool = Field(False, description="also time the encoder's module under torch.compile")
+    compile: bool = Field(False, description="also time each encoder's module, and each trainable encoder's training step, under torch.compile")
     train_steps: int = Field(20, ge=2, description="timed training steps (fewer when they overrun the stage's budget)")
     train_budget_s: float = Field(60.0, gt=0, description="seconds of timed training per encoder")
     memory_rows: list[Annotated[int, Field(ge=1)]] = Field([10_000, 100_000, 1_000_000], min_length=1)

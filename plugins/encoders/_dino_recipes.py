@@ -35,6 +35,7 @@ PAPER: dict[str, Any] = {
     "drop_path": 0.1,
     "freeze_last_layer": 1,
     "train_batch_size": 512,  # global, over all processes
+    "compile": False,  # torch.compile the student and the teacher
     "epochs": 100,
     "steps": None,  # total steps; default epochs x steps_per_epoch
     "dataset_size": 1_300_000,  # images per epoch (the paper caps its training sets at 1.3M)

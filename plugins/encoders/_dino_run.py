@@ -261,17 +261,31 @@ def model_alone_rate(trainer: Trainer, images: torch.Tensor, sync: Callable[[], 
     return steps * len(images) / (time.perf_counter() - began)
 
 
+def compiled_model_rate(trainer: Trainer, images: torch.Tensor, sync: Callable[[], None]) -> float | str:
+    """`model_alone_rate` with the student and the teacher under torch.compile (its
+    untimed step compiles), or why it failed: a missing compiler leaves the other
+    figures standing."""
+    try:
+        trainer.compile()
+        return round(model_alone_rate(trainer, images, sync), 2)
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+
+
 REFERENCE_IMAGES = 128  # images DINO's own data path is timed on (a rate, at PIL's pace)
 
 
 def throughput(
-    encoder: DINOEncoder, device: str, steps: int, batch_size: int | None, budget_s: float | None = None, profile: bool = False
+    encoder: DINOEncoder, device: str, steps: int, batch_size: int | None, budget_s: float | None = None, profile: bool = False,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Training images/s end to end and split into data and model time, the model's rate
     with the data workers stopped (`model_alone_rate`), beside DINO's own data path
     (`_dino_reference`) on the same images and, on a GPU, the bf16 limit. The
     schedule is compressed to the timed steps; `one_step_descent` says whether training
-    moves. With `profile`, only the steps and where their time goes."""
+    moves. With `compiled`, the model's rate again under torch.compile (last: it takes
+    steps on a trainer whose state no longer matters). With `profile`, only the steps
+    and where their time goes."""
     from harness.bench.timing import peak_flops
     from harness_plugins.encoders._dino_reference import reference_augment_rate
 
@@ -306,6 +320,9 @@ def throughput(
         loss_before, loss_after = one_step_descent(trainer, images)
         flops = step_flops(trainer, images)
         progress("one step's descent and FLOPs")
+        compiled_rate = compiled_model_rate(trainer, images, sync) if compiled else None
+        if compiled:
+            progress("the model under torch.compile")
     finally:
         if hasattr(source, "generator"):
             source.generator.close()
@@ -331,6 +348,8 @@ def throughput(
         "one_step_loss_after": round(loss_after, 4),
         "one_step_descends": loss_after < loss_before,
     }
+    if compiled_rate is not None:
+        row["compiled_model_images_per_s"] = compiled_rate
     peak = peak_flops(device)
     if peak:
         row["bf16_limit_images_per_s"] = round(peak / flops, 0)

@@ -107,6 +107,8 @@ class Trainer:
 
             ids = [torch.device(device).index] if device.startswith("cuda") else None
             self.student_forward = DistributedDataParallel(self.student, device_ids=ids)
+        self.teacher_forward: nn.Module = self.teacher
+        self.compiled = False
 
         self.multicrop = MultiCrop(
             global_size=int(cfg["img_size"]),
@@ -134,6 +136,25 @@ class Trainer:
         self.momentum = cosine_schedule(float(cfg["momentum_teacher"]), 1.0, total)
         self.freeze_steps = int(round(float(cfg["freeze_last_layer"]) * spe))
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+        if cfg.get("compile"):
+            self.compile()
+
+    def compile(self, backend: str = "inductor") -> None:
+        """Run the student and the teacher under `torch.compile` from the next step on.
+
+        The first step compiles (a minute or two on a GPU); later steps launch fewer,
+        fused kernels. Their arithmetic is not bit for bit the eager one (fused
+        reductions, and drop path drawn by the compiled code), so `compile` is part of the
+        weights' key. The modules are wrapped, not replaced: checkpoints and the
+        teacher's weights keep their names."""
+        if self.compiled:
+            return
+        self.compiled = True
+        if torch.are_deterministic_algorithms_enabled():
+            # also sets the compiler's own switch, which the run's eager-only one leaves off
+            torch.use_deterministic_algorithms(True, warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
+        self.student_forward = torch.compile(self.student_forward, backend=backend)
+        self.teacher_forward = torch.compile(self.teacher, backend=backend)
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -168,7 +189,7 @@ class Trainer:
         self.teacher.train()
         with self.amp:
             with torch.no_grad():
-                teacher_out = self.teacher(crops[:2])
+                teacher_out = self.teacher_forward(crops[:2])
             student_out = self.student_forward(crops)
         return student_out.float(), teacher_out.float()
 

@@ -95,6 +95,7 @@ class DINOEncoder(ViTEncoder):
         drop_path: float = recipe_value("stochastic depth rate of the student", ge=0.0, lt=1.0)
         freeze_last_layer: float = recipe_value("epochs during which the head's last layer is frozen", ge=0.0)
         train_batch_size: int = recipe_value("images per step, over all processes", ge=1)
+        compile: bool = recipe_value("run the student and the teacher under torch.compile (on a GPU, fused kernels; not bit for bit an eager run)")
         epochs: int = recipe_value("epochs of training", ge=1)
         steps: int | None = recipe_value("total steps (null: epochs x steps_per_epoch)", ge=1)
         # data and augmentation
@@ -252,17 +253,19 @@ class DINOEncoder(ViTEncoder):
         return {"weights_key": self.weights_key, "data": self.data_label, **{k: info[k] for k in keys if k in info}}
 
     def measure_training(
-        self, ctx: RunContext | None, steps: int, batch_size: int | None, budget_s: float | None, profile: bool = False
+        self, ctx: RunContext | None, steps: int, batch_size: int | None, budget_s: float | None, profile: bool = False,
+        compiled: bool = False,
     ) -> dict[str, Any]:
         """Training images per second over `steps` steps of `batch_size` images (default:
         the recipe's) after one warm-up step (with `budget_s`, only as many as fit in it),
         end to end (data + augmentation + step) and for the model alone, beside DINO's own
-        data path. Nothing is saved."""
+        data path; with `compiled`, the model alone under torch.compile too. Nothing is
+        saved."""
         from harness.device import default_device
         from harness_plugins.encoders._dino_run import throughput
 
         device = getattr(ctx, "device", None) or default_device()
-        return throughput(self, device, steps, batch_size, budget_s, profile)
+        return throughput(self, device, steps, batch_size, budget_s, profile, compiled)
 
 
 @hookimpl
