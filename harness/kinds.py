@@ -250,6 +250,13 @@ class Generator(Plugin):
             return torch.zeros((0, 3, size, size), dtype=torch.uint8)
         return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
+    def sample_on(self, seed: int, indices: Sequence[int], size: int, device: str | torch.device) -> torch.Tensor:
+        """`sample_at`'s images, on `device`. A generator that renders on a GPU overrides
+        it to hand them over there without a round trip through host memory (a consumer
+        on the same GPU, such as K-Means Leaves, then never waits for a readback); the
+        bytes are those `sample_at` returns. Default: `sample_at`, then copied."""
+        return self.sample_at(seed, indices, size).to(device)
+
     def reference_rate(self, seed: int, n: int, size: int) -> tuple[str, float] | None:
         """(what it does, images/s) of making these images the way the released research
         code does, when that is more than decoding pre-rendered JPEGs of the output;

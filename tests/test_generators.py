@@ -480,11 +480,11 @@ def test_a_batch_over_several_frames_gives_the_images_drawn_one_at_a_time(monkey
     gl = local._gl
     for program in programs:
         assert local.compile(program) is None
-    monkeypatch.setattr(gl, "reorder_on_gl", False)
+    monkeypatch.setattr(gl.reader, "reorder_on_gl", False)
     monkeypatch.setattr(gl, "frames", {})
     alone = np.stack([local._run(lambda j=j: gl.render(programs[j:j + 1], rows[j:j + 1], size, 60.0))[0] for j in range(n)])
     monkeypatch.setattr(_shader_gl, "FRAME_SIDE", 3 * (size + 1))
-    gl.reorder_on_gl = reorder_on_gl
+    gl.reader.reorder_on_gl = reorder_on_gl
     gl.frames.clear()
     batch = local._run(lambda: gl.render(programs, rows, size, 60.0, pipeline))
     assert batch.shape == (n, 3, size, size) and batch.dtype == np.uint8
@@ -492,6 +492,108 @@ def test_a_batch_over_several_frames_gives_the_images_drawn_one_at_a_time(monkey
         assert gl.dispatched[usable[0].digest] is not None and gl.dispatched[takes_fwidth.digest] is None
     np.testing.assert_array_equal(batch, alone)
     assert len({image.tobytes() for image in batch}) == n  # distinct images: no tile read twice
+
+
+class HostCopy:
+    """Stands in for the GL-CUDA interop (`_shader_cuda.GLToCuda`) where there is no CUDA:
+    it reads the GL buffer on the host and writes its bytes at the target address."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.copied = reader, []
+
+    def copy(self, buffer: int, nbytes: int, target: int, stream: int) -> None:
+        import ctypes
+
+        source = next(b for b in self.reader.device_buffers.values() if b.glo == buffer)
+        ctypes.memmove(target, source.read(size=nbytes), nbytes)
+        self.copied.append(nbytes)
+
+    def forget(self, buffer: int) -> None:
+        pass
+
+
+def test_frames_handed_over_to_a_device_hold_the_bytes_read_back(monkeypatch) -> None:
+    """Asked for the images on a device, the renderer reads each frame into a buffer of
+    its own and has the interop copy it into a tensor at the frame's offset: across
+    frames and a last frame part empty, the tensor holds the bytes the host readback
+    gives (a host copy stands in for CUDA here; the device run checks the real one).
+    HARNESS_GL=host, no interop to be had, or a CUDA call of it that fails (both warned,
+    naming the device and why), reads back through the host."""
+    from types import SimpleNamespace
+
+    from harness_plugins.generators import _shader_gl
+    from harness_plugins.generators._shader_cuda import InteropError
+    from harness_plugins.generators._shader_server import renderer
+
+    generator = harness.get_generator("shaders")
+    size, n = 21, 23  # frames of 3 x 3 tiles: two full, then 5 tiles
+    programs, rows = generator.draws(8, list(range(n)))
+    local = renderer()
+    gl = local._gl
+    for program in programs:
+        assert local.compile(program) is None
+    monkeypatch.setattr(_shader_gl, "FRAME_SIDE", 3 * (size + 1))
+    monkeypatch.setattr(gl.reader, "reorder_on_gl", True)
+    monkeypatch.setattr(gl, "frames", {})
+    monkeypatch.setattr(gl.reader, "device_buffers", {})
+    stand_in = HostCopy(gl.reader)
+    monkeypatch.setattr(gl.reader, "interops", {"cpu": stand_in})
+    read_back = local._run(lambda: gl.render(programs, rows, size, 60.0))
+    on = SimpleNamespace(device=torch.device("cpu"), cuda_stream=0)
+    handed = local._run(lambda: gl.render(programs, rows, size, 60.0, "graphics", on))
+    assert isinstance(handed, torch.Tensor) and handed.shape == (n, 3, size, size) and handed.dtype == torch.uint8
+    np.testing.assert_array_equal(handed.numpy(), read_back)
+    assert len(stand_in.copied) == 3 and len(gl.reader.device_buffers) == 1
+    assert "hand over to CUDA (GL-CUDA interop)" in gl.seconds
+    monkeypatch.setenv("HARNESS_GL", "host")
+    np.testing.assert_array_equal(local._run(lambda: gl.render(programs, rows, size, 60.0, "graphics", on)), read_back)
+    assert len(stand_in.copied) == 3
+    monkeypatch.delenv("HARNESS_GL")
+
+    def refused(*args) -> None:
+        raise InteropError("cudaGraphicsMapResources failed with CUDA error 999: unknown error")
+
+    monkeypatch.setattr(stand_in, "copy", refused)
+    with pytest.warns(RuntimeWarning, match="reach cpu through host memory from now on: cudaGraphicsMapResources failed"):
+        np.testing.assert_array_equal(local._run(lambda: gl.render(programs, rows, size, 60.0, "graphics", on)), read_back)
+    assert gl.reader.interops["cpu"] is None
+    if not torch.cuda.is_available():
+        cuda = SimpleNamespace(device=torch.device("cuda", 0), cuda_stream=0)
+        with pytest.warns(RuntimeWarning, match="reach cuda:0 through host memory: cuda:0 is not a CUDA device"):
+            np.testing.assert_array_equal(local._run(lambda: gl.render(programs, rows, size, 60.0, "graphics", cuda)), read_back)
+        assert gl.reader.interops["cuda:0"] is None
+
+
+def test_the_cuda_runtime_torch_loads_has_the_interop_calls() -> None:
+    """The renderer finds the CUDA runtime that torch loaded, which has every function
+    the interop calls (with a CUDA build of torch; none needs a GPU to be looked up). A
+    failing call is an InteropError naming the call and CUDA's own message."""
+    import ctypes
+
+    from harness_plugins.generators._shader_cuda import GLToCuda, InteropError, _declare, _runtime_library
+
+    torch.zeros(1)  # torch's libraries are loaded
+    path = _runtime_library()
+    if path is None:
+        pytest.skip("this torch build loads no CUDA runtime library")
+    runtime = ctypes.CDLL(path)
+    _declare(runtime)  # AttributeError where one is missing
+    assert hasattr(runtime, "cudaGLGetDevices")
+    if not torch.cuda.is_available():
+        with pytest.raises(InteropError, match=r"^cudaSetDevice failed with CUDA error [0-9]+: \w+"):
+            GLToCuda(runtime, 0).check(runtime.cudaSetDevice(0), "cudaSetDevice")
+
+
+@pytest.mark.parametrize("name", ["shaders", "shaders-kml-mixup", "dead-leaves"])
+def test_sample_on_a_device_gives_the_bytes_of_sample_at(name: str) -> None:
+    """`sample_on` puts `sample_at`'s images on the device asked for (the CPU here, and
+    a CUDA device where there is one)."""
+    generator = harness.get_generator(name)
+    indices = [4, 0, 9]
+    expected = generator.sample_at(2, indices, 16)
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        images = generator.sample_on(2, indices, 16, device)
+        assert images.device.type == device and torch.equal(images.cpu(), expected)
 
 
 def test_time_split_counts_the_parts_of_a_call_within_its_wall_time() -> None:

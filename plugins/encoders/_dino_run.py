@@ -320,8 +320,9 @@ def throughput(
         loss_before, loss_after = one_step_descent(trainer, images)
         flops = step_flops(trainer, images)
         progress("one step's descent and FLOPs")
-        compiled_rate = compiled_model_rate(trainer, images, sync) if compiled else None
+        compiled_rate = None
         if compiled:
+            compiled_rate = compiled_model_rate(trainer, images, sync)
             progress("the model under torch.compile")
     finally:
         if hasattr(source, "generator"):

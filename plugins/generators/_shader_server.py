@@ -74,9 +74,12 @@ class LocalRenderer:
     def compile(self, program: Program) -> str | None:
         return self._run(lambda: self._gl.compile(program))
 
-    def render(self, programs: list[Program], rows: Any, size: int, fps: float, timeout: float, pipeline: str = "graphics") -> np.ndarray:
+    def render(
+        self, programs: list[Program], rows: Any, size: int, fps: float, timeout: float, pipeline: str = "graphics", on: Any = None,
+    ) -> Any:
+        """`Renderer.render` on the GL thread (a tensor on `on`'s CUDA device where interop is had)."""
         try:
-            return self._run(lambda: self._gl.render(programs, rows, size, fps, pipeline), timeout)
+            return self._run(lambda: self._gl.render(programs, rows, size, fps, pipeline, on), timeout)
         except TimeoutError:
             self.stuck = True
             raise _render_timeout(programs, size, timeout) from None
@@ -149,7 +152,11 @@ class RemoteRenderer:
             self.known[program.digest] = self._call("compile", program)
         return self.known[program.digest]
 
-    def render(self, programs: list[Program], rows: Any, size: int, fps: float, timeout: float, pipeline: str = "graphics") -> np.ndarray:
+    def render(
+        self, programs: list[Program], rows: Any, size: int, fps: float, timeout: float, pipeline: str = "graphics", on: Any = None,
+    ) -> np.ndarray:
+        """`Renderer.render` in the render server; always into host memory (`on` is not
+        used: the server's GL context cannot hand frames to this process's CUDA)."""
         for program in {p.digest: p for p in programs}.values():
             self.compile(program)
         try:

@@ -74,12 +74,12 @@ class _Composite(Generator):
         """Seconds spent so far making base images and combining them (`time_split`)."""
         return {BASE: 0.0, COMBINE: 0.0}
 
-    def base_images_at(self, seed: int, indices: Sequence[int], size: int) -> torch.Tensor:
+    def base_images_at(self, seed: int, indices: Sequence[int], size: int, device: str = "cpu") -> torch.Tensor:
         """The base images of output images `indices` (output image i uses base images
-        i*k .. i*k+k-1): [len(indices), per_image, 3, size, size], in one base call."""
+        i*k .. i*k+k-1): [len(indices), per_image, 3, size, size] on `device`, in one base call."""
         k = self.per_image
         start = time.perf_counter()
-        x = self.base.sample_at(self.base_seed(seed), [i * k + j for i in indices for j in range(k)], size)
+        x = self.base.sample_on(self.base_seed(seed), [i * k + j for i in indices for j in range(k)], size, device)
         self.seconds[BASE] += time.perf_counter() - start
         return x.view(len(indices), k, *x.shape[1:])
 
@@ -185,12 +185,11 @@ class KML(_Composite):
     def combine(self, seed: int, indices: list[int], size: int) -> torch.Tensor:
         import torch
 
-        n = len(indices)
-        x = self.base_images_at(seed, indices, size).view(n, self.mixed, 3, 3, size, size)
-        p = self.params
+        n, p = len(indices), self.params
         device = torch.device(p.device or default_device())
+        x = self.base_images_at(seed, indices, size, str(device)).view(n, self.mixed, 3, 3, size, size)
         store = jpeg_round_trip if p.released_jpeg else None
-        triples = x.numpy() if device.type == "cpu" else x.to(device)
+        triples = x.numpy() if device.type == "cpu" else x
         images = stored(kml_blend(triples, size, p.kmeans_size, p.iterations, store))
         if self.writes_mean and store is not None:
             images = store(images)

@@ -15,7 +15,8 @@ programs (`graphics`) or as compute dispatches (`compute`), the same bytes under
 
 The parts: `_shader_programs` loads programs and wraps them into GLSL, `_shader_gl`
 renders batches in this process's EGL context, `_shader_server` picks the renderer of a
-process (a helper process for one forked from a process that holds an EGL context).
+process (a helper process for one forked from a process that holds an EGL context), and
+`_shader_cuda` hands frames to CUDA on the GPU for `sample_on` a CUDA device.
 
 iChannel policy (`channels`): "noise" (default) binds fixed procedural noise textures
 to iChannel0..3 so programs that sample them still render; "exclude" drops such
@@ -284,10 +285,11 @@ class Shaders(Generator):
             lines.append(f"drawn as fragment programs, not dispatched ({len(report['drawn'])}): {', '.join(report['drawn']) or 'none'}")
         return "\n".join(lines)
 
-    def _render(self, programs: list[Program], rows: Any, size: int) -> Any:
-        """Images [n, 3, size, size] through this process's renderer, under the render timeout."""
+    def _render(self, programs: list[Program], rows: Any, size: int, on: Any = None) -> Any:
+        """Images [n, 3, size, size] through this process's renderer, under the render
+        timeout (host memory, or on the CUDA stream `on`'s device where GL hands them over)."""
         timeout = self.params.render_timeout * max(1.0, len(programs) * size * size / REFERENCE_PIXELS)
-        return renderer().render(programs, rows, size, self.params.fps, timeout, self.params.pipeline)
+        return renderer().render(programs, rows, size, self.params.fps, timeout, self.params.pipeline, on)
 
     def program_names(self) -> list[str]:
         """The programs that images are drawn from (compiles them on first use)."""
@@ -327,17 +329,24 @@ class Shaders(Generator):
 
     def sample_at(self, seed: int, indices: Sequence[int], size: int) -> torch.Tensor:
         """Any indices in one batch: an image's program and values depend on its index alone."""
+        return self.sample_on(seed, indices, size, "cpu")
+
+    def sample_on(self, seed: int, indices: Sequence[int], size: int, device: str | torch.device) -> torch.Tensor:
+        """On a CUDA device, the frames go from the GL context to CUDA on the GPU where the
+        driver allows it (GL-CUDA interop), else through host memory."""
         import torch
 
         seed, indices, size = check_indices(seed, indices, size)
+        device = torch.device(device)
         if not indices:
-            return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+            return torch.zeros((0, 3, size, size), dtype=torch.uint8, device=device)
         programs, rows = self.draws(seed, indices)
+        on = torch.cuda.current_stream(device) if device.type == "cuda" else None
         try:
-            images = self._render(programs, rows, size)
+            images = self._render(programs, rows, size, on)
         except RenderTimeout as exc:
             raise RenderTimeout(f"generator {self.name!r}: {exc}. Raise render_timeout or exclude the program") from None
-        return torch.from_numpy(images)
+        return torch.as_tensor(images).to(device)
 
     def sample_with_programs(self, seed: int, n: int, size: int, start: int = 0) -> tuple[torch.Tensor, list[str]]:
         """`sample` plus the name of the program behind each image."""
