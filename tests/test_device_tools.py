@@ -76,6 +76,27 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
         assert heading in report
 
 
+def test_a_second_call_skips_the_checks_and_adds_its_stages_to_the_first(tmp_path: Path) -> None:
+    """The second call of a split run (docs/device.md) leaves out the checks the first
+    printed, still says whether GL renders, and adds its stage's rows to the first
+    call's performance.json, whose rows stay."""
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps({"embed (GPU)": {"rows": [{"encoder": "kept", "images_per_s": 1.0}], "machine": "m", "date": "d"}}))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools/device/run"), "--rehearse", "--stages", "memory", "--skip-checks",
+         "--keep", str(first), "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    log = (out / "run.log").read_text()
+    assert "OpenGL renderer:" in log and "checks are skipped (--skip-checks)" in log
+    assert "GL probe, 64 x 64 px" not in log and "pipelines, 16 shader images" not in log and "GL-CUDA interop:" not in log
+    state = json.loads((out / "performance.json").read_text())
+    assert state["embed (GPU)"]["rows"] == [{"encoder": "kept", "images_per_s": 1.0}]
+    assert state["memory"]["rows"] and all(row["identical_on_sample"] for row in state["memory"]["rows"])
+
+
 def test_targets_are_judged_against_floor_and_aim_in_either_direction() -> None:
     rate = TargetSpec(label="rate", stage="embed", where={"encoder": "a"}, column="images_per_s", floor=100, aim=400)
     time = TargetSpec(label="time", stage="memory", where={"memory": 10}, column="classify_s", floor=5, aim=1)
