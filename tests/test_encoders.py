@@ -278,8 +278,8 @@ def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training rates, the model's rate under torch.compile included (`compiled=True`, a
     profile's `bench.compile`; with eager kernels here: the compiler's own take minutes
     on a CPU), and one step's descent; nothing is saved."""
-    compile_with_inductor = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module, **options: compile_with_inductor(module, **{**options, "backend": "aot_eager"}))
+    torch_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **options: torch_compile(module, **{**options, "backend": "aot_eager"}))
     ctx = context(setup, "cache-throughput")
     encoder = harness.get_encoder("dino-test")
     measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None, compiled=True)
