@@ -3,8 +3,6 @@ is StyleGAN2's default synthesis network) and images without a frame at the bord
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -95,13 +93,24 @@ def test_fields_set_explicitly_replace_the_presets_and_bad_presets_are_named():
 
 
 def test_the_paper_network_renders_on_a_cpu():
-    """A handful of 64 px images in a few seconds, deterministic and sliceable."""
+    """A handful of 64 px images, deterministic and sliceable."""
     gen = harness.get_generator("stylegan-oriented-paper", device="cpu")
-    started = time.perf_counter()
     images = gen.sample(3, 4, 64)
-    assert time.perf_counter() - started < 20.0
     assert images.shape == (4, 3, 64, 64) and images.dtype == torch.uint8
     assert torch.equal(gen.sample(3, 2, 64, start=2), images[2:])
     assert (images.float().flatten(2).std(dim=2) > 2.0).all(), "every channel of every image varies"
     small = harness.get_generator("stylegan-oriented", device="cpu").sample(3, 4, 64)
     assert not torch.equal(small, images), "the two sizes are different networks"
+
+
+@pytest.mark.parametrize(("name", "n", "alone"), [("stylegan-oriented", 66, (0, 1, 37, 63, 64, 65)), ("stylegan-oriented-paper", 4, (0, 3))])
+def test_an_image_is_the_same_whatever_batch_renders_it(name, n, alone):
+    """Image i is the same bytes drawn alone, in a short slice or in a batch of n (66 at
+    32 px is more than one rendering batch of the small network: 64). A grouped
+    convolution, or batched matrix products, gave other last bits for a batch of one on
+    some CPUs, and a pixel rounded the other way."""
+    gen = harness.get_generator(name, device="cpu")
+    batch = gen.sample(5, n, 32)
+    for i in alone:
+        assert torch.equal(gen.sample(5, 1, 32, start=i)[0], batch[i]), f"image {i} drawn alone"
+    assert torch.equal(gen.sample(5, 3, 32, start=n - 4), batch[n - 4 : n - 1])

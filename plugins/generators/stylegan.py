@@ -39,6 +39,10 @@ StyleGAN2's defaults (channel_base 32768, channel_max 512, w_dim 512). The relea
 the synthesis network directly on w = LeakyReLU(0.2)(N(0, I)), so StyleGAN2's mapping
 network never runs and has no counterpart here. Because a layer's output channels only
 differ by sign and bias, each layer costs one convolution per image, not Cout of them.
+The convolutions and the toRGB products run image by image, and the styles are products
+summed along w: a grouped convolution or a batched matrix product may pick another kernel
+for another batch size (seen on a CPU), and an image's bytes must not depend on the batch
+it is rendered in. Per image, the calls have the same shapes whatever the batch.
 """
 
 from __future__ import annotations
@@ -248,12 +252,12 @@ class StyleGANOriented(Generator):
             if up:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             affine = stack(lambda d, n, j=j: n["affine"][j])  # [b, cin, w_dim]
-            styles = torch.einsum("bcw,bw->bc", affine, w[:, j]) / math.sqrt(self.params.w_dim) + 1.0
+            styles = _per_image_dot(affine, w[:, j]) / math.sqrt(self.params.w_dim) + 1.0
             filters = bank[torch.from_numpy(np.stack([d["filters"][j] for d in draws])).to(device)]  # [b, cin, 3, 3]
             weight = styles[:, :, None, None] * filters
             weight = weight / torch.sqrt(weight.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
-            padded = F.pad(x.reshape(1, b * cin, res, res), (1, 1, 1, 1), mode="reflect" if self.params.padding == "reflect" else "constant")
-            y = F.conv2d(padded, weight, groups=b).view(b, 1, res, res)
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect" if self.params.padding == "reflect" else "constant")
+            y = torch.cat([F.conv2d(padded[i:i + 1], weight[i:i + 1]) for i in range(b)])
             layer_noise = F.adaptive_avg_pool2d(noise, res) if res != noise.shape[-1] else noise
             strength = stack(lambda d, n, j=j: np.asarray(d["strength"][j])).view(b, 1, 1, 1)
             y = y + layer_noise * strength
@@ -262,9 +266,9 @@ class StyleGANOriented(Generator):
             x = torch.addcmul(bias, signs, y).relu_().mul_(gain)
             if j == 0 or not up:  # the last layer of a block: add its toRGB output
                 rgb_affine = stack(lambda d, n, k=rgb_index: n["rgb_affine"][k])
-                rgb_styles = torch.einsum("bcw,bw->bc", rgb_affine, w[:, j + 1]) / math.sqrt(self.params.w_dim) + 1.0
+                rgb_styles = _per_image_dot(rgb_affine, w[:, j + 1]) / math.sqrt(self.params.w_dim) + 1.0
                 rgb_w = stack(lambda d, n, k=rgb_index: d["rgb"][k]) * (rgb_styles / math.sqrt(cout))[:, None, :]
-                y_rgb = torch.einsum("boc,bchw->bohw", rgb_w, x)
+                y_rgb = torch.stack([rgb_w[i] @ x[i].view(cout, -1) for i in range(b)]).view(b, 3, res, res)
                 if img is not None:
                     img = F.interpolate(img, scale_factor=2, mode="bilinear", align_corners=False)
                 img = y_rgb if img is None else img + y_rgb
@@ -293,6 +297,12 @@ class StyleGANOriented(Generator):
                     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
                 out[b0:b0 + len(indices)] = x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu()
         return out
+
+
+def _per_image_dot(matrices: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """[b, c, w] times [b, w] -> [b, c], as products summed along w: a batched matrix
+    product may pick another kernel for another batch size, which changes the last bits."""
+    return (matrices * vectors[:, None, :]).sum(dim=-1)
 
 
 @hookimpl
