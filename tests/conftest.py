@@ -27,13 +27,15 @@ def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 ACCEPTANCE_FILE = "test_acceptance.py"
-# Tests that reuse what the acceptance experiment trains into the session's cache: they run after it.
+# The test that waits for the acceptance training started in the background (below).
+WAITS_FOR_TRAINING = "test_seed_0_trained_again_reproduces_its_committed_value_and_beats_random_init"
+# Tests that reuse what the acceptance training puts into the session's cache: they run after it.
 AFTER_ACCEPTANCE = {"test_default_run_writes_a_leaderboard_above_chance"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The acceptance experiment near the end: its trainings start in the background
-    (below) and the suite runs beside them; then the tests that reuse them."""
+    """The acceptance tests near the end: their training starts in the background
+    (below) and the suite runs beside it; then the tests that reuse it."""
 
     def place(item: pytest.Item) -> int:
         if item.name in AFTER_ACCEPTANCE:
@@ -44,22 +46,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def acceptance_trainings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _private_cache: None):
-    """The acceptance experiment's training processes and their folder, started in the
-    background at the first test when the acceptance test is selected (else None), on
-    one thread each; stopped if the session ends first."""
-    if not any(item.path.name == ACCEPTANCE_FILE for item in request.session.items):
+def acceptance_training(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _private_cache: None):
+    """The acceptance test's training process and its folder, started in the background
+    at the first test when a test that waits for it is selected (else None), on one
+    thread; stopped if the session ends first."""
+    if not any(item.name == WAITS_FOR_TRAINING for item in request.session.items):
         yield None
         return
-    from test_acceptance import start_acceptance_trainings
+    from test_acceptance import start_acceptance_training
 
     folder = tmp_path_factory.mktemp("acceptance")
-    processes = start_acceptance_trainings(folder)
-    yield processes, folder
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    process = start_acceptance_training(folder)
+    yield process, folder
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture
