@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -27,8 +28,6 @@ def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 ACCEPTANCE_FILE = "test_acceptance.py"
-# The test that waits for the acceptance training started in the background (below).
-WAITS_FOR_TRAINING = "test_seed_0_trained_again_reproduces_its_committed_value_and_beats_random_init"
 # Tests that reuse what the acceptance training puts into the session's cache: they run after it.
 AFTER_ACCEPTANCE = {"test_default_run_writes_a_leaderboard_above_chance"}
 
@@ -45,12 +44,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=place)
 
 
+def asks_for(item: pytest.Item, fixture: str) -> bool:
+    """Whether a test names the fixture among its arguments (an autouse fixture is in
+    every test's fixture closure, so that cannot tell)."""
+    function = getattr(item, "function", None)
+    return function is not None and fixture in inspect.signature(function).parameters
+
+
 @pytest.fixture(autouse=True, scope="session")
 def acceptance_training(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _private_cache: None):
     """The acceptance test's training process and its folder, started in the background
-    at the first test when a test that waits for it is selected (else None), on one
+    at the first test when a selected test asks for it by name (else None), on one
     thread; stopped if the session ends first."""
-    if not any(item.name == WAITS_FOR_TRAINING for item in request.session.items):
+    if not any(asks_for(item, "acceptance_training") for item in request.session.items):
         yield None
         return
     from test_acceptance import start_acceptance_training
