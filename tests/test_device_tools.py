@@ -79,9 +79,13 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
 def test_a_second_call_skips_the_checks_and_adds_its_stages_to_the_first(tmp_path: Path) -> None:
     """The second call of a split run (docs/device.md) leaves out the checks the first
     printed, still says whether GL renders, and adds its stage's rows to the first
-    call's performance.json, whose rows stay."""
+    call's performance.json: the first call's other stages stay, a stage both calls ran
+    holds the second call's rows."""
     first = tmp_path / "first.json"
-    first.write_text(json.dumps({"embed (GPU)": {"rows": [{"encoder": "kept", "images_per_s": 1.0}], "machine": "m", "date": "d"}}))
+    first.write_text(json.dumps({
+        "embed (GPU)": {"rows": [{"encoder": "kept", "images_per_s": 1.0}], "machine": "m", "date": "d"},
+        "memory": {"rows": [{"rows": 1, "replaced": True}], "machine": "m", "date": "d"},
+    }))
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, str(ROOT / "tools/device/run"), "--rehearse", "--stages", "memory", "--skip-checks",
@@ -95,6 +99,7 @@ def test_a_second_call_skips_the_checks_and_adds_its_stages_to_the_first(tmp_pat
     state = json.loads((out / "performance.json").read_text())
     assert state["embed (GPU)"]["rows"] == [{"encoder": "kept", "images_per_s": 1.0}]
     assert state["memory"]["rows"] and all(row["identical_on_sample"] for row in state["memory"]["rows"])
+    assert state["memory"]["date"] != "d"
 
 
 def test_targets_are_judged_against_floor_and_aim_in_either_direction() -> None:
@@ -165,6 +170,26 @@ def test_prepare_refuses_a_folder_git_would_commit() -> None:
         [sys.executable, str(ROOT / "tools/device/prepare"), "--folder", "tools"], capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2 and "tools is not ignored by git" in done.stderr
+
+
+def test_the_two_calls_prepare_prints_are_the_two_calls_the_documentation_gives() -> None:
+    """With Mesa, the stages split over two calls: `prepare --mesa` prints them from its
+    constants, docs/device.md gives them as commands; the two say the same, and together
+    they run every stage `run` knows."""
+    import importlib.machinery
+    import importlib.util
+
+    def script(name: str):  # the tools are scripts without a .py suffix
+        loader = importlib.machinery.SourceFileLoader(f"device_{name}", str(ROOT / "tools/device" / name))
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+        loader.exec_module(module)
+        return module
+
+    prepare, run = script("prepare"), script("run")
+    documented = re.findall(r"^tools/device/run --stages (\S+)", (ROOT / "docs/device.md").read_text(), flags=re.M)
+    assert documented == [",".join(prepare.FIRST_CALL), ",".join(prepare.SECOND_CALL)]
+    assert set(prepare.FIRST_CALL) | set(prepare.SECOND_CALL) == set(run.STAGES)
+    assert "memory" in prepare.FIRST_CALL  # the call that carries faiss
 
 
 SYSTEM_MESA = Path("/usr/share/glvnd/egl_vendor.d/50_mesa.json")
