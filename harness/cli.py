@@ -200,7 +200,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         targets = registry.profile(args.profile).bench.targets if args.profile else []
         print(merge_reports(Path(args.report), Path(args.merge), targets))
         return 0
-    print(run_benchmarks(registry, args.stages, Path(args.report), quick=args.quick, profile=args.profile))
+    print(run_benchmarks(registry, args.stages, Path(args.report), quick=args.quick, profile=args.profile,
+                         time_limit_s=args.time_limit))
     return 0
 
 
@@ -304,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="leaderboard/PERFORMANCE.md")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--profile", help="the profile whose generators and encoders are measured (default: bench, else default)")
+    p.add_argument("--time-limit", type=positive_float, metavar="SECONDS",
+                   help="stop each stage after this many seconds; the rows it measured are kept, the stage marked cut off")
     p.add_argument("--merge", metavar="PERFORMANCE_JSON", help="measure nothing: add another run's stages (a GPU machine's "
                    "performance.json) to the report's and re-render it, with --profile's targets")
     p.set_defaults(func=cmd_bench)

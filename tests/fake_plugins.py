@@ -7,7 +7,7 @@ import time
 
 from pydantic import Field
 
-from harness import Encoder, Task, hookimpl
+from harness import Encoder, Generator, Task, hookimpl
 
 
 class SleepyTask(Task):
@@ -61,6 +61,19 @@ class ConstantEncoder(Encoder):
         return torch.ones(len(images), 4)
 
 
+class SleepyGenerator(Generator):
+    """Black images, after a sleep per call."""
+
+    class Params(Generator.Params):
+        seconds: float = Field(0.0, ge=0, description="how long each call sleeps")
+
+    def sample(self, seed, n, size, start=0):
+        import torch
+
+        time.sleep(self.params.seconds)
+        return torch.zeros(n, 3, size, size, dtype=torch.uint8)
+
+
 @hookimpl
 def register_tasks(register):
     register("sleepy", SleepyTask)
@@ -72,3 +85,8 @@ def register_tasks(register):
 def register_encoders(register):
     register("constant", ConstantEncoder)
 
+
+
+@hookimpl
+def register_generators(register):
+    register("sleepy-generator", SleepyGenerator)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -104,3 +106,97 @@ def test_dino_reference_data_path_makes_the_same_crops_as_ours() -> None:
     expected = ((1.0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).view(3, 1, 1)
     for crop in [reference[0], *reference[2:], ours[0], *ours[2:]]:  # the second global crop may be solarised
         torch.testing.assert_close(crop, expected.expand_as(crop), atol=1e-5, rtol=0)
+
+
+SLEEPY_REGISTRY = """
+plugins: [fake_plugins]
+generators:
+  quick: {plugin: sleepy-generator}
+  slow: {plugin: sleepy-generator, params: {seconds: 120}}
+profiles:
+  sleepy: {generators: [quick, slow, quick], bench: {sizes: [16]}}
+"""
+
+
+def test_a_stage_stopped_by_its_time_limit_keeps_the_rows_it_measured(tmp_path: Path) -> None:
+    """`--time-limit`: the stage stops while the slow generator sleeps; the row measured
+    before stays, the interrupted one says why, nothing after it is measured, and the
+    entry and the report say the stage was cut off."""
+    (tmp_path / "registry.yaml").write_text(SLEEPY_REGISTRY)
+    report = tmp_path / "PERFORMANCE.md"
+    done = cli("--registry", str(tmp_path / "registry.yaml"), "bench", "generators", "--profile", "sleepy", "--quick",
+               "--time-limit", "5", "--report", str(report), timeout=100)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "generators: 2 rows (stopped by its time limit of 5 s after 2 rows)" in done.stdout
+    entry = json.loads((tmp_path / "performance.json").read_text())["generators"]
+    first, interrupted = entry["rows"]
+    assert first["generator"] == "quick" and first["images_per_s"] > 0
+    assert interrupted["generator"] == "slow" and "StageTimeLimit" in interrupted["error"]
+    assert entry["cut_off"] == "stopped by its time limit of 5 s after 2 rows"
+    assert "**Cut off:** stopped by its time limit of 5 s" in report.read_text()
+
+
+def test_a_stage_killed_midway_keeps_the_rows_it_measured(tmp_path: Path) -> None:
+    """Rows are written as they are measured: a stage killed while measuring its second
+    row leaves its first, marked as not finished."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from harness.bench.report import UNFINISHED
+    from helpers import TESTS
+
+    (tmp_path / "registry.yaml").write_text(SLEEPY_REGISTRY)
+    state = tmp_path / "performance.json"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "harness", "--registry", str(tmp_path / "registry.yaml"), "bench", "generators",
+         "--profile", "sleepy", "--quick", "--report", str(tmp_path / "PERFORMANCE.md")],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not state.exists() and time.monotonic() < deadline and bench.poll() is None:
+            time.sleep(0.2)
+    finally:
+        bench.send_signal(signal.SIGKILL)
+        bench.wait()
+    entry = json.loads(state.read_text())["generators"]
+    assert [row["generator"] for row in entry["rows"]] == ["quick"] and entry["rows"][0]["images_per_s"] > 0
+    assert entry["cut_off"] == UNFINISHED
+
+
+TRAIN_LIMIT_S = 20  # the eager figures of `dino-bench` take about 4 s on a 2-core CPU
+
+
+def test_the_train_stage_keeps_its_eager_figures_when_compiling_overruns_its_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A compiler slower than the stage's time limit (here one that sleeps) costs the
+    compiled rate only: the row keeps the eager figures, and says why the compiled one
+    is missing."""
+    import time
+
+    from harness.bench.report import run_benchmarks
+    from harness.config.registry import use_registry
+
+    def sleeping_backend(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        time.sleep(600)
+        return graph.forward
+
+    torch_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **options: torch_compile(module, **{**options, "backend": sleeping_backend}))
+    registry_text = REGISTRY.replace(
+        "  tiny-bench: {encoders: [rgb, vit-bench, dino-bench], generators: [shaders, small-kml]}",
+        "  train-bench: {encoders: [dino-bench], bench: {compile: true, train_steps: 2, train_budget_s: 1}}",
+    )
+    (tmp_path / "registry.yaml").write_text(registry_text)
+    registry = use_registry(tmp_path / "registry.yaml")
+    run_benchmarks(registry, ["train"], tmp_path / "PERFORMANCE.md", device="cpu", profile="train-bench", time_limit_s=TRAIN_LIMIT_S)
+    entry = json.loads((tmp_path / "performance.json").read_text())["train"]
+    (row,) = entry["rows"]
+    assert row["encoder"] == "dino-bench" and row["images_per_s"] > 0 and row["model_alone_images_per_s"] > 0
+    assert row["compiled_model_images_per_s"].startswith("failed:") and "StageTimeLimit" in row["compiled_model_images_per_s"]
+    assert entry["cut_off"] == f"stopped by its time limit of {TRAIN_LIMIT_S:g} s after 1 rows"

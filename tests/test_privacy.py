@@ -395,7 +395,7 @@ def test_memory_command_line_as_a_user_runs_it(built, tmp_path):
 def test_measure_memory_small():
     from harness.bench.memory import measure_memory
 
-    rows = measure_memory(sizes=(400, 800), queries=60, dim=16, device="cpu", brute_force_rows=6, brute_force_max_size=400)
+    rows = list(measure_memory(sizes=(400, 800), queries=60, dim=16, device="cpu", brute_force_rows=6, brute_force_max_size=400))
     assert [r["memory"] for r in rows] == [400, 800]
     first, second = rows
     assert first["identical_on_sample"] is True and first["speedup_vs_brute_force"] > 1

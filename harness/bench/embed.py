@@ -8,7 +8,7 @@ the module under `torch.compile`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from harness.bench.timing import best_time, peak_flops, synchronizer
 from harness.bench.train import is_trainable
@@ -58,20 +58,19 @@ def module_rate(model: Any, size: int, device: str, batch: int, repeats: int, co
     return batch / best_time(run, repeats)
 
 
-def bench_embed(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
+def bench_embed(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
     """Embedding images/s of the profile's encoders that need no training (a trained
     encoder embeds as fast as its architecture at random init), on images of the
     encoder's own input size."""
     import torch
 
     spec = profile.bench
-    rows: list[dict[str, Any]] = []
     for name in [n for n in profile.encoders if not is_trainable(registry, n)]:
         encoder = registry.create("encoder", name)
         try:
             encoder.prepare(RunContext(registry=registry, device=device))
         except Exception as exc:
-            rows.append({"encoder": name, "error": f"{type(exc).__name__}: {exc}"})
+            yield {"encoder": name, "error": f"{type(exc).__name__}: {exc}"}
             continue
         size = encoder.input_size
         n = spec.embed_images
@@ -100,5 +99,4 @@ def bench_embed(registry: Registry, profile: ProfileSpec, quick: bool, device: s
                 row["fraction_of_limit"] = round(n / seconds * flops / peak, 3)
                 if "module_images_per_s" in row:
                     row["module_fraction_of_limit"] = round(row["module_images_per_s"] * flops / peak, 3)
-        rows.append(row)
-    return rows
+        yield row

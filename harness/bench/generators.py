@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from harness.bench.timing import best_time, jpeg_decode_rate
 
@@ -77,43 +77,49 @@ def hidden_gpu_rate(name: str, size: int) -> tuple[float | None, str]:
     return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]), "this machine's CPU, GPU hidden"
 
 
-def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
+def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
     """images/s per generator instance and size, beside the released pipeline's way of
     making the same images: decoding them from pre-rendered JPEGs, or what the generator's
     `reference_rate` measures (e.g. CPU k-means over decoded base images). On a GPU, also
     beside the same generator with the GPU hidden (`hidden_gpu_rate`)."""
-    rows: list[dict[str, Any]] = []
     sizes = profile.bench.sizes[:1] if quick else profile.bench.sizes
     decode_rate: dict[int, float] = {}
     for name in profile.generators:
         try:
             generator = registry.create("generator", name)
         except Exception as exc:
-            rows.append({"generator": name, "error": str(exc)})
+            yield {"generator": name, "error": str(exc)}
             continue
-        for size in sizes:
-            try:
-                n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), size, quick)
-                reference = generator.reference_rate(seed=2, n=min(n, 32), size=size)
-                if reference is None:
-                    if size not in decode_rate:
-                        decode_rate[size] = jpeg_decode_rate(generator.sample(seed=2, n=min(n, 64), size=size))
-                    reference = ("decode pre-rendered JPEGs", decode_rate[size])
-                row: dict[str, Any] = {
-                    "generator": name, "size": size, "images": n, "images_per_s": round(rate, 1),
-                    "reference_pipeline": reference[0], "reference_images_per_s": round(reference[1], 1),
-                    "ratio_to_reference": round(rate / reference[1], 2),
-                }
-                if device.startswith("cuda"):
-                    cpu_rate, how = hidden_gpu_rate(name, size)
-                    row["cpu_images_per_s"] = round(cpu_rate, 1) if cpu_rate else how
-                    if cpu_rate:
-                        row["ratio_to_cpu"] = round(rate / cpu_rate, 2)
-                rows.append(row)
-            except Exception as exc:
-                rows.append({"generator": name, "size": size, "error": f"{type(exc).__name__}: {exc}"})
-        generator.close()
-    return rows
+        try:
+            for size in sizes:
+                yield _generator_row(generator, name, size, quick, device, decode_rate)
+        finally:
+            generator.close()
+
+
+def _generator_row(generator: Any, name: str, size: int, quick: bool, device: str, decode_rate: dict[int, float]) -> dict[str, Any]:
+    """The stage's row of `generator` at `size`, or an error row where it fails.
+    `decode_rate` keeps the JPEG decoding rate per size, measured once for all generators."""
+    try:
+        n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), size, quick)
+        reference = generator.reference_rate(seed=2, n=min(n, 32), size=size)
+        if reference is None:
+            if size not in decode_rate:
+                decode_rate[size] = jpeg_decode_rate(generator.sample(seed=2, n=min(n, 64), size=size))
+            reference = ("decode pre-rendered JPEGs", decode_rate[size])
+        row: dict[str, Any] = {
+            "generator": name, "size": size, "images": n, "images_per_s": round(rate, 1),
+            "reference_pipeline": reference[0], "reference_images_per_s": round(reference[1], 1),
+            "ratio_to_reference": round(rate / reference[1], 2),
+        }
+        if device.startswith("cuda"):
+            cpu_rate, how = hidden_gpu_rate(name, size)
+            row["cpu_images_per_s"] = round(cpu_rate, 1) if cpu_rate else how
+            if cpu_rate:
+                row["ratio_to_cpu"] = round(rate / cpu_rate, 2)
+        return row
+    except Exception as exc:
+        return {"generator": name, "size": size, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _child(name: str, size: int) -> None:

@@ -4,7 +4,7 @@ on synthetic rows, and the audit's speed-up over brute-force leave-one-out."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import numpy as np
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from harness.config.registry import Registry
 
 
-def bench_memory(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
+def bench_memory(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
     """The `memory` stage of `harness bench`: the profile's memory sizes and query count.
     On a GPU the torch engine searches there, beside faiss on the CPU."""
     spec = profile.bench
@@ -64,9 +64,9 @@ def measure_memory(
     brute_force_max_size: int = 10_000,
     backend: Literal["auto", "faiss", "torch"] = "auto",
     cpu_sample: int = 2000,
-) -> list[dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
     """kNN classification and privacy-audit throughput (queries/s, best of 2 runs) against
-    memory size, on synthetic rows; where brute force is feasible (size <= `brute_force_max_size`),
+    memory size, a row per size as it is measured, on synthetic rows; where brute force is feasible (size <= `brute_force_max_size`),
     the audit's speed-up over brute-force leave-one-out and a check that both agree.
 
     Brute force needs one rebuild + classification of every query per memory row: a
@@ -81,7 +81,6 @@ def measure_memory(
     repeats = 1 if quick else 2
     if quick:
         sizes, queries, brute_force_rows = (2_000, 10_000), min(queries, 200), 10
-    rows = []
     # the same queries (drawn around the same centres as the memory) at every size
     seed = 1234
     query_rows = synthetic_queries(queries, dim, classes, seed + 1)
@@ -127,9 +126,8 @@ def measure_memory(
                 "speedup_vs_brute_force": round(extrapolated / audit_seconds, 1),
                 "identical_on_sample": brute == report_flips(report, memory.ids[sample]),
             })
-        rows.append(row)
         del memory
-    return rows
+        yield row
 
 
 def _beside_faiss_cpu(memory: VisualMemory, queries: np.ndarray, k: int, seconds_per_query: float) -> dict[str, Any]:

@@ -8,7 +8,7 @@ since most of its host time is numpy, which torch's profiler does not see."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from harness.bench.memory import synthetic_memory, synthetic_queries
 from harness.bench.timing import TOP
@@ -54,12 +54,11 @@ def time_split(generator: Generator, n: int, size: int) -> list[dict[str, Any]]:
     ]
 
 
-def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
+def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
     """Operators of a few training steps of the profile's first trainable encoder, the
     functions of sampling each of the profile's generators at its largest size, and
     those of classifying queries against the profile's largest memory."""
     spec = profile.bench
-    rows: list[dict[str, Any]] = []
     on_gpu = device.startswith("cuda")
     trainable = [n for n in profile.encoders if is_trainable(registry, n)]
     if trainable:
@@ -68,14 +67,14 @@ def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device:
         if cost is not None:
             batch = min(cost.batch_size, PROFILE_BATCH if on_gpu else 4)  # the shares, not the speed, matter here
             measured = encoder.measure_training(RunContext(registry=registry, device=device), 2, batch, None, profile=True)
-            rows += [{"work": f"train {encoder.name} (operators)", **row} for row in measured.get("operators", [])]
+            yield from ({"work": f"train {encoder.name} (operators)", **row} for row in measured.get("operators", []))
     for name in profile.generators:
         generator = registry.create("generator", name)
         side, n = max(spec.sizes), (16 if quick else 1024)
         generator.sample(seed=1, n=n, size=side)  # first use: programs compile, kernels load
-        rows += [{"work": f"generate {n} x {side} px {name} (parts)", **row} for row in time_split(generator, n, side)]
+        yield from ({"work": f"generate {n} x {side} px {name} (parts)", **row} for row in time_split(generator, n, side))
         work = f"generate {n} x {side} px {name} (functions)"
-        rows += [{"work": work, **row} for row in function_profile(lambda: generator.sample(seed=2, n=n, size=side))]
+        yield from ({"work": work, **row} for row in function_profile(lambda: generator.sample(seed=2, n=n, size=side)))
         generator.close()
     size = 2_000 if quick else max(spec.memory_rows)
     queries = min(spec.memory_queries, 5_000)
@@ -83,5 +82,4 @@ def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device:
     query_rows = synthetic_queries(queries, 384, 100, seed=1235)
     memory.classify(query_rows[:50], k=20)  # the index is built outside the profile
     work = f"classify {queries} queries, memory {size} (functions)"
-    rows += [{"work": work, **row} for row in function_profile(lambda: memory.classify(query_rows, k=20))]
-    return rows
+    yield from ({"work": work, **row} for row in function_profile(lambda: memory.classify(query_rows, k=20)))

@@ -12,6 +12,10 @@ appended when measured on one, so a GPU run keeps the CPU's and benchmarking one
 keeps the others'. Every ratio compares two implementations measured side by side in
 the same run: ours against the reference design (pre-rendered JPEGs, CPU k-means,
 DINO's per-image data path, brute-force leave-one-out, faiss on the CPU).
+
+A stage yields its rows as it measures them, and each is written at once: a stage
+stopped by its time limit (`--time-limit`), or killed, keeps the rows it measured, its
+entry marked `cut_off`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import datetime as _dt
 import json
 import os
 import platform
+import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from harness.bench.embed import bench_embed
 from harness.bench.endtoend import ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE, bench_end_to_end
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
     from harness.config.schema import ProfileSpec
     from harness.config.registry import Registry
 
-Stage = Callable[["Registry", "ProfileSpec", bool, str], list[dict[str, Any]]]
+Stage = Callable[["Registry", "ProfileSpec", bool, str], Iterable[dict[str, Any]]]
 STAGES: dict[str, Stage] = {
     "generators": bench_generators,
     "embed": bench_embed,
@@ -51,6 +56,38 @@ STAGES: dict[str, Stage] = {
     "profile": bench_profile,
 }
 BENCH_PROFILE = "bench"  # the profile naming what to measure, when the registry has one
+UNFINISHED = "the stage did not finish (killed, or it failed)"  # the mark of a stage's rows until it ends
+
+
+class StageTimeLimit(Exception):
+    """Raised inside a stage when its time limit is reached. An `Exception`, so that a
+    stage's own handlers turn it into an error row for what it was measuring and the rows
+    it had measured stand; the stage is then stopped at its next row."""
+
+
+class TimeLimit:
+    """A context in which `StageTimeLimit` is raised in this (the main) thread once
+    `seconds` have passed (None: never); `reached` says whether it was."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.reached = False
+        self._previous: Any = None
+
+    def _expire(self, signum: int, frame: Any) -> None:
+        self.reached = True
+        raise StageTimeLimit(f"the stage's time limit of {self.seconds:g} s came first")
+
+    def __enter__(self) -> TimeLimit:
+        if self.seconds is not None:
+            self._previous = signal.signal(signal.SIGALRM, self._expire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.seconds is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
 
 
 def quick_scale(spec: BenchSpec) -> BenchSpec:
@@ -141,6 +178,8 @@ def render_report(state: dict[str, Any]) -> str:
     for stage in targets_first:
         entry = state[stage]
         lines += [f"## {stage}", "", f"_measured {entry['date']} on {entry['machine']}_", ""]
+        if entry.get("cut_off"):
+            lines += [f"**Cut off:** {entry['cut_off']}; the rows below are those it measured.", ""]
         note = STAGE_NOTES.get(stage.removesuffix(GPU_SUFFIX))
         if note:
             lines += [note, ""]
@@ -155,10 +194,13 @@ def render_report(state: dict[str, Any]) -> str:
 
 
 def run_benchmarks(
-    registry: Registry, stages: list[str], report: Path, quick: bool = False, device: str | None = None, profile: str | None = None
+    registry: Registry, stages: list[str], report: Path, quick: bool = False, device: str | None = None,
+    profile: str | None = None, time_limit_s: float | None = None,
 ) -> Path:
     """Run the benchmark `stages` (default: all) on the generators and encoders of
-    `profile` (default: the `bench` profile, else `default`) and write `report`."""
+    `profile` (default: the `bench` profile, else `default`) and write `report` after
+    every row. With `time_limit_s`, each stage stops after that many seconds and keeps
+    the rows it measured."""
     device = device or default_device()
     chosen_profile = registry.profile(profile or (BENCH_PROFILE if BENCH_PROFILE in registry.config.profiles else "default"))
     chosen = stages or [
@@ -172,22 +214,43 @@ def run_benchmarks(
     if quick:
         chosen_profile = chosen_profile.model_copy(update={"bench": quick_scale(chosen_profile.bench)})
     suffix = GPU_SUFFIX if device.startswith("cuda") else ""
-    for stage in chosen:
-        rows = STAGES[stage](registry, chosen_profile, quick, device)
+    machine, accelerator = machine_description(device), accelerator_name(device)
+
+    def save(stage: str, rows: list[dict[str, Any]], cut_off: str | None) -> None:
         state[stage + suffix] = {
             "rows": rows,
-            "machine": machine_description(device),
-            "accelerator": accelerator_name(device),
+            "machine": machine,
+            "accelerator": accelerator,
             "date": _dt.date.today().isoformat(),
             "quick": quick,
+            **({"cut_off": cut_off} if cut_off else {}),
         }
-        print(f"{stage}: {len(rows)} rows")
         if chosen_profile.bench.targets:
             state[TARGETS + suffix] = {
                 "rows": target_rows(chosen_profile.bench.targets, state, suffix),
                 "machine": "the card each row names", "date": _dt.date.today().isoformat(), "quick": quick,
             }
-        write_report(report, state)  # after each stage: a crash keeps the others
+        write_report(report, state)  # after each row: a stage stopped or killed keeps the rows it measured
+
+    for stage in chosen:
+        rows: list[dict[str, Any]] = []
+        limit = TimeLimit(time_limit_s)
+        try:
+            with limit:
+                measured = STAGES[stage](registry, chosen_profile, quick, device)
+                try:
+                    for row in measured:
+                        rows.append(row)
+                        save(stage, rows, UNFINISHED)
+                        if limit.reached:
+                            break
+                finally:
+                    getattr(measured, "close", lambda: None)()  # a stage stopped early ends its own way
+        except StageTimeLimit:
+            pass
+        cut_off = f"stopped by its time limit of {time_limit_s:g} s after {len(rows)} rows" if limit.reached else None
+        save(stage, rows, cut_off)
+        print(f"{stage}: {len(rows)} rows" + (f" ({cut_off})" if cut_off else ""))
     return report
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from harness.runner.context import RunContext
 
@@ -22,7 +22,7 @@ def is_trainable(registry: Registry, name: str) -> bool:
     return bool(registry.plugins.get("encoder", spec.plugin if spec else name).trainable)
 
 
-def bench_train(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
+def bench_train(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
     """Training images/s of the profile's trainable encoders, each for about the profile's
     `bench.train_budget_s` seconds. On a GPU the batch is the recipe's, halved until it
     fits in memory; on a CPU at most `CPU_MAX_BATCH` images. An encoder whose
@@ -30,7 +30,6 @@ def bench_train(registry: Registry, profile: ProfileSpec, quick: bool, device: s
     import torch
 
     spec = profile.bench
-    rows: list[dict[str, Any]] = []
     for name in [n for n in profile.encoders if is_trainable(registry, n)]:
         encoder = registry.create("encoder", name)
         cost = encoder.training_cost()
@@ -63,5 +62,4 @@ def bench_train(registry: Registry, profile: ProfileSpec, quick: bool, device: s
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 break
-        rows.append(row)
-    return rows
+        yield row
