@@ -139,21 +139,20 @@ def test_a_stage_stopped_by_its_time_limit_keeps_the_rows_it_measured(tmp_path: 
 def test_a_stage_killed_midway_keeps_the_rows_it_measured(tmp_path: Path) -> None:
     """Rows are written as they are measured: a stage killed while measuring its second
     row leaves its first, marked as not finished."""
-    import os
     import signal
     import subprocess
     import sys
     import time
 
     from harness.bench.report import UNFINISHED
-    from helpers import TESTS
+    from helpers import cli_env
 
     (tmp_path / "registry.yaml").write_text(SLEEPY_REGISTRY)
     state = tmp_path / "performance.json"
     bench = subprocess.Popen(
         [sys.executable, "-m", "harness", "--registry", str(tmp_path / "registry.yaml"), "bench", "generators",
          "--profile", "sleepy", "--quick", "--report", str(tmp_path / "PERFORMANCE.md")],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))},
+        env=cli_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

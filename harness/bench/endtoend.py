@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from harness.bench.train import is_trainable
 from harness.errors import HarnessError
@@ -99,14 +99,14 @@ def compare(
     return rows
 
 
-def bench_end_to_end(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> list[dict[str, Any]]:
+def bench_end_to_end(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
     """Run the profile named by `bench.end_to_end` on `device` (with --quick, only its
     encoders that need no training, on its first task) and compare with `bench.compare_with`."""
     from harness.runner.cells import Runner
 
     spec = profile.bench
     if spec.end_to_end is None:
-        return []
+        return
     committed_path = Path(spec.compare_with)
     if not committed_path.exists():
         raise HarnessError(f"bench.compare_with: {committed_path} does not exist (run from the project's root, or set the path)")
@@ -123,6 +123,4 @@ def bench_end_to_end(registry: Registry, profile: ProfileSpec, quick: bool, devi
     trained = {n for n in encoders if is_trainable(registry, n)}
     rows = compare(ours, read_results(committed_path), trained, failed)
     for row in rows:
-        row["profile"] = spec.end_to_end
-        row["run_s"] = round(seconds, 1)
-    return rows
+        yield {**row, "profile": spec.end_to_end, "run_s": round(seconds, 1)}

@@ -66,8 +66,9 @@ def measure_memory(
     cpu_sample: int = 2000,
 ) -> Iterator[dict[str, Any]]:
     """kNN classification and privacy-audit throughput (queries/s, best of 2 runs) against
-    memory size, a row per size as it is measured, on synthetic rows; where brute force is feasible (size <= `brute_force_max_size`),
-    the audit's speed-up over brute-force leave-one-out and a check that both agree.
+    memory size, on synthetic rows, a row per size as it is measured; where brute force is
+    feasible (size <= `brute_force_max_size`), the audit's speed-up over brute-force
+    leave-one-out and a check that both agree.
 
     Brute force needs one rebuild + classification of every query per memory row: a
     random sample of `brute_force_rows` rows is measured (half of them non-private where

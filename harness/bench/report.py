@@ -20,13 +20,14 @@ entry marked `cut_off`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from harness.bench.embed import bench_embed
 from harness.bench.endtoend import ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE, bench_end_to_end
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from harness.config.schema import ProfileSpec
     from harness.config.registry import Registry
 
-Stage = Callable[["Registry", "ProfileSpec", bool, str], Iterable[dict[str, Any]]]
+Stage = Callable[["Registry", "ProfileSpec", bool, str], Iterator[dict[str, Any]]]
 STAGES: dict[str, Stage] = {
     "generators": bench_generators,
     "embed": bench_embed,
@@ -235,19 +236,18 @@ def run_benchmarks(
     for stage in chosen:
         rows: list[dict[str, Any]] = []
         limit = TimeLimit(time_limit_s)
-        try:
-            with limit:
-                measured = STAGES[stage](registry, chosen_profile, quick, device)
-                try:
-                    for row in measured:
-                        rows.append(row)
-                        save(stage, rows, UNFINISHED)
-                        if limit.reached:
-                            break
-                finally:
-                    getattr(measured, "close", lambda: None)()  # a stage stopped early ends its own way
-        except StageTimeLimit:
-            pass
+        # Left in this order: the stage ends its own way (closed), the alarm is disarmed,
+        # then a StageTimeLimit that got this far is swallowed.
+        with (
+            contextlib.suppress(StageTimeLimit),
+            limit,
+            contextlib.closing(STAGES[stage](registry, chosen_profile, quick, device)) as measured,
+        ):
+            for row in measured:
+                rows.append(row)
+                save(stage, rows, UNFINISHED)
+                if limit.reached:
+                    break
         cut_off = f"stopped by its time limit of {time_limit_s:g} s after {len(rows)} rows" if limit.reached else None
         save(stage, rows, cut_off)
         print(f"{stage}: {len(rows)} rows" + (f" ({cut_off})" if cut_off else ""))
