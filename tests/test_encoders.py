@@ -284,6 +284,7 @@ def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = harness.get_encoder("dino-test")
     measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None, compiled=True)
     assert isinstance(measured["compiled_model_images_per_s"], float) and measured["compiled_model_images_per_s"] > 0
+    assert isinstance(measured["compiled_images_per_s"], float) and measured["compiled_images_per_s"] > 0
     assert measured["images_per_s"] > 0 and measured["recipe"] == "tiny" and "cpu" in measured["device"]
     assert measured["arch"] == encoder.architecture and measured["train_batch_size"] == 8
     assert measured["one_step_descends"] and measured["one_step_loss_after"] < measured["one_step_loss_before"]
@@ -314,6 +315,24 @@ def test_one_step_descent_changes_the_student_alone(setup: dict) -> None:
     before, after = one_step_descent(trainer, images)
     assert before == after == trainer.loss(0, images)
     trainer.lr[:] = 1e-4
+    before, after = one_step_descent(trainer, images)
+    assert after < before
+
+
+def test_one_step_descent_follows_the_batch_gradient_not_the_moments(setup: dict) -> None:
+    """AdamW's moments left pointing up this batch's loss (the negated first moment of a
+    step on it) would carry the probe's step uphill: the probe clears them, so its step
+    is the one this batch's gradient asks for, and the loss falls."""
+    from harness_plugins.encoders._dino_run import one_step_descent
+
+    trainer, images = dino_test_trainer()
+    trainer.step(0, images)
+    probe_step, probe_lr = int(np.argmax(trainer.lr)), float(trainer.lr.max())
+    trainer.lr[probe_step] = 0.0
+    trainer.step(probe_step, images)  # moments of this batch's gradient at the probe's step
+    trainer.lr[probe_step] = probe_lr
+    for state in trainer.optimizer.state.values():
+        state["exp_avg"].mul_(-9.0)
     before, after = one_step_descent(trainer, images)
     assert after < before
 

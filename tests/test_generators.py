@@ -6,6 +6,7 @@ disk."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -655,3 +656,28 @@ def test_the_compute_pipeline_renders_the_images_the_graphics_pipeline_draws(tmp
     programs, rows = dispatched.draws(4, list(range(8)))
     remote = RemoteRenderer()
     np.testing.assert_array_equal(remote.render(programs, rows, 45, 10.0, 60.0, "compute"), images[:8].numpy())
+
+
+def test_a_driver_without_compute_shaders_draws_the_compute_pipeline_and_says_so() -> None:
+    """The renderer asks for OpenGL 4.3 and takes 3.3 where the driver has no more (Mesa
+    capped at 3.3 here; NVIDIA's driver gives exactly the version asked for). There,
+    pipeline 'compute' warns once and draws: the bytes are the graphics pipeline's."""
+    code = (
+        "import json, warnings, harness\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    dispatched = harness.get_generator('shaders', pipeline='compute')\n"
+        "    images = dispatched.sample(3, 8, 32)\n"
+        "    images = dispatched.sample(4, 8, 32)\n"
+        "print(json.dumps([str(w.message) for w in caught if 'compute shaders' in str(w.message)]))\n"
+        "print(bool((images == harness.get_generator('shaders').sample(4, 8, 32)).all()))\n"
+    )
+    env = {**os.environ, "MESA_GL_VERSION_OVERRIDE": "3.3"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    warned, same = run.stdout.strip().splitlines()
+    assert json.loads(warned) == [
+        "the OpenGL context is 3.3, without compute shaders (OpenGL 4.3): pipeline 'compute' draws every program as "
+        "'graphics' does"
+    ]
+    assert same == "True"

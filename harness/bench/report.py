@@ -135,9 +135,10 @@ STAGE_NOTES = {
         "Reference for the data path: DINO's own loader design (JPEG decode and per-image PIL/"
         "torchvision multi-crop, one thread per core) on the same images. DINO's published "
         "ViT-S/16 training runs at about 100 images/s per V100; compare with it on a GPU only. "
-        "`model_alone`: steps on a batch in memory with the data workers stopped; `compiled_model`: "
-        "the same under torch.compile (the profile's `bench.compile`). `one_step`: one "
-        "batch's loss before and after a step on it, the teacher and centre put back (DINO's loss "
+        "`model_alone`: steps on a batch in memory with the data workers stopped; `compiled`, "
+        "`compiled_model`: end to end and the model alone under torch.compile (the profile's "
+        "`bench.compile`). `one_step`: one batch's loss before and after a step on it, the teacher "
+        "and centre put back, the optimiser's moments cleared (DINO's loss "
         "first rises while its centre settles, so the first and last losses of a short run do not "
         "show whether it learns)."
     ),

@@ -220,11 +220,17 @@ def one_step_descent(trainer: Trainer, images: torch.Tensor) -> tuple[float, flo
     learning rate, with the teacher and the centre put back after the step: whether a
     step lowers the loss it follows. DINO's loss itself first rises towards ln(out_dim)
     while the centre catches up with the teacher, so a run of a few dozen steps shows
-    that training moves by this, not by its first and last loss. It takes a real step:
-    call it on a trainer whose state no longer matters."""
+    that training moves by this, not by its first and last loss.
+
+    The optimizer's moments are cleared first, so the step is AdamW's first step, along
+    this batch's own gradient. Kept, they would make it mostly the running mean of the
+    earlier batches' gradients (this one's weighs 1 - beta1 = 0.1), which need not lower
+    this batch's loss. It takes a real step: call it on a trainer whose state no longer
+    matters."""
     step = int(np.argmax(trainer.lr))
     teacher = {name: value.clone() for name, value in trainer.teacher.state_dict().items()}
     center = trainer.loss_fn.center.clone()
+    trainer.optimizer.state.clear()
     before = trainer.loss(step, images)
     trainer.step(step, images)
     trainer.teacher.load_state_dict(teacher)
@@ -261,15 +267,27 @@ def model_alone_rate(trainer: Trainer, images: torch.Tensor, sync: Callable[[], 
     return steps * len(images) / (time.perf_counter() - began)
 
 
-def compiled_model_rate(trainer: Trainer, images: torch.Tensor, sync: Callable[[], None]) -> float | str:
-    """`model_alone_rate` with the student and the teacher under torch.compile (its
-    untimed step compiles), or why it failed: a missing compiler leaves the other
-    figures standing."""
+def compiled_rates(
+    trainer: Trainer, source: Any, plan: StreamPlan, steps: int, sync: Callable[[], None], budget_s: float | None,
+    workers: int, images: torch.Tensor,
+) -> dict[str, float | str]:
+    """With the student and the teacher under torch.compile (the first warm-up step
+    compiles): images/s end to end, with the data workers as in training
+    (`timed_steps`), and of the model alone (`model_alone_rate`). A rate that could not
+    be had says why (a missing compiler, the stage's time limit), leaving the eager
+    figures standing. It takes real steps: call it on a trainer whose state no longer
+    matters."""
+    rates: dict[str, float | str] = {}
     try:
         trainer.compile()
-        return round(model_alone_rate(trainer, images, sync), 2)
+        measured = timed_steps(trainer, source, plan, steps, sync, budget_s, False, workers)
+        rates["compiled_images_per_s"] = round(measured["images_per_s"], 2)
+        rates["compiled_model_images_per_s"] = round(model_alone_rate(trainer, images, sync), 2)
     except Exception as exc:
-        return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        why = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        for name in ("compiled_images_per_s", "compiled_model_images_per_s"):
+            rates.setdefault(name, why)
+    return rates
 
 
 REFERENCE_IMAGES = 128  # images DINO's own data path is timed on (a rate, at PIL's pace)
@@ -283,8 +301,9 @@ def throughput(
     with the data workers stopped (`model_alone_rate`), beside DINO's own data path
     (`_dino_reference`) on the same images and, on a GPU, the bf16 limit. The
     schedule is compressed to the timed steps; `one_step_descent` says whether training
-    moves. With `compiled`, the model's rate again under torch.compile (last: it takes
-    steps on a trainer whose state no longer matters). With `profile`, only the steps
+    moves. With `compiled`, the rates end to end and of the model alone again under
+    torch.compile (`compiled_rates`, last: it takes steps on a trainer whose state no
+    longer matters). With `profile`, only the steps
     and where their time goes."""
     from harness.bench.timing import peak_flops
     from harness_plugins.encoders._dino_reference import reference_augment_rate
@@ -320,10 +339,10 @@ def throughput(
         loss_before, loss_after = one_step_descent(trainer, images)
         flops = step_flops(trainer, images)
         progress("one step's descent and FLOPs")
-        compiled_rate = None
+        compiled_figures: dict[str, float | str] = {}
         if compiled:
-            compiled_rate = compiled_model_rate(trainer, images, sync)
-            progress("the model under torch.compile")
+            compiled_figures = compiled_rates(trainer, source, plan, steps, sync, budget_s, workers, images)
+            progress("end to end and the model alone under torch.compile")
     finally:
         if hasattr(source, "generator"):
             source.generator.close()
@@ -349,8 +368,7 @@ def throughput(
         "one_step_loss_after": round(loss_after, 4),
         "one_step_descends": loss_after < loss_before,
     }
-    if compiled_rate is not None:
-        row["compiled_model_images_per_s"] = compiled_rate
+    row.update(compiled_figures)
     peak = peak_flops(device)
     if peak:
         row["bf16_limit_images_per_s"] = round(peak / flops, 0)

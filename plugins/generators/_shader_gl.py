@@ -42,6 +42,20 @@ def _gl_error(exc: BaseException) -> HarnessError:
     )
 
 
+def standalone_context(moderngl: Any) -> Any:
+    """A headless EGL context of OpenGL 4.3 (compute shaders) where the driver has it, else
+    of 3.3. A context is of the version asked for on NVIDIA's driver (3.3 has no compute
+    shaders), of the highest the driver has under Mesa."""
+    try:
+        return moderngl.create_standalone_context(backend="egl", require=430)
+    except Exception:
+        pass
+    try:
+        return moderngl.create_standalone_context(backend="egl", require=330)
+    except Exception as exc:
+        raise _gl_error(exc) from None
+
+
 def _load_triton_first() -> None:
     """Import triton (when installed) before a GL context exists. Mesa's llvmpipe and
     triton each carry an LLVM; loading triton's after Mesa's crashes the process (torch
@@ -59,10 +73,7 @@ class Renderer:
         except ImportError as exc:  # pragma: no cover - moderngl is a dependency
             raise _gl_error(exc) from None
         _load_triton_first()
-        try:
-            self.ctx = moderngl.create_standalone_context(backend="egl", require=330)
-        except Exception as exc:
-            raise _gl_error(exc) from None
+        self.ctx = standalone_context(moderngl)
         import numpy as np
 
         self.moderngl = moderngl
@@ -70,6 +81,7 @@ class Renderer:
         self.compiled: dict[str, Any] = {}  # digest -> (program, vao, instance buffer, capacity) or error
         self.dispatched: dict[str, Any] = {}  # digest -> (compute program, values buffer, capacity), or None: drawn instead
         self.compute_capable = self.ctx.version_code >= 430
+        self.warned_drawn = False  # pipeline "compute" asked for without compute shaders
         self.frames: dict[int, tuple[Any, Any, tuple[Any, ...]]] = {}
         self.seconds: dict[str, float] = {}  # by part of the work, for `Generator.time_split`
         self.reader = FrameReader(self.ctx, self._spent)
@@ -185,6 +197,13 @@ class Renderer:
         top-down, column), read straight into the result: the host copies nothing, which
         would otherwise cost more than the rendering. A software rasteriser runs that pass
         slower than numpy reorders the tiles (one strided copy), so there numpy does."""
+        if pipeline == "compute" and not self.compute_capable and not self.warned_drawn:
+            self.warned_drawn = True
+            warnings.warn(
+                f"the OpenGL context is {self.ctx.version_code // 100}.{self.ctx.version_code % 100 // 10}, without "
+                "compute shaders (OpenGL 4.3): pipeline 'compute' draws every program as 'graphics' does",
+                ShaderWarning, stacklevel=3,
+            )
         n = len(programs)
         # Tiles start on even pixels, so the 2 x 2 pixel quads that derivatives (dFdx,
         # fwidth) are taken over never straddle two tiles: an image does not depend on
