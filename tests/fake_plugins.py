@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 from pydantic import Field
 
@@ -62,14 +63,17 @@ class ConstantEncoder(Encoder):
 
 
 class SleepyGenerator(Generator):
-    """Black images, after a sleep per call."""
+    """Black images, after a sleep per call (and a warning, given `warns`)."""
 
     class Params(Generator.Params):
         seconds: float = Field(0.0, ge=0, description="how long each call sleeps")
+        warns: str = Field("", description="a warning each call gives")
 
     def sample(self, seed, n, size, start=0):
         import torch
 
+        if self.params.warns:
+            warnings.warn(self.params.warns, RuntimeWarning, stacklevel=2)
         time.sleep(self.params.seconds)
         return torch.zeros(n, 3, size, size, dtype=torch.uint8)
 

@@ -136,6 +136,24 @@ def test_a_stage_stopped_by_its_time_limit_keeps_the_rows_it_measured(tmp_path: 
     assert "**Cut off:** stopped by its time limit of 5 s" in report.read_text()
 
 
+def test_a_generator_row_names_the_warnings_the_generator_gave_while_timed(tmp_path: Path) -> None:
+    """A rate can be of something other than what was asked for (a pipeline the driver
+    cannot give is drawn instead, with a warning): the row names each warning once; a
+    generator that gave none has no such column."""
+    registry = SLEEPY_REGISTRY.replace(
+        "  slow: {plugin: sleepy-generator, params: {seconds: 120}}",
+        "  warned: {plugin: sleepy-generator, params: {warns: 'compute shaders missing, drawn instead'}}",
+    ).replace("generators: [quick, slow, quick]", "generators: [quick, warned]")
+    (tmp_path / "registry.yaml").write_text(registry)
+    done = cli("--registry", str(tmp_path / "registry.yaml"), "bench", "generators", "--profile", "sleepy", "--quick",
+               "--report", str(tmp_path / "PERFORMANCE.md"), timeout=100)
+    assert done.returncode == 0, done.stderr[-3000:]
+    quick, warned = json.loads((tmp_path / "performance.json").read_text())["generators"]["rows"]
+    assert "warnings" not in quick and warned["images_per_s"] > 0
+    assert warned["warnings"] == "RuntimeWarning: compute shaders missing, drawn instead"
+    assert "RuntimeWarning: compute shaders missing, drawn instead" in (tmp_path / "PERFORMANCE.md").read_text()
+
+
 def test_a_stage_killed_midway_keeps_the_rows_it_measured(tmp_path: Path) -> None:
     """Rows are written as they are measured: a stage killed while measuring its second
     row leaves its first, marked as not finished."""

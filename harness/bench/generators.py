@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -98,10 +99,13 @@ def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, devi
 
 
 def _generator_row(generator: Any, name: str, size: int, quick: bool, device: str, decode_rate: dict[int, float]) -> dict[str, Any]:
-    """The stage's row of `generator` at `size`, or an error row where it fails.
-    `decode_rate` keeps the JPEG decoding rate per size, measured once for all generators."""
+    """The stage's row of `generator` at `size`, with the warnings it gave while timed,
+    or an error row where it fails. `decode_rate` keeps the JPEG decoding rate per size,
+    measured once for all generators."""
     try:
-        n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), size, quick)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), size, quick)
         reference = generator.reference_rate(seed=2, n=min(n, 32), size=size)
         if reference is None:
             if size not in decode_rate:
@@ -112,6 +116,9 @@ def _generator_row(generator: Any, name: str, size: int, quick: bool, device: st
             "reference_pipeline": reference[0], "reference_images_per_s": round(reference[1], 1),
             "ratio_to_reference": round(rate / reference[1], 2),
         }
+        said = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught)
+        if said:  # e.g. a pipeline the driver could not give: the rate is of what ran instead
+            row["warnings"] = "; ".join(said)
         if device.startswith("cuda"):
             cpu_rate, how = hidden_gpu_rate(name, size)
             row["cpu_images_per_s"] = round(cpu_rate, 1) if cpu_rate else how
