@@ -90,7 +90,6 @@ def register_encoders(register):
     register("constant", ConstantEncoder)
 
 
-
 @hookimpl
 def register_generators(register):
     register("sleepy-generator", SleepyGenerator)
