@@ -4,11 +4,21 @@ run's stages to the report, and the targets are judged by their floor and aim.""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import importlib.machinery
+import importlib.util
 import json
+import os
 import re
+import shutil
+import stat
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -30,6 +40,7 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     log = (out / "run.log").read_text()
     assert "OpenGL renderer:" in log and "stages without rows" not in log
+    assert all(f"{stage}: up to " in log for stage in ("generators", "embed", "train", "memory", "profile", "end-to-end"))
     assert "| compute shaders: True" in log  # the generators' context: Mesa's llvmpipe has OpenGL 4.5
     assert re.search(r"GL probe, 64 x 64 px, 16 iterations per pixel: fragment [0-9.]+ Mpx/s, compute [0-9.]+ Mpx/s", log), log[-3000:]
     assert "compute gives the drawn bytes for 16 of 16 images; 0 of 49152 bytes differ" in log, log[-3000:]
@@ -77,11 +88,11 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
         assert heading in report
 
 
-def test_a_second_call_skips_the_checks_and_adds_its_stages_to_the_first(tmp_path: Path) -> None:
-    """The second call of a split run (docs/device.md) leaves out the checks the first
-    printed, still says whether GL renders, and adds its stage's rows to the first
-    call's performance.json: the first call's other stages stay, a stage both calls ran
-    holds the second call's rows."""
+def test_a_rerun_skips_the_checks_and_adds_its_stages_to_the_first_run(tmp_path: Path) -> None:
+    """A rerun of some stages on the same machine leaves out the checks the first run
+    printed, still says whether GL renders, and adds its stages' rows to the first run's
+    performance.json: the first run's other stages stay, a stage both ran holds the
+    rerun's rows."""
     first = tmp_path / "first.json"
     first.write_text(json.dumps({
         "embed (GPU)": {"rows": [{"encoder": "kept", "images_per_s": 1.0}], "machine": "m", "date": "d"},
@@ -173,24 +184,90 @@ def test_prepare_refuses_a_folder_git_would_commit() -> None:
     assert done.returncode == 2 and "tools is not ignored by git" in done.stderr
 
 
-def test_the_two_calls_prepare_prints_are_the_two_calls_the_documentation_gives() -> None:
-    """With Mesa, the stages split over two calls: `prepare --mesa` prints them from its
-    constants, docs/device.md gives them as commands; the two say the same, and together
-    they run every stage `run` knows."""
-    import importlib.machinery
-    import importlib.util
+def script(name: str) -> ModuleType:
+    """One of the tools in tools/device, scripts without a .py suffix, as a module."""
+    loader = importlib.machinery.SourceFileLoader(f"device_{name}", str(ROOT / "tools/device" / name))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
 
-    def script(name: str):  # the tools are scripts without a .py suffix
-        loader = importlib.machinery.SourceFileLoader(f"device_{name}", str(ROOT / "tools/device" / name))
-        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-        loader.exec_module(module)
-        return module
 
+def test_the_carry_list_prepare_prints_is_the_one_the_documentation_gives() -> None:
+    prepare = script("prepare")
+    carried = json.dumps([".device-carry", prepare.MESA_FOLDER])
+    assert f"carry {carried}" in (ROOT / "docs/device.md").read_text()
+    assert "--no-mesa" in (ROOT / "docs/device.md").read_text()
+
+
+def test_every_stage_keeps_its_floor_while_the_stages_before_it_run() -> None:
+    run = script("run")
+    later = ["memory", "profile", "end-to-end"]
+    promised = sum(run.STAGE_FLOOR_S[name] for name in later)
+    assert run.stage_timeout("train", later, 10_000) == run.STAGE_CAP_S["train"]
+    assert run.stage_timeout("train", later, promised + 100) == 100
+    assert run.stage_timeout("train", later, promised + 10) == run.STAGE_FLOOR_S["train"]
+    assert run.stage_timeout("memory", [], 30) == 30  # never more than is left
+    # a budget that covers every floor: each stage, taking all it is given, leaves the
+    # later ones at least their floors
+    left = sum(run.STAGE_FLOOR_S.values()) + 50
+    for position, stage in enumerate(run.STAGES):
+        given = run.stage_timeout(stage, run.STAGES[position + 1:], left)
+        assert given >= run.STAGE_FLOOR_S[stage], stage
+        left -= given
+    assert left >= 0
+
+
+def fake_wheel(folder: Path) -> Path:
+    """A minimal wheel of one module and one executable file, deflated as pip's are."""
+    files = {
+        "tiny_package/__init__.py": b"ANSWER = 42\n",
+        "tiny_package/run.sh": b"#!/bin/sh\necho hi\n",
+        "tiny_package-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tiny-package\nVersion: 1.0\n",
+        "tiny_package-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for name, data in files.items()
+    ) + "tiny_package-1.0.dist-info/RECORD,,\n"
+    files["tiny_package-1.0.dist-info/RECORD"] = record.encode()
+    wheel = folder / "tiny_package-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            entry = zipfile.ZipInfo(name, date_time=(2024, 1, 2, 3, 4, 6))
+            entry.external_attr = (stat.S_IFREG | (0o755 if name.endswith(".sh") else 0o644)) << 16
+            archive.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED)
+    return wheel
+
+
+def test_wheels_travel_uncompressed_in_one_xz_archive_and_install_from_it(tmp_path: Path) -> None:
     prepare, run = script("prepare"), script("run")
-    documented = re.findall(r"^tools/device/run --stages (\S+)", (ROOT / "docs/device.md").read_text(), flags=re.M)
-    assert documented == [",".join(prepare.FIRST_CALL), ",".join(prepare.SECOND_CALL)]
-    assert set(prepare.FIRST_CALL) | set(prepare.SECOND_CALL) == set(run.STAGES)
-    assert "memory" in prepare.FIRST_CALL  # the call that carries faiss
+    wheel = fake_wheel(tmp_path)
+    stored = tmp_path / "stored" / wheel.name
+    stored.parent.mkdir()
+    prepare.stored_wheel(wheel, stored)
+    with zipfile.ZipFile(wheel) as before, zipfile.ZipFile(stored) as after:
+        assert [e.filename for e in before.infolist()] == [e.filename for e in after.infolist()]
+        for old, new in zip(before.infolist(), after.infolist()):
+            assert before.read(old) == after.read(new) and new.compress_type == zipfile.ZIP_STORED
+            assert (old.date_time, old.external_attr) == (new.date_time, new.external_attr)
+    copy = tmp_path / "copy"  # a hard link: stored once, unpacked as the same bytes
+    os.link(stored, copy)
+    archive = tmp_path / "carry" / run.WHEEL_ARCHIVE
+    archive.parent.mkdir()
+    prepare.write_xz_tar(archive, {stored.name: stored, "copy.whl": copy})
+    with tarfile.open(archive, "r:xz") as tar:
+        assert sorted(member.islnk() for member in tar.getmembers()) == [False, True]
+    names = run.unpack(archive, tmp_path / "unpacked")
+    assert sorted(names) == sorted([stored.name, "copy.whl"])
+    assert (tmp_path / "unpacked" / stored.name).read_bytes() == stored.read_bytes()
+    site = tmp_path / "site"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(site),
+         str(tmp_path / "unpacked" / stored.name)], capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (site / "tiny_package/__init__.py").read_text() == "ANSWER = 42\n"
+    assert os.access(site / "tiny_package/run.sh", os.X_OK)
 
 
 SYSTEM_MESA = Path("/usr/share/glvnd/egl_vendor.d/50_mesa.json")
@@ -228,3 +305,50 @@ def test_cpu_renderer_comes_from_the_folder_mesa_was_unpacked_into(tmp_path: Pat
     assert "llvmpipe" in renderer
     assert {str(lib / "libEGL_mesa.so.0"), str(lib / "dri/swrast_dri.so")} <= set(mapped)
     assert str(system_lib / "libEGL_mesa.so.0") not in mapped
+
+
+@pytest.mark.skipif(not SYSTEM_MESA.exists() or not shutil.which("readelf") or not shutil.which("ldd"),
+                    reason="no Mesa EGL, readelf or ldd on this machine")
+def test_the_mesa_archive_holds_every_library_llvmpipe_loads_but_the_system_ones() -> None:
+    """`prepare` packs Mesa from its unpacked Debian packages; this machine's Mesa, under
+    /, is laid out the same way. What it picks is checked against binutils and the
+    dynamic loader: each library's NEEDED entries as readelf reads them, and the whole
+    closure as ldd resolves it."""
+    prepare = script("prepare")
+    libraries = Path("/") / prepare.MESA_LIBRARIES
+    for name in prepare.MESA_ENTRY_POINTS:
+        dynamic = subprocess.run(["readelf", "-d", str(libraries / name)], capture_output=True, text=True).stdout
+        assert prepare.needed_libraries(libraries / name) == re.findall(r"\(NEEDED\).*\[(.*)\]", dynamic)
+    members = prepare.mesa_members(Path("/"))
+    packed = {Path(name).name for name in members if name.startswith(prepare.MESA_LIBRARIES)}
+    resolved = set()
+    for name in prepare.MESA_ENTRY_POINTS:
+        listing = subprocess.run(["ldd", str(libraries / name)], capture_output=True, text=True).stdout
+        resolved |= {line.split()[0] for line in listing.splitlines() if "=>" in line}
+    assert resolved - prepare.SYSTEM_LIBRARIES <= packed
+    entry_points = {Path(name).name for name in prepare.MESA_ENTRY_POINTS}
+    assert entry_points <= packed
+    assert packed - entry_points - resolved <= {alias.name for alias in (libraries / "dri").iterdir()}
+    assert "usr/share/glvnd/egl_vendor.d/50_mesa.json" in members
+
+
+@pytest.mark.skipif(not SYSTEM_MESA.exists(), reason="no Mesa EGL on this machine")
+def test_one_child_with_the_gpu_hidden_times_every_generator_of_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU machine the generators stage times each generator on the CPU too, in one
+    child process kept for the stage (its imports and compiled programs serve them all);
+    a generator that fails there says why and the child goes on."""
+    from harness.bench.generators import HiddenGpuTimer
+
+    monkeypatch.delenv("HARNESS_MESA_ROOT", raising=False)
+    timer = HiddenGpuTimer()
+    try:
+        rate, how = timer.rate("shaders", 16)
+        assert rate is not None and rate > 0 and how == "this machine's CPU, GPU hidden"
+        child = timer.child.pid
+        missing, why = timer.rate("no-such-generator", 16)
+        assert missing is None and why.startswith("failed: UnknownNameError") and "no-such-generator" in why
+        again, _ = timer.rate("shaders", 16)
+        assert again is not None and again > 0 and timer.child.pid == child
+    finally:
+        timer.close()
+    assert timer.child is None

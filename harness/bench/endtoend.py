@@ -101,7 +101,9 @@ def compare(
 
 def bench_end_to_end(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
     """Run the profile named by `bench.end_to_end` on `device` (with --quick, only its
-    encoders that need no training, on its first task) and compare with `bench.compare_with`."""
+    encoders that need no training, on its first task) and compare with `bench.compare_with`:
+    one encoder at a time, those that train last, a row as each ends (a stage stopped by
+    its time limit keeps the encoders it compared)."""
     from harness.runner.cells import Runner
 
     spec = profile.bench
@@ -110,17 +112,21 @@ def bench_end_to_end(registry: Registry, profile: ProfileSpec, quick: bool, devi
     committed_path = Path(spec.compare_with)
     if not committed_path.exists():
         raise HarnessError(f"bench.compare_with: {committed_path} does not exist (run from the project's root, or set the path)")
+    committed = read_results(committed_path)
     target = registry.profile(spec.end_to_end)
-    encoders = [n for n in target.encoders if not (quick and is_trainable(registry, n))]
+    trained = {n for n in target.encoders if is_trainable(registry, n)}
+    encoders = sorted((n for n in target.encoders if not (quick and n in trained)), key=lambda n: n in trained)
     tasks = target.tasks[:1] if quick else target.tasks
     with tempfile.TemporaryDirectory(prefix="harness-end-to-end-") as out:
         runner = Runner(registry, out_dir=Path(out), device=device, progress=False)
-        began = time.perf_counter()
-        runner.run(runner.select(encoders=encoders, tasks=tasks, generators=[]))
-        seconds = time.perf_counter() - began
-        ours = read_results(Path(out) / "results.jsonl")
-        failed = failures(Path(out) / "results.jsonl")
-    trained = {n for n in encoders if is_trainable(registry, n)}
-    rows = compare(ours, read_results(committed_path), trained, failed)
-    for row in rows:
-        yield {**row, "profile": spec.end_to_end, "run_s": round(seconds, 1)}
+        results = Path(out) / "results.jsonl"
+        for encoder in encoders:
+            began = time.perf_counter()
+            runner.compute(runner.select(encoders=[encoder], tasks=tasks, generators=[]))
+            seconds = time.perf_counter() - began
+            if not results.exists():
+                continue
+            ours = {key: value for key, value in read_results(results).items() if key[2] == encoder}
+            failed = {name: cells for name, cells in failures(results).items() if name == encoder}
+            for row in compare(ours, committed, trained, failed):
+                yield {**row, "profile": spec.end_to_end, "run_s": round(seconds, 1)}

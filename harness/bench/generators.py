@@ -2,15 +2,17 @@
 pipeline's way of making the same images and, on a GPU machine, beside the same
 generator on this machine's CPU (the GPU hidden from a child process).
 
-    python -m harness.bench.generators NAME SIZE   # prints {"images_per_s": ...} (the child)
+    python -m harness.bench.generators   # the child: reads "NAME SIZE" lines, answers images/s
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -64,18 +66,54 @@ def cpu_gl_environment() -> dict[str, str] | str:
     return env
 
 
-def hidden_gpu_rate(name: str, size: int) -> tuple[float | None, str]:
-    """images/s of generator `name` in a child process that sees no GPU (CUDA hidden;
-    OpenGL through Mesa's CPU renderer, `cpu_gl_environment`), or None and why not."""
-    env = cpu_gl_environment()
-    if isinstance(env, str):
-        return None, env
-    done = subprocess.run(
-        [sys.executable, "-m", "harness.bench.generators", name, str(size)], env=env, capture_output=True, text=True, timeout=300,
-    )
-    if done.returncode != 0:
-        return None, f"failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]), "this machine's CPU, GPU hidden"
+class HiddenGpuTimer:
+    """Times generators in a child process that sees no GPU (CUDA hidden; OpenGL through
+    Mesa's CPU renderer, `cpu_gl_environment`), started at the first request and kept for
+    the next: its imports, its GL context and the shader programs it compiled serve every
+    generator of the stage. It waits on its input while the parent times the GPU."""
+
+    REPLY = "@rate "  # marks the child's answers among whatever else its generators print
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[str] | None = None
+        self.errors: Any = None
+
+    def rate(self, name: str, size: int) -> tuple[float | None, str]:
+        """images/s of generator `name` at `size` in the child, or None and why not."""
+        env = cpu_gl_environment()
+        if isinstance(env, str):
+            return None, env
+        if self.child is None:
+            self.errors = tempfile.TemporaryFile("w+")
+            self.child = subprocess.Popen([sys.executable, "-m", "harness.bench.generators"], env=env, text=True,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
+        assert self.child.stdin is not None and self.child.stdout is not None
+        try:
+            self.child.stdin.write(f"{name} {size}\n")
+            self.child.stdin.flush()
+        except BrokenPipeError:
+            pass  # it ended: said below
+        for line in self.child.stdout:
+            if line.startswith(self.REPLY):
+                reply = json.loads(line[len(self.REPLY):])
+                if "error" in reply:
+                    return None, f"failed: {reply['error']}"
+                return float(reply["images_per_s"]), "this machine's CPU, GPU hidden"
+        self.errors.seek(0)
+        last = self.errors.read().strip().splitlines()[-1:]
+        return None, f"failed: the child process ended ({self.child.wait()}): {last}"
+
+    def close(self) -> None:
+        if self.child is not None:
+            with contextlib.suppress(OSError):
+                self.child.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.child.wait(timeout=5)  # an idle child ends at once; a busy one was cut off
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+            self.errors.close()
+            self.child = None
 
 
 def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
@@ -85,23 +123,31 @@ def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, devi
     beside the same generator with the GPU hidden (`hidden_gpu_rate`)."""
     sizes = profile.bench.sizes[:1] if quick else profile.bench.sizes
     decode_rate: dict[int, float] = {}
-    for name in profile.generators:
-        try:
-            generator = registry.create("generator", name)
-        except Exception as exc:
-            yield {"generator": name, "error": str(exc)}
-            continue
-        try:
-            for size in sizes:
-                yield _generator_row(generator, name, size, quick, device, decode_rate)
-        finally:
-            generator.close()
+    cpu = HiddenGpuTimer() if device.startswith("cuda") else None
+    try:
+        for name in profile.generators:
+            try:
+                generator = registry.create("generator", name)
+            except Exception as exc:
+                yield {"generator": name, "error": str(exc)}
+                continue
+            try:
+                for size in sizes:
+                    yield _generator_row(generator, name, size, quick, cpu, decode_rate)
+            finally:
+                generator.close()
+    finally:
+        if cpu is not None:
+            cpu.close()
 
 
-def _generator_row(generator: Any, name: str, size: int, quick: bool, device: str, decode_rate: dict[int, float]) -> dict[str, Any]:
+def _generator_row(
+    generator: Any, name: str, size: int, quick: bool, cpu: HiddenGpuTimer | None, decode_rate: dict[int, float],
+) -> dict[str, Any]:
     """The stage's row of `generator` at `size`, with the warnings it gave while timed,
-    or an error row where it fails. `decode_rate` keeps the JPEG decoding rate per size,
-    measured once for all generators."""
+    and its rate on this machine's CPU where `cpu` times it, or an error row where it
+    fails. `decode_rate` keeps the JPEG decoding rate per size, measured once for all
+    generators."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -119,8 +165,8 @@ def _generator_row(generator: Any, name: str, size: int, quick: bool, device: st
         said = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught)
         if said:  # e.g. a pipeline the driver could not give: the rate is of what ran instead
             row["warnings"] = "; ".join(said)
-        if device.startswith("cuda"):
-            cpu_rate, how = hidden_gpu_rate(name, size)
+        if cpu is not None:
+            cpu_rate, how = cpu.rate(name, size)
             row["cpu_images_per_s"] = round(cpu_rate, 1) if cpu_rate else how
             if cpu_rate:
                 row["ratio_to_cpu"] = round(rate / cpu_rate, 2)
@@ -129,14 +175,27 @@ def _generator_row(generator: Any, name: str, size: int, quick: bool, device: st
         return {"generator": name, "size": size, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _child(name: str, size: int) -> None:
+def _serve() -> None:
+    """The child of `HiddenGpuTimer`: for each line "NAME SIZE" read, the generator's
+    images/s as a marked JSON line (or the error), each generator made once."""
     from harness.config.registry import use_registry
 
-    generator = use_registry(None).create("generator", name)
-    n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=size), size, False)
-    generator.close()
-    print(json.dumps({"images": n, "images_per_s": rate}))
+    registry = use_registry(None)
+    generators: dict[str, Any] = {}
+    for line in sys.stdin:
+        name, size = line.split()
+        try:
+            if name not in generators:
+                generators[name] = registry.create("generator", name)
+            generator = generators[name]
+            n, rate = sampling_rate(lambda k: generator.sample(seed=1, n=k, size=int(size)), int(size), False)
+            reply: dict[str, Any] = {"images": n, "images_per_s": rate}
+        except Exception as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        print(HiddenGpuTimer.REPLY + json.dumps(reply), flush=True)
+    for generator in generators.values():
+        generator.close()
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], int(sys.argv[2]))
+    _serve()

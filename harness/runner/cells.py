@@ -213,23 +213,29 @@ class Runner:
         return [c for c in cells if c.key not in done], latest(reused)
 
     def run(self, plan: Plan) -> list[Result]:
+        with exclusive_run(self.store.out_dir):
+            produced, reused = self.compute(plan)
+            self.finish(plan, produced, reused)
+        return produced
+
+    def compute(self, plan: Plan) -> tuple[list[Result], list[Result]]:
+        """The plan's cells not yet in the results file, each appended to it as it ends;
+        the records computed and those reused. `run` adds the manifest and the leaderboard."""
         from tqdm import tqdm
 
         from harness.runner.determinism import pin_threads
 
         pin_threads(self.threads)
-        with exclusive_run(self.store.out_dir):
-            todo, reused = self.pending(plan)
-            produced: list[Result] = []
-            prepared: dict[str, BaseException | None] = {}
-            bar = tqdm(todo, desc="cells", unit="cell", disable=not self.ctx.progress)
-            for cell in bar:
-                bar.set_postfix_str(cell.label)
-                records = run_cell(self.ctx, cell, prepared)
-                self.store.append(records)
-                produced.extend(records)
-            self.finish(plan, produced, reused)
-        return produced
+        todo, reused = self.pending(plan)
+        produced: list[Result] = []
+        prepared: dict[str, BaseException | None] = {}
+        bar = tqdm(todo, desc="cells", unit="cell", disable=not self.ctx.progress)
+        for cell in bar:
+            bar.set_postfix_str(cell.label)
+            records = run_cell(self.ctx, cell, prepared)
+            self.store.append(records)
+            produced.extend(records)
+        return produced, reused
 
     def finish(self, plan: Plan, produced: list[Result], reused: list[Result]) -> None:
         """The run manifest, generator grids, the leaderboard and the summary table."""
