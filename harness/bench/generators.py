@@ -120,23 +120,23 @@ def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, devi
     """images/s per generator instance and size, beside the released pipeline's way of
     making the same images: decoding them from pre-rendered JPEGs, or what the generator's
     `reference_rate` measures (e.g. CPU k-means over decoded base images). On a GPU, also
-    beside the same generator with the GPU hidden (`hidden_gpu_rate`)."""
+    beside the same generator with the GPU hidden (`HiddenGpuTimer`)."""
     sizes = profile.bench.sizes[:1] if quick else profile.bench.sizes
     decode_rate: dict[int, float] = {}
     cpu = HiddenGpuTimer() if device.startswith("cuda") else None
+    generators: dict[str, Any] = {}
     try:
         for name in profile.generators:
             try:
-                generator = registry.create("generator", name)
+                generators[name] = registry.create("generator", name)
             except Exception as exc:
                 yield {"generator": name, "error": str(exc)}
-                continue
-            try:
-                for size in sizes:
-                    yield _generator_row(generator, name, size, quick, cpu, decode_rate)
-            finally:
-                generator.close()
+        for size in sizes:  # every generator at the first size before the next size: a stage cut off keeps those rows
+            for name, generator in generators.items():
+                yield _generator_row(generator, name, size, quick, cpu, decode_rate)
     finally:
+        for generator in generators.values():
+            generator.close()
         if cpu is not None:
             cpu.close()
 
