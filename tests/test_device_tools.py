@@ -240,6 +240,8 @@ def fake_wheel(folder: Path) -> Path:
 
 
 def test_wheels_travel_uncompressed_in_one_xz_archive_and_install_from_it(tmp_path: Path) -> None:
+    """`prepare` rewrites each wheel without compression and packs them in one xz tar;
+    `run` unpacks it there and installs them and the project with pip, no index."""
     prepare, run = script("prepare"), script("run")
     wheel = fake_wheel(tmp_path)
     stored = tmp_path / "stored" / wheel.name
@@ -250,24 +252,39 @@ def test_wheels_travel_uncompressed_in_one_xz_archive_and_install_from_it(tmp_pa
         for old, new in zip(before.infolist(), after.infolist()):
             assert before.read(old) == after.read(new) and new.compress_type == zipfile.ZIP_STORED
             assert (old.date_time, old.external_attr) == (new.date_time, new.external_attr)
-    copy = tmp_path / "copy"  # a hard link: stored once, unpacked as the same bytes
-    os.link(stored, copy)
-    archive = tmp_path / "carry" / run.WHEEL_ARCHIVE
-    archive.parent.mkdir()
-    prepare.write_xz_tar(archive, {stored.name: stored, "copy.whl": copy})
-    with tarfile.open(archive, "r:xz") as tar:
+    same = tmp_path / "same-bytes"  # a hard link: stored once, unpacked as the same bytes
+    os.link(stored, same)
+    carry = tmp_path / "carry"
+    carry.mkdir()
+    prepare.write_xz_tar(carry / run.WHEEL_ARCHIVE, {stored.name: stored, "same-bytes": same})
+    with tarfile.open(carry / run.WHEEL_ARCHIVE, "r:xz") as tar:
         assert sorted(member.islnk() for member in tar.getmembers()) == [False, True]
-    names = run.unpack(archive, tmp_path / "unpacked")
-    assert sorted(names) == sorted([stored.name, "copy.whl"])
-    assert (tmp_path / "unpacked" / stored.name).read_bytes() == stored.read_bytes()
-    site = tmp_path / "site"
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(site),
-         str(tmp_path / "unpacked" / stored.name)], capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+
+    log, site = run.Log(tmp_path / "run.log"), tmp_path / "scratch" / "site"
+    assert run.install(carry, site, log, dict(os.environ))
+    assert (site.parent / "wheels" / "same-bytes").read_bytes() == stored.read_bytes()
     assert (site / "tiny_package/__init__.py").read_text() == "ANSWER = 42\n"
     assert os.access(site / "tiny_package/run.sh", os.X_OK)
+    assert (site / "harness" / "__init__.py").exists()  # the project itself
+    assert "--no-index --no-deps" in (tmp_path / "run.log").read_text()
+
+    assert not run.install(tmp_path / "nothing", site, log, dict(os.environ))
+    assert "error: no " + str(tmp_path / "nothing" / run.WHEEL_ARCHIVE) in (tmp_path / "run.log").read_text()
+
+
+def test_mesa_is_unpacked_into_a_folder_of_its_own_and_named_to_the_generators_stage(tmp_path: Path) -> None:
+    prepare, run = script("prepare"), script("run")
+    vendor = tmp_path / "50_mesa.json"
+    vendor.write_text('{"ICD": {"library_path": "libEGL_mesa.so.0"}}')
+    (tmp_path / "mesa").mkdir()
+    prepare.write_xz_tar(tmp_path / "mesa" / run.MESA_ARCHIVE, {prepare.MESA_DATA[0]: vendor})
+    env: dict[str, str] = {}
+    log = run.Log(tmp_path / "run.log")
+    run.unpack_mesa(tmp_path / "elsewhere", tmp_path / "prefix", log, env)
+    assert env == {} and "the generators are timed on the GPU only" in (tmp_path / "run.log").read_text()
+    run.unpack_mesa(tmp_path / "mesa", tmp_path / "prefix", log, env)
+    assert env == {"HARNESS_MESA_ROOT": str(tmp_path / "prefix")}
+    assert (tmp_path / "prefix" / prepare.MESA_DATA[0]).read_text() == vendor.read_text()
 
 
 SYSTEM_MESA = Path("/usr/share/glvnd/egl_vendor.d/50_mesa.json")
