@@ -16,7 +16,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from harness.bench.timing import best_time, jpeg_decode_rate
 
@@ -76,7 +76,7 @@ class HiddenGpuTimer:
 
     def __init__(self) -> None:
         self.child: subprocess.Popen[str] | None = None
-        self.errors: Any = None
+        self.errors: IO[str] | None = None  # the child's standard error, for why it ended
 
     def rate(self, name: str, size: int) -> tuple[float | None, str]:
         """images/s of generator `name` at `size` in the child, or None and why not."""
@@ -99,6 +99,7 @@ class HiddenGpuTimer:
                 if "error" in reply:
                     return None, f"failed: {reply['error']}"
                 return float(reply["images_per_s"]), "this machine's CPU, GPU hidden"
+        assert self.errors is not None
         self.errors.seek(0)
         last = self.errors.read().strip().splitlines()[-1:]
         return None, f"failed: the child process ended ({self.child.wait()}): {last}"
@@ -112,7 +113,8 @@ class HiddenGpuTimer:
             except subprocess.TimeoutExpired:
                 self.child.kill()
                 self.child.wait()
-            self.errors.close()
+            if self.errors is not None:
+                self.errors.close()
             self.child = None
 
 
