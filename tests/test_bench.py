@@ -215,6 +215,30 @@ def test_the_train_stage_keeps_its_eager_figures_when_compiling_overruns_its_tim
     entry = json.loads((tmp_path / "performance.json").read_text())["train"]
     (row,) = entry["rows"]
     assert row["encoder"] == "dino-bench" and row["images_per_s"] > 0 and row["model_alone_images_per_s"] > 0
-    for compiled in ("compiled_images_per_s", "compiled_model_images_per_s"):
+    for compiled in ("compile_s", "compiled_images_per_s", "compiled_model_images_per_s"):
         assert row[compiled].startswith("failed:") and "StageTimeLimit" in row[compiled], compiled
     assert entry["cut_off"] == f"stopped by its time limit of {TRAIN_LIMIT_S:g} s after 1 rows"
+
+
+def test_sampling_rate_times_the_first_count_whose_call_is_long_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call costing a fixed 2 ms plus 0.1 ms an image reaches 0.1 s at 1,024 images, the
+    first such count doubling from 8: that is the count timed, as calling every count
+    in turn would find, after fewer calls (a short call skips the counts its time,
+    scaled, says are short too)."""
+    import time
+
+    from harness.bench import generators
+
+    monkeypatch.setattr(generators, "MIN_SECONDS", 0.1)
+    calls: list[int] = []
+
+    def sample(n: int) -> None:
+        calls.append(n)
+        time.sleep(0.002 + 0.0001 * n)
+
+    n, rate = generators.sampling_rate(sample, 224, quick=False)
+    first_long_enough = next(8 * 2**k for k in range(20) if 0.002 + 0.0001 * 8 * 2**k >= 0.1)
+    assert n == first_long_enough == 1024
+    searched = calls[1 : calls.index(n) + 1]  # after the first-use call, up to the first call of n
+    assert searched[-1] == n and len(searched) < 8  # each count in turn: 8, 16, ..., 1,024
+    assert 0.5 * n / (0.002 + 0.0001 * n) < rate <= n / (0.002 + 0.0001 * n)

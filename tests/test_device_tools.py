@@ -359,9 +359,11 @@ def test_one_child_with_the_gpu_hidden_times_every_generator_of_the_stage(monkey
     monkeypatch.delenv("HARNESS_MESA_ROOT", raising=False)
     timer = HiddenGpuTimer()
     try:
+        assert timer.start() is None  # started before the first request, which it then serves
+        child = timer.child.pid
         rate, how = timer.rate("shaders", 16)
         assert rate is not None and rate > 0 and how == "this machine's CPU, GPU hidden"
-        child = timer.child.pid
+        assert timer.child.pid == child
         missing, why = timer.rate("no-such-generator", 16)
         assert missing is None and why.startswith("failed: UnknownNameError") and "no-such-generator" in why
         again, _ = timer.rate("shaders", 16)

@@ -285,6 +285,7 @@ def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None, compiled=True)
     assert isinstance(measured["compiled_model_images_per_s"], float) and measured["compiled_model_images_per_s"] > 0
     assert isinstance(measured["compiled_images_per_s"], float) and measured["compiled_images_per_s"] > 0
+    assert isinstance(measured["compile_s"], float) and measured["compile_s"] >= 0
     assert measured["images_per_s"] > 0 and measured["recipe"] == "tiny" and "cpu" in measured["device"]
     assert measured["arch"] == encoder.architecture and measured["train_batch_size"] == 8
     assert measured["one_step_descends"] and measured["one_step_loss_after"] < measured["one_step_loss_before"]
@@ -338,17 +339,21 @@ def test_one_step_descent_follows_the_batch_gradient_not_the_moments(setup: dict
 
 
 def test_compiled_training_takes_the_eager_steps(setup: dict) -> None:
-    """`compile` traces the student and the teacher whole (torch.compile with eager
-    kernels here: the compiler's kernels need minutes on a CPU) and the steps stay the
-    eager ones; checkpoints keep the module names; `compile` is in the weights' key."""
-    eager, images = dino_test_trainer()
-    compiled, _ = dino_test_trainer()
+    """`compile` compiles each block and head (torch.compile with eager kernels here: the
+    compiler's kernels need minutes on a CPU); without drop path, whose draws the compiled
+    code makes its own way, the steps stay the eager ones; checkpoints keep the module
+    names; `compile` is in the weights' key."""
+    torch._dynamo.reset()
+    eager, images = dino_test_trainer(drop_path=0.0)
+    compiled, _ = dino_test_trainer(drop_path=0.0)
     compiled.compile(backend="aot_eager")
-    assert type(compiled.student_forward).__name__ == "OptimizedModule"
+    compiled_modules = [*compiled.student.backbone.blocks, *compiled.teacher.backbone.blocks, compiled.student.head, compiled.teacher.head]
+    assert all(module._compiled_call_impl is not None for module in compiled_modules)
     eager_losses = [eager.step(step, images) for step in range(3)]
     compiled_losses = [compiled.step(step, images) for step in range(3)]
     np.testing.assert_allclose(compiled_losses, eager_losses, rtol=1e-5)
     eager_state, compiled_state = eager.state_dict(), compiled.state_dict()
+    assert compiled_state["student"].keys() == eager_state["student"].keys()
     assert compiled_state["teacher"].keys() == eager_state["teacher"].keys()
     for name, value in eager_state["teacher"].items():
         torch.testing.assert_close(compiled_state["teacher"][name], value, rtol=1e-4, atol=1e-5, msg=name)
@@ -357,6 +362,45 @@ def test_compiled_training_takes_the_eager_steps(setup: dict) -> None:
     assert by_param.training_config()["compile"] is True
     assert by_param.weights_key != harness.get_encoder("dino-test").weights_key
     assert dino_test_trainer(compile=True)[0].compiled and not eager.compiled
+
+
+def test_one_compiled_block_serves_every_block(setup: dict) -> None:
+    """The blocks of the student differ only in their drop-path probability: held in a
+    tensor, it does not make the compiler trace each block again, so a network twice as
+    deep compiles as many graphs."""
+    traced: list[int] = []
+
+    def counting(graph: torch.fx.GraphModule, example_inputs: list) -> Any:
+        traced.append(1)
+        return graph.forward
+
+    counts = []
+    for depth in (2, 4):
+        torch._dynamo.reset()
+        traced.clear()
+        trainer, images = dino_test_trainer(drop_path=0.2, model_kwargs={"depth": depth, "embed_dim": 32, "num_heads": 2})
+        trainer.compile(backend=counting)
+        for step in range(2):
+            assert np.isfinite(trainer.step(step, images))
+        counts.append(len(traced))
+    assert counts[0] == counts[1] > 0
+
+
+def test_sample_drop_path_drops_whole_samples_at_its_rate() -> None:
+    """`SampleDropPath` is timm's drop path: in training each sample's branch is zero or
+    scaled by 1 / (1 - p), kept with probability 1 - p; in evaluation it passes through."""
+    from harness_plugins.encoders._dino_model import SampleDropPath
+
+    layer = SampleDropPath(0.3)
+    x = torch.rand(20_000, 4, 3) + 0.5
+    torch.manual_seed(0)
+    y = layer.train()(x)
+    kept = (y != 0).all(dim=(1, 2))
+    assert torch.equal(kept, (y != 0).any(dim=(1, 2)))  # a sample is dropped whole or kept whole
+    torch.testing.assert_close(y[kept], x[kept] * (1 / 0.7), rtol=1e-6, atol=0)
+    assert abs(kept.float().mean().item() - 0.7) < 3 * (0.7 * 0.3 / len(x)) ** 0.5
+    assert torch.equal(layer.eval()(x), x)
+    assert torch.equal(SampleDropPath(0.0).train()(x), x)
 
 
 def test_a_step_whose_loss_is_not_finite_names_it(setup: dict) -> None:

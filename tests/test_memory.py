@@ -288,6 +288,28 @@ def test_from_arrays_keeps_rows_bit_for_bit():
     assert_same_answers(copy, memory, queries)
 
 
+def test_rows_added_in_many_batches_equal_one_add():
+    """`add` grows its arrays with spare room: rows added a few at a time end up as those
+    added at once, bit for bit; the arrays `from_arrays` was given are not written into,
+    and what `features` returns is a copy."""
+    features, labels, queries = random_data(15, n=1000, dim=8)
+    at_once = memory_of(features, labels)
+    given = at_once.features[:10]
+    kept = given.copy()
+    in_batches = VisualMemory.from_arrays(given, labels[:10], np.arange(10), device="cpu")
+    for start in range(10, 1000, 7):
+        in_batches.add(features[start : start + 7], labels[start : start + 7])
+    np.testing.assert_array_equal(given, kept)
+    np.testing.assert_array_equal(in_batches.features, at_once.features)
+    np.testing.assert_array_equal(in_batches.labels, at_once.labels)
+    np.testing.assert_array_equal(in_batches.ids, at_once.ids)
+    assert len(in_batches) == 1000
+    assert_same_answers(in_batches, at_once, queries)
+    returned = in_batches.features
+    returned[:] = 0
+    assert np.abs(in_batches.features).sum() > 0
+
+
 # ------------------------------------------------- add/remove property test
 POOL = np.array(
     [[1, 0, 0], [0, 1, 0], [1, 1, 0], [1, 1, 1], [-1, 0, 1], [0, 0, 1], [2, 2, 0], [1, -1, 0]], np.float32

@@ -34,18 +34,25 @@ MESA_EGL_VENDOR = Path("usr/share/glvnd/egl_vendor.d/50_mesa.json")
 
 
 def sampling_rate(sample: Callable[[int], Any], size: int, quick: bool) -> tuple[int, float]:
-    """(images, images/s) of `sample(n)`, n doubled until one call takes `MIN_SECONDS`
-    (a fast device needs many images per call to be timed at all), starting from as
-    many images as 64 at 64 px (one per shader program)."""
+    """(images, images/s) of `sample(n)`, n the first of the counts doubling from as many
+    images as 64 at 64 px (one per shader program) whose call takes `MIN_SECONDS` (a fast
+    device needs many images per call to be timed at all). A call too short also skips
+    the counts that its time, scaled in proportion, says are too short: a call's fixed
+    cost makes the scaled time of a larger call an overestimate, so no count long enough
+    is skipped."""
     n = max(8, 64 * 64 * 64 // (size * size))
     if not quick:
         sample(n)  # first use: programs compile, kernels load
     while not quick and n < MAX_IMAGES:
         began = time.perf_counter()
         sample(n)
-        if time.perf_counter() - began >= MIN_SECONDS:
+        seconds = time.perf_counter() - began
+        if seconds >= MIN_SECONDS:
             break
+        measured = n
         n *= 2
+        while n < MAX_IMAGES and n * seconds / measured < MIN_SECONDS:
+            n *= 2
     return n, n / best_time(lambda: sample(n), repeats=1 if quick else 2, warmup=quick)
 
 
@@ -78,16 +85,24 @@ class HiddenGpuTimer:
         self.child: subprocess.Popen[str] | None = None
         self.errors: IO[str] | None = None  # the child's standard error, for why it ended
 
-    def rate(self, name: str, size: int) -> tuple[float | None, str]:
-        """images/s of generator `name` at `size` in the child, or None and why not."""
+    def start(self) -> str | None:
+        """Start the child, which imports what it needs while the parent goes on; None,
+        or why there is no child."""
         env = cpu_gl_environment()
         if isinstance(env, str):
-            return None, env
+            return env
         if self.child is None:
             self.errors = tempfile.TemporaryFile("w+")
             self.child = subprocess.Popen([sys.executable, "-m", "harness.bench.generators"], env=env, text=True,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
-        assert self.child.stdin is not None and self.child.stdout is not None
+        return None
+
+    def rate(self, name: str, size: int) -> tuple[float | None, str]:
+        """images/s of generator `name` at `size` in the child, or None and why not."""
+        missing = self.start()
+        if missing is not None:
+            return None, missing
+        assert self.child is not None and self.child.stdin is not None and self.child.stdout is not None
         try:
             self.child.stdin.write(f"{name} {size}\n")
             self.child.stdin.flush()
@@ -128,6 +143,8 @@ def bench_generators(registry: Registry, profile: ProfileSpec, quick: bool, devi
     cpu = HiddenGpuTimer() if device.startswith("cuda") else None
     generators: dict[str, Any] = {}
     try:
+        if cpu is not None:
+            cpu.start()  # its imports overlap with making the generators here
         for name in profile.generators:
             try:
                 generators[name] = registry.create("generator", name)

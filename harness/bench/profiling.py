@@ -15,8 +15,6 @@ from harness.bench.timing import TOP
 from harness.bench.train import is_trainable
 from harness.runner.context import RunContext
 
-PROFILE_BATCH = 128  # images per profiled training step on a GPU
-
 if TYPE_CHECKING:
     from harness.config.schema import ProfileSpec
     from harness.kinds import Generator
@@ -65,7 +63,7 @@ def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device:
         encoder = registry.create("encoder", trainable[0])
         cost = encoder.training_cost()
         if cost is not None:
-            batch = min(cost.batch_size, PROFILE_BATCH if on_gpu else 4)  # the shares, not the speed, matter here
+            batch = cost.batch_size if on_gpu else min(cost.batch_size, 4)  # on a CPU the shares, not the speed, matter
             measured = encoder.measure_training(RunContext(registry=registry, device=device), 2, batch, None, profile=True)
             yield from ({"work": f"train {encoder.name} (operators)", **row} for row in measured.get("operators", []))
     for name in profile.generators:

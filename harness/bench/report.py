@@ -137,8 +137,9 @@ STAGE_NOTES = {
         "ViT-S/16 training runs at about 100 images/s per V100; compare with it on a GPU only. "
         "`model_alone`: steps on a batch in memory with the data workers stopped; `compiled`, "
         "`compiled_model`: end to end and the model alone under torch.compile (the profile's "
-        "`bench.compile`). `one_step`: one batch's loss before and after a step on it, the teacher "
-        "and centre put back, the optimiser's moments cleared (DINO's loss "
+        "`bench.compile`), after a first step that compiles (`compile_s`). `one_step`: one batch's loss "
+        "before and after a step on it, the teacher and centre put back, the optimiser's moments cleared "
+        "(DINO's loss "
         "first rises while its centre settles, so the first and last losses of a short run do not "
         "show whether it learns)."
     ),
@@ -152,8 +153,8 @@ STAGE_NOTES = {
         "Encoders trained in the run are listed but not held to it (their training ran on other kernels)."
     ),
     "profile": (
-        "Where the time goes. Training steps: torch operators by self time (on a GPU, the time of the "
-        "kernels each launched); the first "
+        "Where the time goes. Training steps on a batch in memory (no data workers): torch operators by self "
+        "time (on a GPU, the time of the kernels each launched); the first "
         "row's share is how busy the device was over the steps' wall time. Generating: first the parts the "
         "generator counts itself (each a share of one call's wall time; \"a > b\" is part of \"a\"), then Python "
         "functions by own time (cProfile; GL rendering runs on a thread of its own, seen as a wait). "

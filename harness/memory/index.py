@@ -47,6 +47,49 @@ def _as_unit_rows(values: object, dim: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+class _Rows:
+    """The stored features, labels and ids, in arrays with room to grow at their end:
+    adding rows in many small batches takes time linear in the rows, as appending to a
+    list does, where concatenating at every `add` would take time quadratic in them."""
+
+    GROWTH = 1.5  # capacity after a full array grows, relative to the rows it holds
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
+        self.replace(features, labels, ids)
+
+    def replace(self, features: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
+        """Hold exactly these rows (the arrays are kept, not copied: full, they are never
+        written into)."""
+        self._arrays = (features, labels, ids)
+        self.size = len(ids)
+
+    @property
+    def features(self) -> np.ndarray:
+        return self._arrays[0][: self.size]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._arrays[1][: self.size]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._arrays[2][: self.size]
+
+    def extend(self, features: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
+        size, end = self.size, self.size + len(ids)
+        if end > len(self._arrays[2]):
+            capacity = max(end, int(size * self.GROWTH))
+            grown = []
+            for old in self._arrays:
+                new = np.empty((capacity, *old.shape[1:]), old.dtype)
+                new[:size] = old[:size]
+                grown.append(new)
+            self._arrays = tuple(grown)
+        for array, values in zip(self._arrays, (features, labels, ids)):
+            array[size:end] = values
+        self.size = end
+
+
 class VisualMemory:
     """Cosine-similarity kNN memory with integer labels and stable integer ids."""
 
@@ -58,32 +101,30 @@ class VisualMemory:
         self.dim = int(dim)
         self.device = device or default_device()
         self.backend = "faiss" if backend == "auto" else backend
-        self._features = np.zeros((0, dim), np.float32)
-        self._labels = np.zeros(0, np.int64)
-        self._ids = np.zeros(0, np.int64)
+        self._rows = _Rows(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._next_id = 0
         self._engine: Engine | None = None
         self.metadata: dict = {}
         """Free-form provenance (encoder, dataset, split, unlearning log), saved with the memory."""
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._rows.size
 
     def __repr__(self) -> str:
         return f"VisualMemory(dim={self.dim}, size={len(self)}, backend={self.backend!r}, device={self.device!r})"
 
     @property
     def ids(self) -> np.ndarray:
-        return self._ids.copy()
+        return self._rows.ids.copy()
 
     @property
     def labels(self) -> np.ndarray:
-        return self._labels.copy()
+        return self._rows.labels.copy()
 
     @property
     def features(self) -> np.ndarray:
         """The stored (L2-normalised) features, a copy."""
-        return self._features.copy()
+        return self._rows.features.copy()
 
     @classmethod
     def from_arrays(
@@ -116,7 +157,7 @@ class VisualMemory:
         if len(np.unique(ids)) != len(ids):
             raise HarnessError("from_arrays: ids must be unique")
         memory = cls(rows.shape[1], device=device, backend=backend)
-        memory._features, memory._labels, memory._ids = rows, labels, ids
+        memory._rows.replace(rows, labels, ids)
         floor = int(ids.max(initial=-1)) + 1
         memory._next_id = floor if next_id is None else max(int(next_id), floor)
         memory.metadata = dict(metadata or {})
@@ -137,11 +178,9 @@ class VisualMemory:
             new_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
             if len(new_ids) != len(rows):
                 raise HarnessError(f"add: {len(rows)} feature rows but {len(new_ids)} ids")
-            if len(np.unique(new_ids)) != len(new_ids) or np.isin(new_ids, self._ids).any():
+            if len(np.unique(new_ids)) != len(new_ids) or np.isin(new_ids, self._rows.ids).any():
                 raise HarnessError("add: ids must be unique and not already in the memory")
-        self._features = np.concatenate([self._features, rows])
-        self._labels = np.concatenate([self._labels, labels])
-        self._ids = np.concatenate([self._ids, new_ids])
+        self._rows.extend(rows, labels, new_ids)
         self._next_id = max(self._next_id, int(new_ids.max(initial=-1)) + 1)
         if self._engine is not None:
             self._engine.add(rows)
@@ -150,12 +189,10 @@ class VisualMemory:
     def remove(self, ids: object) -> int:
         """Forget the rows with these ids (exact unlearning); returns how many were removed."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        keep = ~np.isin(self._ids, ids)
+        keep = ~np.isin(self._rows.ids, ids)
         removed = int((~keep).sum())
         if removed:
-            self._features = self._features[keep]
-            self._labels = self._labels[keep]
-            self._ids = self._ids[keep]
+            self._rows.replace(self._rows.features[keep], self._rows.labels[keep], self._rows.ids[keep])
             self._engine = None
         return removed
 
@@ -169,7 +206,7 @@ class VisualMemory:
         """The k most similar rows per query: (similarities [q, k], ids [q, k]), best first."""
         k = self._check_k(k, clip=False)
         sims, positions = self._search_positions(_as_unit_rows(queries, self.dim, "queries"), k)
-        return sims.astype(np.float32), self._ids[positions]
+        return sims.astype(np.float32), self._rows.ids[positions]
 
     def class_scores(
         self,
@@ -184,7 +221,7 @@ class VisualMemory:
         check_vote(vote, temperature)
         k = self._check_k(k, clip=True)
         sims, positions = self._search_positions(_as_unit_rows(queries, self.dim, "queries"), k)
-        return vote_mass(sims, self._labels[positions], vote, temperature, num_classes or self.num_classes)
+        return vote_mass(sims, self._rows.labels[positions], vote, temperature, num_classes or self.num_classes)
 
     def classify(
         self, queries: object, k: int = 20, vote: Vote = "weighted", temperature: float = 0.07
@@ -197,7 +234,7 @@ class VisualMemory:
         for start in range(0, len(queries), _CLASSIFY_BLOCK):
             block = slice(start, start + _CLASSIFY_BLOCK)
             sims, positions = self._search_positions(queries[block], k)
-            scores = vote_mass(sims, self._labels[positions], vote, temperature, self.num_classes)
+            scores = vote_mass(sims, self._rows.labels[positions], vote, temperature, self.num_classes)
             predictions[block] = scores.argmax(axis=1)
         return predictions
 
@@ -239,11 +276,11 @@ class VisualMemory:
         counts = FlipCounts(per_position=np.zeros(n, np.int64))
         for start in range(0, len(queries), block):
             sims, positions = self._search_positions(queries[start : start + block], width)
-            count_flips(counts, sims, positions, self._labels[positions], used, vote, temperature)
+            count_flips(counts, sims, positions, self._rows.labels[positions], used, vote, temperature)
         rows = np.flatnonzero(counts.per_position)
-        order = np.argsort(self._ids[rows], kind="stable")
+        order = np.argsort(self._rows.ids[rows], kind="stable")
         return PrivacyReport(
-            ids=self._ids[rows][order],
+            ids=self._rows.ids[rows][order],
             flips=counts.per_position[rows][order],
             memory_size=n,
             num_queries=len(queries),
@@ -261,16 +298,16 @@ class VisualMemory:
             if ids.size:
                 raise HarnessError("labels_of: the memory is empty")
             return np.zeros(ids.shape, np.int64)
-        order = np.argsort(self._ids, kind="stable")
-        found = np.searchsorted(self._ids, ids, sorter=order)
+        order = np.argsort(self._rows.ids, kind="stable")
+        found = np.searchsorted(self._rows.ids, ids, sorter=order)
         positions = order[np.minimum(found, len(order) - 1)]
-        if not np.array_equal(self._ids[positions], ids):
+        if not np.array_equal(self._rows.ids[positions], ids):
             raise HarnessError("labels_of: some ids are not in the memory")
-        return self._labels[positions]
+        return self._rows.labels[positions]
 
     @property
     def num_classes(self) -> int:
-        return int(self._labels.max(initial=-1)) + 1
+        return int(self._rows.labels.max(initial=-1)) + 1
 
     # -------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
@@ -281,9 +318,9 @@ class VisualMemory:
             with open(tmp, "wb") as handle:
                 np.savez(
                     handle,
-                    features=self._features,
-                    labels=self._labels,
-                    ids=self._ids,
+                    features=self._rows.features,
+                    labels=self._rows.labels,
+                    ids=self._rows.ids,
                     next_id=np.int64(self._next_id),
                     metadata=np.array(json.dumps(self.metadata, sort_keys=True, default=str)),
                 )
@@ -311,9 +348,9 @@ class VisualMemory:
                 f"{path}: {len(features)} feature rows, {len(arrays['labels'])} labels and {len(arrays['ids'])} ids"
             )
         memory = cls(features.shape[1], device=device, backend=backend)
-        memory._features = np.ascontiguousarray(features, dtype=np.float32)
-        memory._labels = arrays["labels"].astype(np.int64)
-        memory._ids = arrays["ids"].astype(np.int64)
+        memory._rows.replace(
+            np.ascontiguousarray(features, dtype=np.float32), arrays["labels"].astype(np.int64), arrays["ids"].astype(np.int64)
+        )
         memory._next_id = int(arrays["next_id"])
         memory.metadata = metadata if isinstance(metadata, dict) else {}
         return memory
@@ -334,9 +371,9 @@ class VisualMemory:
     def _engine_ready(self) -> Engine:
         if self._engine is None:
             self._engine = make_engine(self.backend, self.dim, self.device)
-            self._engine.add(self._features)
+            self._engine.add(self._rows.features)
         return self._engine
 
     def _search_positions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k positions, ordered by (float64 similarity desc, id asc)."""
-        return exact_neighbours(self._engine_ready(), self._features, self._ids, queries, k)
+        return exact_neighbours(self._engine_ready(), self._rows.features, self._rows.ids, queries, k)

@@ -33,6 +33,24 @@ class WeightNormLinear(nn.Module):
         return F.linear(x, weight)
 
 
+class SampleDropPath(nn.Module):
+    """timm's `DropPath` (each sample's residual branch dropped with probability p, the
+    kept ones scaled by 1 / (1 - p)) with p held in a tensor. Compiled code specialises
+    on a Python number, so blocks whose probabilities differ would each be compiled; with
+    the probability a tensor, one compiled block serves them all."""
+
+    def __init__(self, drop_prob: float, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.register_buffer("keep", torch.tensor(1.0 - drop_prob, device=device), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        kept = torch.rand(shape, device=x.device) < self.keep
+        return x * (kept / self.keep).to(x.dtype)
+
+
 class DINOHead(nn.Module):
     """MLP (nlayers, GELU) -> bottleneck -> L2 normalise -> weight-normalised last layer."""
 

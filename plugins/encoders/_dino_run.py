@@ -267,25 +267,45 @@ def model_alone_rate(trainer: Trainer, images: torch.Tensor, sync: Callable[[], 
     return steps * len(images) / (time.perf_counter() - began)
 
 
+def profiled_steps(trainer: Trainer, images: torch.Tensor, steps: int, sync: Callable[[], None]) -> list[dict[str, Any]]:
+    """Where `steps` training steps on one batch in memory spend their time, by torch
+    operator (`operator_profile`), after one unprofiled step. No data workers run: the
+    profile is the model's (how the data keep up is the train stage's figure). It takes
+    real steps: call it on a trainer whose state no longer matters."""
+    from harness.bench.timing import operator_profile
+
+    trainer.step(0, images)
+    sync()
+    with operator_profile(trainer.device) as operators:
+        for _ in range(steps):
+            trainer.step(0, images)
+        sync()
+    return operators
+
+
 def compiled_rates(
     trainer: Trainer, source: Any, plan: StreamPlan, steps: int, sync: Callable[[], None], budget_s: float | None,
     workers: int, images: torch.Tensor,
 ) -> dict[str, float | str]:
-    """With the student and the teacher under torch.compile (the first warm-up step
-    compiles): images/s end to end, with the data workers as in training
-    (`timed_steps`), and of the model alone (`model_alone_rate`). A rate that could not
-    be had says why (a missing compiler, the stage's time limit), leaving the eager
-    figures standing. It takes real steps: call it on a trainer whose state no longer
-    matters."""
+    """With the student and the teacher under torch.compile: the seconds of the first
+    step, on a batch in memory, which compiles (`compile_s`); then images/s end to end,
+    with the data workers as in training (`timed_steps`), and of the model alone
+    (`model_alone_rate`). A figure that could not be had says why (a missing compiler,
+    the stage's time limit), leaving the eager figures standing. It takes real steps:
+    call it on a trainer whose state no longer matters."""
     rates: dict[str, float | str] = {}
     try:
         trainer.compile()
-        measured = timed_steps(trainer, source, plan, steps, sync, budget_s, False, workers)
+        began = time.perf_counter()
+        trainer.step(0, images)
+        sync()
+        rates["compile_s"] = round(time.perf_counter() - began, 1)
+        measured = timed_steps(trainer, source, plan, steps, sync, budget_s, workers)
         rates["compiled_images_per_s"] = round(measured["images_per_s"], 2)
         rates["compiled_model_images_per_s"] = round(model_alone_rate(trainer, images, sync), 2)
     except Exception as exc:
         why = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
-        for name in ("compiled_images_per_s", "compiled_model_images_per_s"):
+        for name in ("compile_s", "compiled_images_per_s", "compiled_model_images_per_s"):
             rates.setdefault(name, why)
     return rates
 
@@ -303,8 +323,8 @@ def throughput(
     schedule is compressed to the timed steps; `one_step_descent` says whether training
     moves. With `compiled`, the rates end to end and of the model alone again under
     torch.compile (`compiled_rates`, last: it takes steps on a trainer whose state no
-    longer matters). With `profile`, only the steps
-    and where their time goes."""
+    longer matters). With `profile`, only where the time of steps on a batch in memory
+    goes (`profiled_steps`)."""
     from harness.bench.timing import peak_flops
     from harness_plugins.encoders._dino_reference import reference_augment_rate
 
@@ -320,18 +340,20 @@ def throughput(
             cfg["train_batch_size"] = batch_size
         # The warm-up and timed steps are the whole schedule, its learning rate warming up
         # over a third of them; a step's speed does not depend on the schedule's values.
-        workers = data_workers(encoder, source, device, Distributed())
+        workers = 0 if profile else data_workers(encoder, source, device, Distributed())
         cfg["steps"] = warmup_steps(workers) + steps
         cfg["warmup_epochs"] = max(1, cfg["steps"] // 3) / cfg["steps_per_epoch"]
         cfg["freeze_last_layer"] = 0
         trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), device, Distributed())
         plan = StreamPlan(cfg["data_seed"], trainer.global_batch, 0, 1, cfg["dataset_size"])
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        measured = timed_steps(trainer, source, plan, steps, sync, budget_s, profile, workers)
-        progress(f"{measured['steps']} timed steps of {trainer.global_batch} images, {workers} data workers")
-        if profile:
-            return {"operators": measured["operators"]}
         images = source.fetch(plan.indices(0))
+        if profile:
+            operators = profiled_steps(trainer, images, steps, sync)
+            progress(f"{steps} profiled steps of {trainer.global_batch} images")
+            return {"operators": operators}
+        measured = timed_steps(trainer, source, plan, steps, sync, budget_s, workers)
+        progress(f"{measured['steps']} timed steps of {trainer.global_batch} images, {workers} data workers")
         model_alone = model_alone_rate(trainer, images, sync)
         ours_augment = augment_rate(trainer.multicrop, images, device, trainer.global_batch)
         reference_augment = reference_augment_rate(images[:REFERENCE_IMAGES], trainer.multicrop)
