@@ -6,6 +6,10 @@ are hashed by `Plugin.describe`; the code is hashed here: a plugin's module and 
 module of the harness, or of the plugin's own package, that it imports (at the top or
 inside a function, transitively). Editing `sample()` of a generator therefore changes
 the keys of the encoders trained on it, while editing the leaderboard changes nothing.
+
+Code that only measures speed is not followed (`measurement_only`): `harness bench`'s
+package, and a plugin's modules named `*_bench`. A benchmark's timer can then change
+without retraining every encoder whose plugin offers a throughput hook.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 
 # The public front end re-exports the core; it computes nothing a key stands for.
 FRONT_END = frozenset({"harness", "harness.api", "harness.cli", "harness.__main__"})
+
+
+def measurement_only(module: str) -> bool:
+    """Whether `module` only times code (`harness bench`'s stages and helpers, or a
+    plugin's `*_bench` module): it computes no value a key stands for."""
+    return module == "harness.bench" or module.startswith("harness.bench.") or module.rpartition(".")[2].endswith("_bench")
 
 
 def stable_hash(value: Any, length: int = 16) -> str:
@@ -83,14 +93,14 @@ def _imports(module: str, path: Path) -> set[str]:
 
 def module_imports(module: str) -> set[str]:
     """The modules of the harness and of `module`'s own top-level package that `module`
-    imports when it runs (the front end excluded)."""
+    imports when it runs (the front end and `measurement_only` modules excluded)."""
     path = _source_file(module)
     if path is None:
         return set()
     roots = {"harness", module.partition(".")[0]}
     out = set()
     for name in _imports(module, path):
-        if name.partition(".")[0] not in roots or name in FRONT_END or name == module:
+        if name.partition(".")[0] not in roots or name in FRONT_END or name == module or measurement_only(name):
             continue
         if _source_file(name) is not None:
             out.add(name)

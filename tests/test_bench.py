@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -121,13 +122,15 @@ profiles:
 def test_a_stage_stopped_by_its_time_limit_keeps_the_rows_it_measured(tmp_path: Path) -> None:
     """`--time-limit`: the stage stops while the slow generator sleeps; the row measured
     before stays, the interrupted one says why, nothing after it is measured, and the
-    entry and the report say the stage was cut off."""
+    entry and the report say the stage was cut off. The log says when each row came."""
     (tmp_path / "registry.yaml").write_text(SLEEPY_REGISTRY)
     report = tmp_path / "PERFORMANCE.md"
     done = cli("--registry", str(tmp_path / "registry.yaml"), "bench", "generators", "--profile", "sleepy", "--quick",
                "--time-limit", "5", "--report", str(report), timeout=100)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "generators: 2 rows (stopped by its time limit of 5 s after 2 rows)" in done.stdout
+    quick_at, slow_at = (int(re.search(rf"generators: {name} 16 at (\d+) s", done.stderr)[1]) for name in ("quick", "slow"))
+    assert quick_at < 5 <= slow_at
     entry = json.loads((tmp_path / "performance.json").read_text())["generators"]
     first, interrupted = entry["rows"]
     assert first["generator"] == "quick" and first["images_per_s"] > 0
@@ -242,3 +245,31 @@ def test_sampling_rate_times_the_first_count_whose_call_is_long_enough(monkeypat
     searched = calls[1 : calls.index(n) + 1]  # after the first-use call, up to the first call of n
     assert searched[-1] == n and len(searched) < 8  # each count in turn: 8, 16, ..., 1,024
     assert 0.5 * n / (0.002 + 0.0001 * n) < rate <= n / (0.002 + 0.0001 * n)
+
+
+def test_the_embed_stage_compiles_a_copy_of_the_module_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compiled_copy` compiles each block of a transformer's run of alike blocks in a
+    copy (the encoder's own module stays eager) and computes what the module computes; a
+    module without such a run is compiled whole."""
+    import timm
+
+    from harness.bench.embed import compiled_copy
+
+    compiled: list[Any] = []
+    torch_compile = torch.compile
+
+    def eager_compile(target: Any, **options: Any) -> Any:
+        compiled.append(target)
+        return torch_compile(target, **{**options, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8, depth=3).eval()
+    copy = compiled_copy(model)
+    assert len(compiled) == 3  # one per block
+    assert all(block._compiled_call_impl is not None for block in copy.blocks)
+    assert all(block._compiled_call_impl is None for block in model.blocks)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(copy(x), model(x), rtol=1e-4, atol=1e-5)
+    linear = torch.nn.Linear(4, 2)
+    assert isinstance(compiled_copy(linear), torch._dynamo.eval_frame.OptimizedModule) and len(compiled) == 4

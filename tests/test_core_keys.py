@@ -194,6 +194,83 @@ def test_keys_see_code(toy):
     assert edited["encoder:rgb-tiny"] == first["encoder:rgb-tiny"]  # its code did not change
 
 
+PACKAGED_PLUGIN = {
+    "__init__.py": "",
+    "plugin.py": '''
+from harness import Generator, hookimpl
+
+
+class Flat(Generator):
+    """Images of one grey level, from a helper module; timed by a `_bench` module."""
+
+    def sample(self, seed, n, size, start=0):
+        from {package}._levels import grey
+
+        return grey(n, size)
+
+    def reference_rate(self, seed, n, size):
+        from {package}._flat_bench import rate
+
+        return rate(self, n, size)
+
+
+@hookimpl
+def register_generators(register):
+    register("flat", Flat)
+''',
+    "_levels.py": '''
+LEVEL = 10
+
+
+def grey(n, size):
+    import torch
+
+    return torch.full((n, 3, size, size), LEVEL, dtype=torch.uint8)
+''',
+    "_flat_bench.py": '''
+import time
+
+
+def rate(generator, n, size):
+    began = time.perf_counter()
+    generator.sample(0, n, size)
+    return "one call", n / (time.perf_counter() - began)
+''',
+}
+
+
+def test_keys_see_a_plugin_package_helper_but_not_its_bench_module(tmp_path):
+    """A plugin's helper module is part of its key; a module named `*_bench`, which only
+    times code, is not: editing it recomputes nothing."""
+    package = f"toy_package_{tmp_path.name.replace('-', '_')}"
+    folder = tmp_path / package
+    folder.mkdir()
+    for name, text in PACKAGED_PLUGIN.items():
+        (folder / name).write_text(text.format(package=package))
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(f"plugins: [{package}.plugin]\ngenerators:\n  flat-a: {{plugin: flat}}\n")
+    toy = {"registry": registry, "env": {"PYTHONPATH": str(tmp_path)}}
+    first = keys_in_subprocess(toy, "generator:flat-a")
+
+    (folder / "_flat_bench.py").write_text(PACKAGED_PLUGIN["_flat_bench.py"] + "\nREPEATS = 3\n")
+    assert keys_in_subprocess(toy, "generator:flat-a") == first
+
+    (folder / "_levels.py").write_text(PACKAGED_PLUGIN["_levels.py"].replace("LEVEL = 10", "LEVEL = 11"))
+    assert keys_in_subprocess(toy, "generator:flat-a") != first
+
+
+def test_the_dino_encoders_keys_leave_out_their_timing_code():
+    """What trains a DINO encoder is in its key; how fast it trains (`_dino_bench`, DINO's
+    own data path for the ratio, `harness.bench`) is not."""
+    from harness.keys import code_closure
+
+    closure = set(code_closure("harness_plugins.encoders.dino"))
+    assert {"harness_plugins.encoders._dino_run", "harness_plugins.encoders._dino_train",
+            "harness_plugins.encoders._dino_augment", "harness_plugins.encoders._dino_data"} <= closure
+    assert not closure & {"harness_plugins.encoders._dino_bench", "harness_plugins.encoders._dino_reference"}
+    assert not [name for name in closure if name.startswith("harness.bench")]
+
+
 def test_editing_code_recomputes_its_cells_and_the_summary_shows_reused_ones(toy, tmp_path):
     out = tmp_path / "out"
     args = ("--registry", str(toy["registry"]), "run", "--out", str(out))

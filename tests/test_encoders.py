@@ -277,12 +277,32 @@ def test_encoder_interface(setup: dict) -> None:
 def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training rates, the model's rate under torch.compile included (`compiled=True`, a
     profile's `bench.compile`; with eager kernels here: the compiler's own take minutes
-    on a CPU), and one step's descent; nothing is saved."""
+    on a CPU), and one step's descent; nothing is saved. The eager and the compiled
+    timings take consecutive steps from one stream of batches (the same data workers),
+    which is stopped at the end."""
+    from harness_plugins.encoders import _dino_bench
+
     torch_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda module, **options: torch_compile(module, **{**options, "backend": "aot_eager"}))
+    step_batches = _dino_bench.step_batches
+    streams: list[Any] = []
+    steps_served: list[int] = []
+
+    def recorded_batches(*args: Any, **kwargs: Any) -> Any:
+        def serve() -> Any:
+            for step, images, indices in step_batches(*args, **kwargs):
+                steps_served.append(step)
+                yield step, images, indices
+        streams.append(serve())
+        return streams[-1]
+
+    monkeypatch.setattr(_dino_bench, "step_batches", recorded_batches)
     ctx = context(setup, "cache-throughput")
     encoder = harness.get_encoder("dino-test")
     measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None, compiled=True)
+    warmup = _dino_bench.warmup_steps(measured["data_workers"])
+    assert len(streams) == 1 and steps_served == list(range(2 * (warmup + 2)))
+    assert streams[0].gi_frame is None  # closed: its workers stopped
     assert isinstance(measured["compiled_model_images_per_s"], float) and measured["compiled_model_images_per_s"] > 0
     assert isinstance(measured["compiled_images_per_s"], float) and measured["compiled_images_per_s"] > 0
     assert isinstance(measured["compile_s"], float) and measured["compile_s"] >= 0
@@ -308,7 +328,7 @@ def dino_test_trainer(**params: Any) -> tuple[Any, torch.Tensor]:
 def test_one_step_descent_changes_the_student_alone(setup: dict) -> None:
     """The descent probe puts the teacher and the centre back: with a learning rate of 0
     the student does not move either, so the loss after the step is the loss before."""
-    from harness_plugins.encoders._dino_run import one_step_descent
+    from harness_plugins.encoders._dino_bench import one_step_descent
 
     trainer, images = dino_test_trainer()
     trainer.step(0, images)  # the centre is no longer zero
@@ -324,7 +344,7 @@ def test_one_step_descent_follows_the_batch_gradient_not_the_moments(setup: dict
     """AdamW's moments left pointing up this batch's loss (the negated first moment of a
     step on it) would carry the probe's step uphill: the probe clears them, so its step
     is the one this batch's gradient asks for, and the loss falls."""
-    from harness_plugins.encoders._dino_run import one_step_descent
+    from harness_plugins.encoders._dino_bench import one_step_descent
 
     trainer, images = dino_test_trainer()
     trainer.step(0, images)

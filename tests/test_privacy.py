@@ -402,3 +402,14 @@ def test_measure_memory_small():
     assert first["brute_force_rows_measured"] == 6
     assert "speedup_vs_brute_force" not in second
     assert all(r["classify_queries_per_s"] > 0 and r["audit_queries_per_s"] > 0 for r in rows)
+
+
+def test_measure_memory_with_the_torch_engine_compares_faiss_on_the_cpu():
+    """With the torch engine (the GPU's), faiss on the CPU searches the same rows: its
+    neighbours of every compared query are the torch engine's, and it gives a rate."""
+    pytest.importorskip("faiss")
+    from harness.bench.memory import measure_memory
+
+    (row,) = measure_memory(sizes=(3000,), queries=200, dim=16, device="cpu", backend="torch", cpu_sample=120, brute_force_max_size=0)
+    assert row["identical_to_faiss_cpu"] is True and row["compared_queries"] == 120
+    assert row["faiss_cpu_classify_queries_per_s"] > 0 and row["ratio_to_faiss_cpu"] > 0

@@ -26,6 +26,8 @@ import json
 import os
 import platform
 import signal
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -135,9 +137,9 @@ STAGE_NOTES = {
         "Reference for the data path: DINO's own loader design (JPEG decode and per-image PIL/"
         "torchvision multi-crop, one thread per core) on the same images. DINO's published "
         "ViT-S/16 training runs at about 100 images/s per V100; compare with it on a GPU only. "
-        "`model_alone`: steps on a batch in memory with the data workers stopped; `compiled`, "
-        "`compiled_model`: end to end and the model alone under torch.compile (the profile's "
-        "`bench.compile`), after a first step that compiles (`compile_s`). `one_step`: one batch's loss "
+        "`model_alone`: steps on a batch in memory before the data workers start; `compiled`, "
+        "`compiled_model`: end to end (on the same workers) and the model alone (once they stop) under "
+        "torch.compile (the profile's `bench.compile`), after a first step that compiles (`compile_s`). `one_step`: one batch's loss "
         "before and after a step on it, the teacher and centre put back, the optimiser's moments cleared "
         "(DINO's loss "
         "first rises while its centre settles, so the first and last losses of a short run do not "
@@ -237,6 +239,7 @@ def run_benchmarks(
 
     for stage in chosen:
         rows: list[dict[str, Any]] = []
+        began = time.perf_counter()
         limit = TimeLimit(time_limit_s)
         # Left in this order: the stage ends its own way (closed), the alarm is disarmed,
         # then a StageTimeLimit that got this far is swallowed.
@@ -248,12 +251,21 @@ def run_benchmarks(
             for row in measured:
                 rows.append(row)
                 save(stage, rows, UNFINISHED)
+                if len(rows) == 1 or row_label(row) != row_label(rows[-2]):
+                    # where a stage's time goes, in the log of a run that may be cut off
+                    print(f"{stage}: {row_label(row)} at {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
                 if limit.reached:
                     break
         cut_off = f"stopped by its time limit of {time_limit_s:g} s after {len(rows)} rows" if limit.reached else None
         save(stage, rows, cut_off)
         print(f"{stage}: {len(rows)} rows" + (f" ({cut_off})" if cut_off else ""))
     return report
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """What a stage's row measured, in a few words (its identifying fields)."""
+    fields = ("encoder", "generator", "size", "memory", "work")
+    return " ".join(str(row[field]) for field in fields if field in row) or "a row"
 
 
 def write_report(report: Path, state: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ global crops against the student's every other crop, cosine schedules for the le
 rate (after a linear warm-up), weight decay and teacher momentum, per-parameter
 gradient clipping, the head's last layer frozen during the first epoch, drop path in
 the student, AdamW without decay on biases and norms. Also here: the process group
-under torchrun, checkpoints, and the timing of a few steps for `harness bench`.
+under torchrun and checkpoints (`_dino_bench` times the steps for `harness bench`).
 
 Reproducibility: every random draw of step s is derived from (seed, s) — the images
 (stream indices from (data seed, epoch)), the augmentation parameters (one generator per
@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +30,7 @@ import torch.nn as nn
 
 from harness.errors import HarnessError
 from harness_plugins.encoders._dino_augment import MultiCrop
-from harness_plugins.encoders._dino_data import PREFETCH_FACTOR, StreamPlan, derive_seed, step_batches
+from harness_plugins.encoders._dino_data import derive_seed
 from harness_plugins.encoders._dino_model import (
     DINOHead,
     DINOLoss,
@@ -168,12 +167,14 @@ class Trainer:
         if torch.are_deterministic_algorithms_enabled():
             # also sets the compiler's own switch, which the run's eager-only one leaves off
             torch.use_deterministic_algorithms(True, warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
+        from timm.layers import DropPath
+
         for wrapper in (self.student, self.teacher):
             blocks = getattr(wrapper.backbone, "blocks", None) or [wrapper.backbone]
             for block in blocks:
                 for name, module in list(block.named_children()):
                     # timm names a block's stochastic depth drop_path1/2, an Identity where p = 0
-                    if type(module).__name__ == "DropPath" or (name.startswith("drop_path") and isinstance(module, nn.Identity)):
+                    if isinstance(module, DropPath) or (name.startswith("drop_path") and isinstance(module, nn.Identity)):
                         setattr(block, name, SampleDropPath(getattr(module, "drop_prob", 0.0), self.device))
                 block.compile(backend=backend)
             wrapper.head.compile(backend=backend)
@@ -275,48 +276,3 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
         with contextlib.suppress(OSError):  # another rank may have moved it already
             path.replace(path.with_suffix(".unreadable"))
         return None
-
-
-def timed_steps(
-    trainer: Trainer, source: Any, plan: StreamPlan, steps: int, sync: Callable[[], None], budget_s: float | None = None,
-    num_workers: int = 0,
-) -> dict[str, Any]:
-    """Throughput of up to `steps` training steps (nothing is saved), with the data made
-    by `num_workers` DataLoader workers as in training, after `warmup_steps(num_workers)`
-    untimed steps: the batches the workers prefetch while they start would otherwise
-    be counted as free. With `budget_s`, as many timed steps (at least 2) as fit in that
-    many seconds, judged by the last warm-up step (its batch and its model step). Also
-    returned: the losses of the first and the last step."""
-    warmup = warmup_steps(num_workers)
-    batches = step_batches(source, plan, 0, warmup + steps, num_workers)
-    losses = []
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        step, images, _ = next(batches)
-        losses.append(trainer.step(step, images))
-        sync()
-    if budget_s is not None:
-        steps = max(2, min(steps, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
-    data_s = model_s = 0.0
-    loss = losses[-1]
-    start = time.perf_counter()
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step, images, _ = next(batches)
-        t1 = time.perf_counter()
-        loss = trainer.step(step, images)
-        sync()
-        data_s += t1 - t0
-        model_s += time.perf_counter() - t1
-    wall = time.perf_counter() - start
-    n = steps * trainer.local_batch
-    return {
-        "images_per_s": n / wall, "model_images_per_s": n / max(model_s, 1e-9), "data_images_per_s": n / max(data_s, 1e-9),
-        "seconds": wall, "steps": steps, "first_loss": losses[0], "last_loss": loss,
-    }
-
-
-def warmup_steps(num_workers: int) -> int:
-    """Untimed steps before a timing: one, plus the batches that `num_workers` workers
-    prefetch while they start (`PREFETCH_FACTOR` each)."""
-    return 1 + PREFETCH_FACTOR * num_workers

@@ -262,7 +262,7 @@ class DINOEncoder(ViTEncoder):
         data path; with `compiled`, the model alone under torch.compile too. Nothing is
         saved."""
         from harness.device import default_device
-        from harness_plugins.encoders._dino_run import throughput
+        from harness_plugins.encoders._dino_bench import throughput
 
         device = getattr(ctx, "device", None) or default_device()
         return throughput(self, device, steps, batch_size, budget_s, profile, compiled)
