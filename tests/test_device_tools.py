@@ -217,12 +217,13 @@ def test_every_stage_keeps_its_floor_while_the_stages_before_it_run() -> None:
     assert left >= 0
 
 
-def fake_wheel(folder: Path) -> Path:
+def fake_wheel(folder: Path, requires: tuple[str, ...] = ()) -> Path:
     """A minimal wheel of one module and one executable file, deflated as pip's are."""
+    metadata = "Metadata-Version: 2.1\nName: tiny-package\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
     files = {
         "tiny_package/__init__.py": b"ANSWER = 42\n",
         "tiny_package/run.sh": b"#!/bin/sh\necho hi\n",
-        "tiny_package-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tiny-package\nVersion: 1.0\n",
+        "tiny_package-1.0.dist-info/METADATA": metadata.encode(),
         "tiny_package-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
     record = "".join(
@@ -237,6 +238,28 @@ def fake_wheel(folder: Path) -> Path:
             entry.external_attr = (stat.S_IFREG | (0o755 if name.endswith(".sh") else 0o644)) << 16
             archive.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED)
     return wheel
+
+
+def test_the_carried_wheels_and_the_image_meet_every_requirement_that_applies_on_the_gpu_machine(tmp_path: Path) -> None:
+    """Wheels are installed there without their dependencies: `prepare` checks that the
+    project's requirements and those of each carried wheel are met by a carried wheel (at
+    a version the requirement admits) or by the image, under that machine's markers."""
+    prepare = script("prepare")
+    pins = dict(pin.split("==") for pin in prepare.WHEELS)
+    assert prepare.unmet({"pyproject.toml": prepare.project_requirements()}, pins, "3.12") == []
+    assert prepare.unmet({"pyproject.toml": ["rich>=13"]}, pins, "3.12") == [
+        "pyproject.toml needs rich>=13, which is neither carried nor on the image: add it to WHEELS"]
+
+    requires = ("pydantic-core==2.46.5", "annotated_types>=0.6", "email-validator>=2; extra == 'email'",
+                "tzdata; platform_system == 'Windows'", "typing-extensions>=4; python_version < '3.9'", "numpy>=1.25")
+    wheel = fake_wheel(tmp_path, requires)
+    assert prepare.wheel_requirements(wheel) == list(requires)
+    carried = {"pydantic_core": "2.46.4", "annotated-types": "0.7.0"}
+    assert prepare.unmet({wheel.name: prepare.wheel_requirements(wheel)}, carried, "3.12") == [
+        f"{wheel.name} needs pydantic-core==2.46.5, and pydantic-core 2.46.4 is carried: change its pin in WHEELS"]
+    assert prepare.unmet({wheel.name: prepare.wheel_requirements(wheel)}, carried, "3.8")[1:] == [
+        f"{wheel.name} needs typing-extensions>=4; python_version < '3.9', which is neither carried nor on the image: "
+        "add it to WHEELS"]
 
 
 def test_wheels_travel_uncompressed_in_one_xz_archive_and_install_from_it(tmp_path: Path) -> None:
