@@ -467,7 +467,9 @@ def test_a_batch_over_several_frames_gives_the_images_drawn_one_at_a_time(monkey
     each image as numpy lays it out from a frame of its own. At an odd size too: where
     in a frame a tile lies must not change what a program that takes derivatives draws.
     Dispatched as compute programs (the one that takes derivatives still drawn, in the
-    same frames), the images are those drawn one at a time."""
+    same frames), the images are those drawn one at a time. Where GL reorders, frames
+    alternate between two tile textures (a GPU may shade the next frame while the last
+    is read; the device run's pipelines check holds compute runs to each other there)."""
     from harness_plugins.generators import _shader_gl
     from harness_plugins.generators._shader_server import renderer
 
@@ -493,6 +495,7 @@ def test_a_batch_over_several_frames_gives_the_images_drawn_one_at_a_time(monkey
         assert gl.dispatched[usable[0].digest] is not None and gl.dispatched[takes_fwidth.digest] is None
     np.testing.assert_array_equal(batch, alone)
     assert len({image.tobytes() for image in batch}) == n  # distinct images: no tile read twice
+    assert len(gl.frames[3 * (size + 1)][0]) == (2 if reorder_on_gl else 1)
 
 
 class HostCopy:

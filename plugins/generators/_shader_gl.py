@@ -82,7 +82,7 @@ class Renderer:
         self.dispatched: dict[str, Any] = {}  # digest -> (compute program, values buffer, capacity), or None: drawn instead
         self.compute_capable = self.ctx.version_code >= 430
         self.warned_drawn = False  # pipeline "compute" asked for without compute shaders
-        self.frames: dict[int, tuple[Any, Any, tuple[Any, ...]]] = {}
+        self.frames: dict[int, tuple[list[Any], Any, tuple[Any, ...]]] = {}
         self.seconds: dict[str, float] = {}  # by part of the work, for `Generator.time_split`
         self.reader = FrameReader(self.ctx, self._spent)
         self.textures = channel_textures(self.ctx)  # by sampler kind, iChannel0..3 each
@@ -154,14 +154,15 @@ class Renderer:
             entry[1:] = [vao, buf, capacity]
         return prog, vao, buf
 
-    def _frame(self, side: int) -> tuple[Any, Any, tuple[Any, ...]]:
-        """The tile framebuffer of a frame `side` pixels square (its RGBA8 texture is what
-        the reorder pass reads) and the reader's byte framebuffer and pixel buffers of the
-        same size (`FrameReader.byte_frame`)."""
+    def _frame(self, side: int) -> tuple[list[Any], Any, tuple[Any, ...]]:
+        """The tile framebuffers of a frame `side` pixels square (their RGBA8 textures are
+        what the reorder pass reads; `_render_frames` adds a second where it alternates)
+        and the reader's byte framebuffer and pixel buffers of the same size
+        (`FrameReader.byte_frame`)."""
         if side not in self.frames:
             if len(self.frames) >= FRAMES_KEPT:
-                for tile_fbo, byte_fbo, buffers in self.frames.values():
-                    for fbo in (fbo for fbo in (tile_fbo, byte_fbo) if fbo is not None):
+                for tile_fbos, byte_fbo, buffers in self.frames.values():
+                    for fbo in (fbo for fbo in (*tile_fbos, byte_fbo) if fbo is not None):
                         for texture in fbo.color_attachments:
                             texture.release()
                         fbo.release()
@@ -169,10 +170,13 @@ class Renderer:
                         buffer.release()
                 self.frames.clear()
                 self.reader.release_device_buffers()
-            tiles = self.ctx.texture((side, side), 4)
-            tiles.filter = (self.moderngl.NEAREST, self.moderngl.NEAREST)
-            self.frames[side] = (self.ctx.framebuffer(color_attachments=[tiles]), *self.reader.byte_frame(side))
+            self.frames[side] = ([self._tile_framebuffer(side)], *self.reader.byte_frame(side))
         return self.frames[side]
+
+    def _tile_framebuffer(self, side: int) -> Any:
+        tiles = self.ctx.texture((side, side), 4)
+        tiles.filter = (self.moderngl.NEAREST, self.moderngl.NEAREST)
+        return self.ctx.framebuffer(color_attachments=[tiles])
 
     @contextlib.contextmanager
     def _spent(self, part: str) -> Iterator[None]:
@@ -233,7 +237,7 @@ class Renderer:
         per_frame = cols * cols
         image_bytes = 3 * size * size
         side = cols * pitch
-        tile_fbo, byte_fbo, buffers = self._frame(side)
+        tile_fbos, byte_fbo, buffers = self._frame(side)
         # One texel row of slack: a frame's last row of bytes may run past its images.
         if interop is not None:
             import torch
@@ -249,10 +253,18 @@ class Renderer:
             for frame, f0 in enumerate(range(0, n, per_frame)):
                 m = min(per_frame, n - f0)
                 grid_rows = -(-m // cols)
+                # Where the reorder pass reads a frame while the next is shaded, frames
+                # alternate between two tile textures. GL does not order a compute
+                # program's image stores after earlier reads of their texture (on an
+                # NVIDIA H200, batches of two frames gave other compute bytes from call
+                # to call), and the texture read two frames back is done: its pixel
+                # buffer's fence was waited for. No clear: every pixel read back is shaded.
+                if byte_fbo is not None and frame == 1 and len(tile_fbos) == 1:
+                    tile_fbos.append(self._tile_framebuffer(side))
+                tile_fbo = tile_fbos[frame % len(tile_fbos)]
                 with self._spent(DRAWS):
                     tile_fbo.use()
                     self.ctx.viewport = (0, 0, side, grid_rows * pitch)
-                    tile_fbo.clear(0.0, 0.0, 0.0, 1.0, viewport=(0, 0, side, grid_rows * pitch))
                     self._draw_tiles(
                         programs[f0:f0 + m], rows[f0:f0 + m], size, pitch, fps, cols, side, grid_rows * pitch,
                         tile_fbo.color_attachments[0] if pipeline == "compute" else None,
