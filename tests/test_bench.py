@@ -72,6 +72,31 @@ def test_training_flops_follow_the_multicrop_formula(tmp_path: Path) -> None:
     assert abs(measured["train_gflops_per_image"] * 1e9 - expected) / expected < 0.1
 
 
+def _where_it_ran(job: int) -> tuple[int, int]:
+    """The process a job ran in and its torch threads (module-level: the pool's processes
+    import it by name)."""
+    import os
+
+    return os.getpid(), torch.get_num_threads()
+
+
+def _three_items(job: int) -> int:
+    return 3
+
+
+def test_reference_pipelines_run_in_worker_processes_of_one_torch_thread() -> None:
+    """As a data loader's workers run them: threads would leave a pipeline that holds the
+    GIL (per-image numpy) one core's rate, however many the machine has."""
+    import os
+
+    from harness.bench.timing import parallel_rate, worker_pool
+
+    ran = list(worker_pool(2).map(_where_it_ran, range(4)))
+    assert all(pid != os.getpid() and threads == 1 for pid, threads in ran), ran
+    assert worker_pool(2) is worker_pool(2)  # started once, kept for every later timing
+    assert parallel_rate(_three_items, [0] * 4, workers=2) > 0
+
+
 def test_released_kml_reference_makes_the_same_images() -> None:
     """The bench's reference (numpy.unique + scikit-learn KMeans, per image) agrees with the
     batched generator when the base images are stored losslessly (PNG)."""

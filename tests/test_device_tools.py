@@ -40,7 +40,8 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     log = (out / "run.log").read_text()
     assert "OpenGL renderer:" in log and "stages without rows" not in log
-    assert all(f"{stage}: up to " in log for stage in ("generators", "embed", "train", "memory", "profile", "end-to-end"))
+    for stage in ("generators", "embed", "train", "memory", "profile", "end-to-end"):
+        assert f"{stage}: up to " in log and re.search(rf"^{stage}: [0-9]+ rows", log, re.M) and f"{stage}: done in " in log
     assert "| compute shaders: True" in log  # the generators' context: Mesa's llvmpipe has OpenGL 4.5
     assert re.search(r"GL probe, 64 x 64 px, 16 iterations per pixel: fragment [0-9.]+ Mpx/s, compute [0-9.]+ Mpx/s", log), log[-3000:]
     assert ("graphics twice gives the same bytes for 16 of 16 images, compute twice for 16; "
@@ -67,6 +68,8 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert train["crops"] == "2x32 + 8x16" and train["recipe"] == "paper"
     assert train["images_per_s"] > 0 and train["one_step_descends"] is True, train
     assert train["data_workers"] == 1  # rehearsal.yaml streams its data through one worker, as a GPU run does
+    assert 0 < train["machine_cpu_busy"] <= 1 and train["process_cpu_per_s"] > 0, train
+    assert train["reference_processes"] == generators["shaders"]["reference_processes"] == len(os.sched_getaffinity(0))
 
     assert all(row["identical_on_sample"] for row in rows["memory"])
 
@@ -134,6 +137,40 @@ def test_targets_are_judged_against_floor_and_aim_in_either_direction() -> None:
     assert rows["absent"]["verdict"] == "not measured"
     slow = target_rows([time], {"memory (GPU)": {"rows": [{"memory": 10, "classify_s": 6.0}], "machine": "", "date": ""}}, " (GPU)")
     assert slow[0]["verdict"] == "floor not met"
+
+
+def test_each_target_says_what_limits_it() -> None:
+    """Beside a figure: its share of the bf16 limit its row gives, and the largest shares
+    of the time of the same work in the profile stage (the device's busy share first)."""
+    eager = TargetSpec(label="eager", stage="train", where={"encoder": "dino"}, column="images_per_s", floor=1000, aim=3000)
+    compiled = TargetSpec(label="compiled", stage="train", where={"encoder": "dino"}, column="compiled_images_per_s", floor=1000, aim=3000)
+    drawn = TargetSpec(label="drawn", stage="generators", where={"generator": "kml", "size": 224}, column="images_per_s", floor=3000, aim=5000)
+    classify = TargetSpec(label="classify", stage="memory", where={"memory": 10}, column="classify_s", floor=5, aim=1)
+    profile = [
+        {"work": "train dino (operators)", "operator": "(all operators: share = busy fraction)", "share": 0.47},
+        *({"work": "train dino (operators)", "operator": name, "share": share}
+          for name, share in [("aten::mm", 0.10), ("aten::copy_", 0.13), ("aten::add", 0.05), ("aten::cat", 0.11)]),
+        {"work": "generate 1024 x 224 px kml (parts)", "operator": "base images", "share": 0.75},
+        {"work": "generate 1024 x 224 px kml (parts)", "operator": "combine them", "share": 0.24},
+        {"work": "generate 1024 x 224 px kml (functions)", "operator": "wait_for", "share": 0.9},
+        {"work": "generate 1024 x 224 px kml-compute (parts)", "operator": "read back", "share": 0.9},
+        {"work": "generate 1024 x 64 px kml (parts)", "operator": "read back", "share": 0.9},
+        {"work": "classify 5000 queries, memory 10 (functions)", "operator": "pair_similarities", "share": 0.42},
+    ]
+    state = {
+        "train (GPU)": {"rows": [{"encoder": "dino", "images_per_s": 600.0, "compiled_images_per_s": 1200.0,
+                                  "bf16_limit_images_per_s": 8000.0}], "machine": "", "date": "d"},
+        "generators (GPU)": {"rows": [{"generator": "kml", "size": 224, "images_per_s": 1300.0}], "machine": "", "date": "d"},
+        "memory (GPU)": {"rows": [{"memory": 10, "classify_s": 4.0}], "machine": "", "date": "d"},
+        "profile (GPU)": {"rows": profile, "machine": "", "date": "d"},
+    }
+    rows = {row["target"]: row for row in target_rows([eager, compiled, drawn, classify], state, " (GPU)")}
+    assert rows["eager"]["fraction_of_bf16_limit"] == 0.075 and rows["compiled"]["fraction_of_bf16_limit"] == 0.15
+    assert rows["eager"]["where_time_goes"] == "train dino (operators): busy 47%; aten::copy_ 13%, aten::cat 11%, aten::mm 10%"
+    assert rows["compiled"]["where_time_goes"] == ""  # the profile times eager steps
+    assert rows["drawn"]["where_time_goes"] == "generate 1024 x 224 px kml (parts): base images 75%, combine them 24%"
+    assert rows["drawn"]["fraction_of_bf16_limit"] == rows["classify"]["fraction_of_bf16_limit"] == ""
+    assert rows["classify"]["where_time_goes"] == "classify 5000 queries, memory 10 (functions): pair_similarities 42%"
 
 
 def test_end_to_end_tolerance_and_failed_cells(tmp_path: Path) -> None:
@@ -217,6 +254,22 @@ def test_every_stage_keeps_its_floor_while_the_stages_before_it_run() -> None:
         assert given >= run.STAGE_FLOOR_S[stage], stage
         left -= given
     assert left >= 0
+
+
+def test_a_stage_ends_once_its_rows_are_saved_or_when_its_time_is_up(tmp_path: Path) -> None:
+    """A stage's process is ended soon after it prints its summary line (its rows are
+    saved by then), however long it would take to exit; one that overruns is stopped."""
+    run = script("run")
+    log = run.Log(tmp_path / "run.log")
+    lingers = "print('embed: 3 rows', flush=True); import time; time.sleep(300)"
+    assert run.run_stage([sys.executable, "-c", lingers], "embed", log, dict(os.environ), timeout=120) == 0
+    overruns = "print('embed: at 0 s', flush=True); import time; time.sleep(300)"
+    assert run.run_stage([sys.executable, "-c", overruns], "embed", log, dict(os.environ), timeout=3) == 124
+    fails = "import sys; print('train: error', flush=True); sys.exit(3)"
+    assert run.run_stage([sys.executable, "-c", fails], "train", log, dict(os.environ), timeout=120) == 3
+    text = (tmp_path / "run.log").read_text()
+    assert "embed: 3 rows\n  (its rows saved at " in text and "not waiting for the process to exit" in text
+    assert "embed: at 0 s\n  (stopped after 3 s)" in text and "train: error" in text
 
 
 def fake_wheel(folder: Path, requires: tuple[str, ...] = ()) -> Path:

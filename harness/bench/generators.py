@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
-from harness.bench.timing import best_time, jpeg_decode_rate
+from harness.bench.timing import best_time, cores, jpeg_decode_rate
 
 if TYPE_CHECKING:
     from harness.config.schema import ProfileSpec
@@ -179,7 +179,7 @@ def _generator_row(
         row: dict[str, Any] = {
             "generator": name, "size": size, "images": n, "images_per_s": round(rate, 1),
             "reference_pipeline": reference[0], "reference_images_per_s": round(reference[1], 1),
-            "ratio_to_reference": round(rate / reference[1], 2),
+            "ratio_to_reference": round(rate / reference[1], 2), "reference_processes": cores(),
         }
         said = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught)
         if said:  # e.g. a pipeline the driver could not give: the rate is of what ran instead

@@ -52,6 +52,18 @@ def time_split(generator: Generator, n: int, size: int) -> list[dict[str, Any]]:
     ]
 
 
+def train_work(encoder: str) -> str:
+    return f"train {encoder} (operators)"
+
+
+def generate_work(n: int | str, side: int, generator: str, how: str) -> str:
+    return f"generate {n} x {side} px {generator} ({how})"
+
+
+def classify_work(queries: int | str, rows: int) -> str:
+    return f"classify {queries} queries, memory {rows} (functions)"
+
+
 def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
     """Operators of a few training steps of the profile's first trainable encoder, the
     functions of sampling each of the profile's generators at its largest size, and
@@ -65,13 +77,13 @@ def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device:
         if cost is not None:
             batch = cost.batch_size if on_gpu else min(cost.batch_size, 4)  # on a CPU the shares, not the speed, matter
             measured = encoder.measure_training(RunContext(registry=registry, device=device), 2, batch, None, profile=True)
-            yield from ({"work": f"train {encoder.name} (operators)", **row} for row in measured.get("operators", []))
+            yield from ({"work": train_work(encoder.name), **row} for row in measured.get("operators", []))
     for name in profile.generators:
         generator = registry.create("generator", name)
         side, n = max(spec.sizes), (16 if quick else 1024)
         generator.sample(seed=1, n=n, size=side)  # first use: programs compile, kernels load
-        yield from ({"work": f"generate {n} x {side} px {name} (parts)", **row} for row in time_split(generator, n, side))
-        work = f"generate {n} x {side} px {name} (functions)"
+        yield from ({"work": generate_work(n, side, name, "parts"), **row} for row in time_split(generator, n, side))
+        work = generate_work(n, side, name, "functions")
         yield from ({"work": work, **row} for row in function_profile(lambda: generator.sample(seed=2, n=n, size=side)))
         generator.close()
     size = 2_000 if quick else max(spec.memory_rows)
@@ -79,5 +91,5 @@ def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device:
     memory = synthetic_memory(size, 384, 100, seed=1234, device=device, backend="torch" if on_gpu else "auto")
     query_rows = synthetic_queries(queries, 384, 100, seed=1235)
     memory.classify(query_rows[:50], k=20)  # the index is built outside the profile
-    work = f"classify {queries} queries, memory {size} (functions)"
+    work = classify_work(queries, size)
     yield from ({"work": work, **row} for row in function_profile(lambda: memory.classify(query_rows, k=20)))

@@ -125,9 +125,11 @@ def machine_description(device: str) -> str:
 
 STAGE_NOTES = {
     "generators": (
-        "Reference: the released pipeline's design, measured on the same images on one thread per "
-        "core: decoding pre-rendered JPEGs (quality 95), and for K-Means Leaves generators decoding "
-        "the base images and running KML per image on the CPU (numpy.unique, scikit-learn KMeans)."
+        "Reference: the released pipeline's design, measured on the same images in one worker process "
+        "per core (`reference_processes`), as a data loader runs it: decoding pre-rendered JPEGs (quality 95), "
+        "and for K-Means Leaves generators decoding the base images and running KML per image on the CPU "
+        "(numpy.unique and the released 2-means in numpy). Rows without `reference_processes` ran it on one thread per "
+        "core, on which a reference holding the GIL (KML's numpy) gets about one core's rate."
     ),
     "embed": (
         "FLOPs are counted by torch. On a GPU the bf16 limit is the card's dense bf16 peak divided "
@@ -135,7 +137,8 @@ STAGE_NOTES = {
     ),
     "train": (
         "Reference for the data path: DINO's own loader design (JPEG decode and per-image PIL/"
-        "torchvision multi-crop, one thread per core) on the same images. DINO's published "
+        "torchvision multi-crop in one worker process per core, `reference_processes`; rows without it ran "
+        "it on one thread per core, about one core's rate) on the same images. DINO's published "
         "ViT-S/16 training runs at about 100 images/s per V100; compare with it on a GPU only. "
         "`model_alone`: steps on a batch in memory before the data workers start; `compiled`, "
         "`compiled_model`: end to end (on the same workers) and the model alone (once they stop) under "
@@ -164,7 +167,10 @@ STAGE_NOTES = {
     ),
     TARGETS: (
         "The profile's `bench.targets` (registry.yaml): each figure beside its floor and aim, with the "
-        "card it was measured on (stages may come from different runs)."
+        "card it was measured on (stages may come from different runs). What limits it: "
+        "`fraction_of_bf16_limit` where its row has that limit, and `where_time_goes`, the profile "
+        "stage's split of the same work (eager training steps on a batch in memory, the parts of one "
+        "generator call, the functions of one classification)."
     ),
 }
 

@@ -1,15 +1,23 @@
 """The figures a profile's benchmark should reach (`bench.targets` in registry.yaml),
-looked up in the measured stages and shown met or not at the top of the report."""
+looked up in the measured stages and shown met or not at the top of the report, each
+with what limits it: its share of the bf16 limit where its row has one, and where the
+profile stage found the time of the same work going."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
+
+from harness.bench.profiling import classify_work, generate_work, train_work
 
 if TYPE_CHECKING:
     from harness.config.schema import TargetSpec
 
 TARGETS = "targets"
 GPU_SUFFIX = " (GPU)"  # performance.json keeps a stage measured on a GPU beside the CPU's, under this suffix
+PROFILE = "profile"
+LIMIT_COLUMN = "bf16_limit_images_per_s"  # a row's physical limit, where its stage computes one
+SHOWN_PARTS = 3  # the largest shares of a profiled work named beside a target
 
 
 def accelerator(entry: dict[str, Any]) -> str:
@@ -28,10 +36,41 @@ def verdict(value: float, target: TargetSpec) -> str:
     return "floor met, aim not" if better(value, target.floor) else "floor not met"
 
 
+def profiled_rows(target: TargetSpec, profile: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The profile stage's rows of the work that makes the target's figure: training
+    the target's encoder (eager steps: not for a figure under torch.compile), generating
+    with its generator at its size (the parts the generator counts), classifying against
+    its memory. No rows for other targets."""
+    where = target.where
+    if "generator" in where and "size" in where:
+        pattern = generate_work("*", where["size"], where["generator"], "parts")
+    elif "encoder" in where and target.stage == "train" and "compiled" not in target.column:
+        pattern = train_work(where["encoder"])
+    elif "memory" in where:
+        pattern = classify_work("*", where["memory"])
+    else:
+        return []
+    matched = [row for row in profile if fnmatchcase(str(row.get("work", "")), pattern)]
+    first = matched[0]["work"] if matched else None
+    return [row for row in matched if row["work"] == first]
+
+
+def where_time_goes(rows: list[dict[str, Any]]) -> str:
+    """A profiled work in a line: the device's busy share, where the profile gives it,
+    and the `SHOWN_PARTS` operators or parts with the largest shares of its time."""
+    busy = [row for row in rows if str(row.get("operator", "")).startswith("(")]  # the profiler's whole-run row
+    parts = sorted((row for row in rows if row not in busy), key=lambda row: -float(row.get("share") or 0))[:SHOWN_PARTS]
+    text = ", ".join(f"{row['operator']} {float(row['share']):.0%}" for row in parts)
+    return f"busy {float(busy[0]['share']):.0%}; {text}" if busy else text
+
+
 def target_rows(targets: list[TargetSpec], state: dict[str, Any], suffix: str) -> list[dict[str, Any]]:
     """One row per target: the measured figure (from the stage `target.stage + suffix`),
-    its floor and aim, the verdict, the ratio to the aim and the machine it came from."""
+    its floor and aim, the verdict, the ratio to the aim and the machine it came from;
+    where known, its share of the bf16 limit and where the profile stage (same suffix)
+    found the time of the same work going (`profiled_rows`)."""
     rows = []
+    profile = (state.get(PROFILE + suffix) or {}).get("rows", [])
     for target in targets:
         entry = state.get(target.stage + suffix)
         found = [
@@ -51,5 +90,10 @@ def target_rows(targets: list[TargetSpec], state: dict[str, Any], suffix: str) -
                 "measured_on": accelerator(entry or {}),
                 "date": (entry or {}).get("date", ""),
             })
+            limit = found[0].get(LIMIT_COLUMN)
+            known = isinstance(limit, (int, float)) and limit > 0 and not lower_is_better
+            row["fraction_of_bf16_limit"] = round(value / limit, 3) if known else ""
+            profiled = profiled_rows(target, profile)
+            row["where_time_goes"] = f"{profiled[0]['work']}: {where_time_goes(profiled)}" if profiled else ""
         rows.append(row)
     return rows

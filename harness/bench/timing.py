@@ -4,8 +4,11 @@ plugins that report how fast the released research code makes their images."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterator
 
 TOP = 8  # rows per profiled piece of work
@@ -30,6 +33,25 @@ def best_time(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> float
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, all) time of the machine's cores since boot, in clock ticks (/proc/stat);
+    None where the system does not say."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:9]]  # user .. steal (guest time is within user)
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and waiting for I/O
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's cores busy between two `cpu_jiffies` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def encode_jpegs(images: Any, quality: int = 95) -> list[bytes]:
@@ -63,30 +85,49 @@ def _decode_all(blobs: list[bytes]) -> int:
     return len(blobs)
 
 
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@functools.cache
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` processes for reference pipelines, started once and kept for every
+    later timing in this process. Spawned, not forked: the parent may hold GL and CUDA
+    contexts. Each runs one torch thread, as a DataLoader worker does."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_torch_thread)
+
+
 def parallel_rate(work: Callable[[Any], int], jobs: list[Any], workers: int | None = None) -> float:
-    """Items/s of running `work` (returning how many items a job made) over `jobs` on
-    `workers` threads (default: one per core), the way a data loader's workers share a
-    reference pipeline (PIL, numpy and scikit-learn release the GIL in their loops).
-    Best of two passes after a warm-up pass."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Items/s of running `work` (a module-level function returning how many items a job
+    made) over `jobs` on `workers` processes (default: one per core), the way a data
+    loader's worker processes run a reference pipeline. Threads would not do: a pipeline
+    that holds the GIL (per-image numpy, PIL's Python-level transforms) then runs on about
+    one core however many the machine has. Best of two passes after a warm-up pass (which
+    also starts the processes)."""
+    pool = worker_pool(workers or cores())
+    items = 0
 
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        items = 0
+    def one_pass() -> None:
+        nonlocal items
+        items = sum(pool.map(work, jobs))
 
-        def one_pass() -> None:
-            nonlocal items
-            items = sum(pool.map(work, jobs))
-
-        seconds = best_time(one_pass, repeats=2)
+    seconds = best_time(one_pass, repeats=2)
     return items / seconds
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def jpeg_decode_rate(images: Any) -> float:
-    """images/s of decoding these images from JPEG on one thread per core: the reference
+    """images/s of decoding these images from JPEG on one process per core: the reference
     pipeline's cost per image when a dataset is pre-rendered (disk reads excluded)."""
     blobs = encode_jpegs(images)
     blobs = blobs * max(1, 1024 // len(blobs))  # passes long enough to time
-    workers = os.cpu_count() or 1
+    workers = cores()
     return parallel_rate(_decode_all, [blobs[i::workers] for i in range(workers)], workers)
 
 

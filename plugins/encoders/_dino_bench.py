@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from harness.bench.timing import best_time, operator_profile, peak_flops, synchronizer
+from harness.bench.timing import best_time, busy_share, cores, cpu_jiffies, operator_profile, peak_flops, synchronizer
 from harness_plugins.encoders._dino_data import PREFETCH_FACTOR, StreamPlan, step_batches
 from harness_plugins.encoders._dino_reference import reference_augment_rate
 from harness_plugins.encoders._dino_run import data_workers, device_name
@@ -39,7 +39,10 @@ def timed_steps(
     they started, or while they waited, would otherwise be counted as free. With
     `budget_s`, as many timed steps (at least 2) as fit in that many seconds, judged by
     the last warm-up step (its batch and its model step). Also returned: the losses of
-    the first and the last step."""
+    the first and the last step, the share of the machine's cores busy over the timed
+    steps (`machine_cpu_busy`: data workers included) and the CPU seconds per second of
+    this process (`process_cpu_per_s`): steps bound by launching kernels slow down when
+    the workers leave their thread no core."""
     losses = []
     for _ in range(warmup):
         t0 = time.perf_counter()
@@ -50,6 +53,7 @@ def timed_steps(
         steps = max(2, min(steps, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
     data_s = model_s = 0.0
     loss = losses[-1]
+    jiffies, process_s = cpu_jiffies(), time.process_time()
     start = time.perf_counter()
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -64,6 +68,7 @@ def timed_steps(
     return {
         "images_per_s": n / wall, "model_images_per_s": n / max(model_s, 1e-9), "data_images_per_s": n / max(data_s, 1e-9),
         "seconds": wall, "steps": steps, "first_loss": losses[0], "last_loss": loss,
+        "machine_cpu_busy": busy_share(jiffies, cpu_jiffies()), "process_cpu_per_s": (time.process_time() - process_s) / wall,
     }
 
 
@@ -253,6 +258,7 @@ def throughput(
         "augment_images_per_s": round(ours_augment, 1),
         "reference_augment_images_per_s": round(reference_augment, 1),
         "augment_ratio_to_reference": round(ours_augment / reference_augment, 2),
+        "reference_processes": cores(),
         "train_gflops_per_image": float(f"{flops / 1e9:.4g}"),
         "device": device_name(device),
         "recipe": encoder.params.recipe,
@@ -267,6 +273,9 @@ def throughput(
         "one_step_loss_after": round(loss_after, 4),
         "one_step_descends": loss_after < loss_before,
     }
+    if measured["machine_cpu_busy"] is not None:
+        row["machine_cpu_busy"] = round(measured["machine_cpu_busy"], 3)
+    row["process_cpu_per_s"] = round(measured["process_cpu_per_s"], 2)
     row.update(compiled_figures)
     peak = peak_flops(device)
     if peak:

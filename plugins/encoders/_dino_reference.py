@@ -51,23 +51,25 @@ def pil_multicrop(multicrop: MultiCrop) -> Any:
     return lambda image: [pipeline(image) for pipeline in pipelines]
 
 
-def reference_augment_rate(images: Any, multicrop: MultiCrop) -> float:
-    """images/s of DINO's data path on these uint8 images [n, 3, H, W]: decode each from
-    a JPEG file and augment it with `pil_multicrop`, on one thread per core."""
-    import os
-
+def _augment_share(job: tuple[MultiCrop, list[bytes]]) -> int:
+    """Decode and augment one worker's share of the JPEG files (`pil_multicrop`)."""
     import torch
 
-    from harness.bench.timing import decode_image, encode_jpegs, parallel_rate
+    from harness.bench.timing import decode_image
 
+    multicrop, share = job
     augment = pil_multicrop(multicrop)
+    with torch.inference_mode():
+        for blob in share:
+            augment(decode_image(blob))
+    return len(share)
+
+
+def reference_augment_rate(images: Any, multicrop: MultiCrop) -> float:
+    """images/s of DINO's data path on these uint8 images [n, 3, H, W]: decode each from
+    a JPEG file and augment it with `pil_multicrop`, on one worker process per core."""
+    from harness.bench.timing import cores, encode_jpegs, parallel_rate
+
     blobs = encode_jpegs(images)
-    workers = os.cpu_count() or 1
-
-    def work(share: list[bytes]) -> int:
-        with torch.inference_mode():
-            for blob in share:
-                augment(decode_image(blob))
-        return len(share)
-
-    return parallel_rate(work, [blobs[i::workers] for i in range(workers)], workers)
+    workers = cores()
+    return parallel_rate(_augment_share, [(multicrop, blobs[i::workers]) for i in range(workers)], workers)
