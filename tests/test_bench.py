@@ -97,6 +97,15 @@ def test_reference_pipelines_run_in_worker_processes_of_one_torch_thread() -> No
     assert parallel_rate(_three_items, [0] * 4, workers=2) > 0
 
 
+def test_busy_share_is_busy_ticks_over_all_ticks_between_two_readings() -> None:
+    from harness.bench.timing import busy_share, cpu_jiffies
+
+    assert busy_share((10, 100), (40, 160)) == 0.5  # 30 of the 60 ticks between them busy
+    assert busy_share((10, 100), (10, 100)) is None and busy_share(None, (40, 160)) is None
+    reading = cpu_jiffies()
+    assert reading is None or 0 <= reading[0] <= reading[1]
+
+
 def test_released_kml_reference_makes_the_same_images() -> None:
     """The bench's reference (numpy.unique + scikit-learn KMeans, per image) agrees with the
     batched generator when the base images are stored losslessly (PNG)."""

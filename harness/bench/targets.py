@@ -51,8 +51,7 @@ def profiled_rows(target: TargetSpec, profile: list[dict[str, Any]]) -> list[dic
     else:
         return []
     matched = [row for row in profile if fnmatchcase(str(row.get("work", "")), pattern)]
-    first = matched[0]["work"] if matched else None
-    return [row for row in matched if row["work"] == first]
+    return [row for row in matched if row["work"] == matched[0]["work"]]
 
 
 def where_time_goes(rows: list[dict[str, Any]]) -> str:
