@@ -106,6 +106,36 @@ def test_busy_share_is_busy_ticks_over_all_ticks_between_two_readings() -> None:
     assert reading is None or 0 <= reading[0] <= reading[1]
 
 
+def test_a_profiles_busy_share_on_a_cpu_is_taken_over_the_profiled_wall_time() -> None:
+    """A CPU operator's own time includes the profiler's work, so its busy share is taken
+    over the profiled wall time, not the unprofiled one given (which a GPU's kernel times
+    are measured against); the row gives both wall times."""
+    import time
+
+    import torch
+
+    from harness.bench.timing import BUSY_ROW, operator_profile
+
+    a = torch.rand(256, 256)
+
+    def work() -> None:
+        for _ in range(20):
+            torch.mm(a, a)
+
+    work()
+    began = time.perf_counter()
+    work()
+    unprofiled_s = time.perf_counter() - began
+    with operator_profile("cpu", unprofiled_s) as rows:
+        work()
+    busy = rows[0]
+    assert busy["operator"] == BUSY_ROW and busy["calls"] >= 20
+    assert busy["wall_ms"] == busy["profiled_wall_ms"] > 0
+    assert abs(busy["share"] - busy["self_ms"] / busy["profiled_wall_ms"]) < 0.002
+    mm = next(row for row in rows[1:] if row["operator"] == "aten::mm")
+    assert mm["calls"] == 20 and abs(mm["self_ms"] / busy["self_ms"] - mm["share"]) < 0.01
+
+
 def test_released_kml_reference_makes_the_same_images() -> None:
     """The bench's reference (numpy.unique + scikit-learn KMeans, per image) agrees with the
     batched generator when the base images are stored losslessly (PNG)."""

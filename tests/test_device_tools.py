@@ -23,7 +23,7 @@ from types import ModuleType
 import pytest
 
 from harness.bench.endtoend import agrees, compare, failures
-from harness.bench.targets import target_rows
+from harness.bench.targets import target_rows, where_time_goes
 from harness.config.schema import TargetSpec
 from helpers import cli
 
@@ -77,6 +77,7 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert works == {"train", "generate", "classify"}
     busy = next(row for row in rows["profile"] if row["work"].startswith("train"))
     assert busy["operator"].startswith("(all operators") and 0 < busy["share"] <= 1.01
+    assert busy["wall_ms"] > 0 and busy["profiled_wall_ms"] > 0 and abs(busy["share"] - busy["self_ms"] / busy["wall_ms"]) < 0.002
     parts = {row["operator"]: row["share"] for row in rows["profile"] if row["work"].endswith("rehearsal-kml-mixup (parts)")}
     assert {"base images", "combine them", "base images > wait for the GL work"} <= set(parts)
     assert parts["base images"] + parts["combine them"] <= 1.0
@@ -147,7 +148,7 @@ def test_each_target_says_what_limits_it() -> None:
     drawn = TargetSpec(label="drawn", stage="generators", where={"generator": "kml", "size": 224}, column="images_per_s", floor=3000, aim=5000)
     classify = TargetSpec(label="classify", stage="memory", where={"memory": 10}, column="classify_s", floor=5, aim=1)
     profile = [
-        {"work": "train dino (operators)", "operator": "(all operators: share = busy fraction)", "share": 0.47},
+        {"work": "train dino (operators)", "operator": "(all operators: share = busy fraction)", "share": 0.94, "wall_ms": 934.0},
         *({"work": "train dino (operators)", "operator": name, "share": share}
           for name, share in [("aten::mm", 0.10), ("aten::copy_", 0.13), ("aten::add", 0.05), ("aten::cat", 0.11)]),
         {"work": "generate 1024 x 224 px kml (parts)", "operator": "base images", "share": 0.75},
@@ -159,15 +160,23 @@ def test_each_target_says_what_limits_it() -> None:
     ]
     state = {
         "train (GPU)": {"rows": [{"encoder": "dino", "images_per_s": 600.0, "compiled_images_per_s": 1200.0,
-                                  "bf16_limit_images_per_s": 8000.0}], "machine": "", "date": "d"},
+                                  "bf16_limit_images_per_s": 8000.0, "data_workers": 8, "data_images_per_s": 60000.0,
+                                  "model_alone_images_per_s": 1200.0, "compiled_model_images_per_s": 1500.0}],
+                        "machine": "", "date": "d"},
         "generators (GPU)": {"rows": [{"generator": "kml", "size": 224, "images_per_s": 1300.0}], "machine": "", "date": "d"},
         "memory (GPU)": {"rows": [{"memory": 10, "classify_s": 4.0}], "machine": "", "date": "d"},
         "profile (GPU)": {"rows": profile, "machine": "", "date": "d"},
     }
     rows = {row["target"]: row for row in target_rows([eager, compiled, drawn, classify], state, " (GPU)")}
     assert rows["eager"]["fraction_of_bf16_limit"] == 0.075 and rows["compiled"]["fraction_of_bf16_limit"] == 0.15
-    assert rows["eager"]["where_time_goes"] == "train dino (operators): busy 47%; aten::copy_ 13%, aten::cat 11%, aten::mm 10%"
-    assert rows["compiled"]["where_time_goes"] == ""  # the profile times eager steps
+    assert rows["eager"]["where_time_goes"] == (
+        "beside 8 data workers: 50% of the model alone's rate, waiting for data 1%; "  # 600 / 1200, 600 / 60000
+        "train dino (operators): busy 94%; aten::copy_ 13%, aten::cat 11%, aten::mm 10%"
+    )
+    measured_before = [{**profile[0], "share": 0.47}, *(row for row in profile[1:] if row["work"].startswith("train"))]
+    del measured_before[0]["wall_ms"]  # taken over the profiled wall time, which the profiler lengthens
+    assert where_time_goes(measured_before) == "busy 47% of the profiled wall time; aten::copy_ 13%, aten::cat 11%, aten::mm 10%"
+    assert rows["compiled"]["where_time_goes"] == "beside 8 data workers: 80% of the model alone's rate"  # the profile times eager steps
     assert rows["drawn"]["where_time_goes"] == "generate 1024 x 224 px kml (parts): base images 75%, combine them 24%"
     assert rows["drawn"]["fraction_of_bf16_limit"] == rows["classify"]["fraction_of_bf16_limit"] == ""
     assert rows["classify"]["where_time_goes"] == "classify 5000 queries, memory 10 (functions): pair_similarities 42%"
@@ -207,7 +216,7 @@ def test_merge_adds_a_gpu_run_to_the_report_and_checks_the_targets(tmp_path: Pat
     verdicts = {row["target"]: row["verdict"] for row in state["targets (GPU)"]["rows"]}
     assert verdicts["memory 1.28M x 384, 50k queries: classify (s)"] == "floor met, aim not"
     assert verdicts["memory 1.28M x 384, 50k queries: audit (s)"] == "floor not met"
-    assert verdicts["DINO ViT-S/16 paper recipe, model only (images/s)"] == "not measured"
+    assert verdicts["DINO ViT-S/16 paper recipe, model alone (images/s)"] == "not measured"
     text = report.read_text()
     assert text.index("## targets (GPU)") < text.index("## embed")
 

@@ -618,6 +618,9 @@ def test_time_split_counts_the_parts_of_a_call_within_its_wall_time() -> None:
     assert all(s >= 0 for s in spent.values())
     assert spent["base images"] > 0 and spent["combine them"] > 0
     assert spent["base images"] + spent["combine them"] <= wall
+    # on a GPU: the wait for its work and the copy of the images to the host (none here)
+    within_combine = spent["combine them > wait for the GPU"] + spent["combine them > copy to the host"]
+    assert within_combine <= spent["combine them"] and (within_combine > 0) == torch.cuda.is_available()
     assert sum(inside_base.values()) <= spent["base images"]
     assert harness.get_generator("dead-leaves").time_split() == {}
 

@@ -160,7 +160,10 @@ STAGE_NOTES = {
     "profile": (
         "Where the time goes. Training steps on a batch in memory (no data workers): torch operators by self "
         "time (on a GPU, the time of the kernels each launched); the first "
-        "row's share is how busy the device was over the steps' wall time. Generating: first the parts the "
+        "row's share is how busy the device was over `wall_ms`: on a GPU the same steps' wall time without the "
+        "profiler (`profiled_wall_ms` is that with it, lengthened by the profiler's own work), on a CPU, whose "
+        "operators' times include that work, the profiled one; a first row without `wall_ms` took its share over "
+        "the profiled wall time. Generating: first the parts the "
         "generator counts itself (each a share of one call's wall time; \"a > b\" is part of \"a\"), then Python "
         "functions by own time (cProfile; GL rendering runs on a thread of its own, seen as a wait). "
         "Classifying: Python functions by own time."

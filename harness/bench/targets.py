@@ -9,6 +9,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from harness.bench.profiling import classify_work, generate_work, train_work
+from harness.bench.timing import BUSY_ROW
 
 if TYPE_CHECKING:
     from harness.config.schema import TargetSpec
@@ -18,6 +19,9 @@ GPU_SUFFIX = " (GPU)"  # performance.json keeps a stage measured on a GPU beside
 PROFILE = "profile"
 LIMIT_COLUMN = "bf16_limit_images_per_s"  # a row's physical limit, where its stage computes one
 SHOWN_PARTS = 3  # the largest shares of a profiled work named beside a target
+# A training figure measured beside data workers, and the column of the same steps with
+# the model alone (a batch in memory, no workers), where the train stage gives both.
+ALONE_COLUMNS = {"images_per_s": "model_alone_images_per_s", "compiled_images_per_s": "compiled_model_images_per_s"}
 
 
 def accelerator(entry: dict[str, Any]) -> str:
@@ -56,18 +60,39 @@ def profiled_rows(target: TargetSpec, profile: list[dict[str, Any]]) -> list[dic
 
 def where_time_goes(rows: list[dict[str, Any]]) -> str:
     """A profiled work in a line: the device's busy share, where the profile gives it,
-    and the `SHOWN_PARTS` operators or parts with the largest shares of its time."""
-    busy = [row for row in rows if str(row.get("operator", "")).startswith("(")]  # the profiler's whole-run row
+    and the `SHOWN_PARTS` operators or parts with the largest shares of its time. A busy
+    share taken over the profiled wall time (rows measured before `wall_ms` was) says so:
+    the profiler's own work lengthens that time."""
+    busy = [row for row in rows if row.get("operator") == BUSY_ROW]
     parts = sorted((row for row in rows if row not in busy), key=lambda row: -float(row.get("share") or 0))[:SHOWN_PARTS]
     text = ", ".join(f"{row['operator']} {float(row['share']):.0%}" for row in parts)
-    return f"busy {float(busy[0]['share']):.0%}; {text}" if busy else text
+    if not busy:
+        return text
+    over = "" if "wall_ms" in busy[0] else " of the profiled wall time"
+    return f"busy {float(busy[0]['share']):.0%}{over}; {text}"
+
+
+def beside_the_workers(target: TargetSpec, row: dict[str, Any]) -> str:
+    """For a training figure measured beside data workers: its share of the rate of the
+    model alone, and of the time spent waiting for the data where the row gives it. The
+    workers may slow the steps without the data ever being late (sharing the cores, or a
+    GPU they render on)."""
+    alone, workers = row.get(ALONE_COLUMNS.get(target.column, "")), row.get("data_workers")
+    if target.stage != "train" or not isinstance(alone, (int, float)) or alone <= 0 or not workers:
+        return ""
+    text = f"beside {workers} data workers: {float(row[target.column]) / alone:.0%} of the model alone's rate"
+    data = row.get("data_images_per_s")
+    if target.column == "images_per_s" and isinstance(data, (int, float)) and data > 0:
+        text += f", waiting for data {float(row[target.column]) / data:.0%}"
+    return text
 
 
 def target_rows(targets: list[TargetSpec], state: dict[str, Any], suffix: str) -> list[dict[str, Any]]:
     """One row per target: the measured figure (from the stage `target.stage + suffix`),
     its floor and aim, the verdict, the ratio to the aim and the machine it came from;
-    where known, its share of the bf16 limit and where the profile stage (same suffix)
-    found the time of the same work going (`profiled_rows`)."""
+    where known, its share of the bf16 limit, how data workers slowed it
+    (`beside_the_workers`) and where the profile stage (same suffix) found the time of
+    the same work going (`profiled_rows`)."""
     rows = []
     profile = (state.get(PROFILE + suffix) or {}).get("rows", [])
     for target in targets:
@@ -93,6 +118,7 @@ def target_rows(targets: list[TargetSpec], state: dict[str, Any], suffix: str) -
             known = isinstance(limit, (int, float)) and limit > 0 and not lower_is_better
             row["fraction_of_bf16_limit"] = round(value / limit, 3) if known else ""
             profiled = profiled_rows(target, profile)
-            row["where_time_goes"] = f"{profiled[0]['work']}: {where_time_goes(profiled)}" if profiled else ""
+            limits = [beside_the_workers(target, found[0]), f"{profiled[0]['work']}: {where_time_goes(profiled)}" if profiled else ""]
+            row["where_time_goes"] = "; ".join(text for text in limits if text)
         rows.append(row)
     return rows

@@ -131,6 +131,9 @@ def jpeg_decode_rate(images: Any) -> float:
     return parallel_rate(_decode_all, [blobs[i::workers] for i in range(workers)], workers)
 
 
+# The first row of an `operator_profile`: its share is how busy the device was over `wall_ms`.
+BUSY_ROW = "(all operators: share = busy fraction)"
+
 # Dense bf16 tensor-core peaks (FLOP/s), for the physical limit of GPU figures.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "V100": 125e12, "L40S": 362e12, "A10": 125e12}
 
@@ -145,9 +148,17 @@ def peak_flops(device: str) -> float | None:
 
 
 @contextlib.contextmanager
-def operator_profile(device: str) -> Iterator[list[dict[str, Any]]]:
+def operator_profile(device: str, unprofiled_s: float | None = None) -> Iterator[list[dict[str, Any]]]:
     """Profile the block's torch operators; on exit the yielded list holds the `TOP` with
-    the most self time on `device` (on a CPU, CPU time), each with its share of the whole."""
+    the most self time on `device` (on a CPU, CPU time), each with its share of the whole.
+
+    The first row says how busy the device was: all operators' self time over the wall
+    time. On a GPU that is `unprofiled_s`, the wall time of the same work without the
+    profiler, where given: the profiler's own work on the host lengthens the profiled
+    wall time (it doubled that of eager training steps on an H200) but not the kernels'
+    time, so over the profiled wall time the GPU would look idle when it was not. On a
+    CPU the operators' own times include the profiler's work, so the profiled wall time
+    stays the measure. The row gives both wall times."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -156,7 +167,8 @@ def operator_profile(device: str) -> Iterator[list[dict[str, Any]]]:
     began = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as profiler:
         yield rows
-    wall_us = (time.perf_counter() - began) * 1e6
+    profiled_us = (time.perf_counter() - began) * 1e6
+    wall_us = unprofiled_s * 1e6 if on_gpu and unprofiled_s is not None else profiled_us
     # On a GPU, an operator's self device time is the time of the kernels it launched,
     # and those kernels are listed too: only the operators are counted, so that no
     # kernel is counted twice.
@@ -166,9 +178,8 @@ def operator_profile(device: str) -> Iterator[list[dict[str, Any]]]:
         return float(getattr(event, "self_device_time_total", 0.0) if on_gpu else event.self_cpu_time_total)
 
     total = sum(self_us(e) for e in events) or 1.0
-    # first row: how busy the device was (all operators' self time over the wall time)
-    rows.append({"operator": "(all operators: share = busy fraction)", "calls": sum(e.count for e in events),
-                 "self_ms": round(total / 1000, 2), "share": round(total / wall_us, 3)})
+    rows.append({"operator": BUSY_ROW, "calls": sum(e.count for e in events), "self_ms": round(total / 1000, 2),
+                 "share": round(total / wall_us, 3), "wall_ms": round(wall_us / 1000, 2), "profiled_wall_ms": round(profiled_us / 1000, 2)})
     for event in sorted(events, key=self_us, reverse=True)[:TOP]:
         rows.append({
             "operator": event.key[:60],

@@ -142,12 +142,13 @@ def model_alone_rate(trainer: Trainer, images: torch.Tensor, sync: Callable[[], 
 
 def profiled_steps(trainer: Trainer, images: torch.Tensor, steps: int, sync: Callable[[], None]) -> list[dict[str, Any]]:
     """Where `steps` training steps on one batch in memory spend their time, by torch
-    operator (`operator_profile`), after one unprofiled step. No data workers run: the
-    profile is the model's (how the data keep up is the train stage's figure). It takes
-    real steps: call it on a trainer whose state no longer matters."""
-    trainer.step(0, images)
-    sync()
-    with operator_profile(trainer.device) as operators:
+    operator (`operator_profile`), after the same number of steps timed without the
+    profiler (`model_alone_rate`), over whose wall time a GPU's busy share is taken.
+    No data workers run: the profile is the model's (how the data keep up is the
+    train stage's figure). It takes real steps: call it on a trainer whose state no
+    longer matters."""
+    unprofiled_s = steps * len(images) / model_alone_rate(trainer, images, sync, steps)
+    with operator_profile(trainer.device, unprofiled_s) as operators:
         for _ in range(steps):
             trainer.step(0, images)
         sync()

@@ -13,6 +13,7 @@ within about 1e-16 of a float32 rounding boundary.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable
 
@@ -191,16 +192,32 @@ def mask_sources(s1: Any, kmeans_size: int) -> Any:
     return F.interpolate(x, size=(kmeans_size, kmeans_size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _unit(images: Any) -> Any:
-    """float32 x / 255 of uint8 images (numpy or torch), correctly rounded on every device
-    (as torchvision's `ToTensor` divides on the CPU)."""
+def _unit_table() -> Any:
+    """float32 x / 255 for x = 0..255, divided on the CPU (numpy), correctly rounded."""
     import numpy as np
+
+    return np.arange(256, dtype=np.float32) / np.float32(255)
+
+
+@functools.cache
+def _unit_table_on(device: Any) -> Any:
+    """`_unit_table` on a torch device, copied there once: a copy from the host waits
+    for the work the device has queued, which would keep the host from queueing the
+    next kernels while the GPU runs."""
     import torch
 
-    table = np.arange(256, dtype=np.float32) / np.float32(255)
+    return torch.from_numpy(_unit_table()).to(device)
+
+
+def _unit(images: Any) -> Any:
+    """float32 x / 255 of uint8 images (numpy or torch), correctly rounded on every device
+    (as torchvision's `ToTensor` divides on the CPU; a CUDA kernel dividing by a number
+    multiplies by its reciprocal)."""
+    import torch
+
     if isinstance(images, torch.Tensor):
-        return torch.from_numpy(table).to(images.device)[images.long()]
-    return table[images]
+        return _unit_table_on(images.device)[images.long()]
+    return _unit_table()[images]
 
 
 def _blend(s2: Any, s3: Any, mask: Any) -> Any:
@@ -255,8 +272,9 @@ def stored_mean(images: Any) -> Any:
     total = _unit(images[:, 0])
     for j in range(1, k):
         total = total + _unit(images[:, j])
-    # divided by a tensor: a CUDA kernel would multiply by the reciprocal of a number
-    count = torch.tensor(k, dtype=torch.float32, device=total.device) if isinstance(total, torch.Tensor) else np.float32(k)
+    # divided by a tensor (a CUDA kernel would multiply by the reciprocal of a number),
+    # filled on the device (a copy from the host would wait for its queued work)
+    count = torch.full((), float(k), dtype=torch.float32, device=total.device) if isinstance(total, torch.Tensor) else np.float32(k)
     return total / count * 255
 
 
