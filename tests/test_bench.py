@@ -136,6 +136,30 @@ def test_a_profiles_busy_share_on_a_cpu_is_taken_over_the_profiled_wall_time() -
     assert mm["calls"] == 20 and abs(mm["self_ms"] / busy["self_ms"] - mm["share"]) < 0.01
 
 
+def test_a_generator_call_is_profiled_by_torch_operator_where_torch_does_its_work() -> None:
+    """The profile stage lists the torch operators of the call it split into parts (same
+    seed, same size): for random networks (torch convolutions and FFTs) their busy share
+    and which take it; nothing for dead leaves, whose work is numpy's."""
+    from harness.bench.profiling import generator_operators, time_split
+    from harness.bench.timing import BUSY_ROW
+
+    networks = harness.get_generator("stylegan-oriented")
+    networks.sample(seed=1, n=8, size=32)
+    parts, wall = time_split(networks, 8, 32)
+    assert parts == [] and wall > 0  # it counts no parts of its own
+    rows = generator_operators(networks, 8, 32, "cpu", wall)
+    busy, operators = rows[0], rows[1:]
+    assert busy["operator"] == BUSY_ROW and 0.01 <= busy["share"] <= 1.01
+    assert busy["wall_ms"] == busy["profiled_wall_ms"] and abs(busy["share"] - busy["self_ms"] / busy["wall_ms"]) < 0.002
+    assert any("conv" in row["operator"] or "fft" in row["operator"] for row in operators), operators
+    assert sum(row["share"] for row in operators) <= 1.001
+    assert sum(row["self_ms"] for row in operators) <= busy["self_ms"] + 0.01
+
+    leaves = harness.get_generator("dead-leaves")
+    leaves.sample(seed=1, n=8, size=32)
+    assert generator_operators(leaves, 8, 32, "cpu", time_split(leaves, 8, 32)[1]) == []
+
+
 def test_released_kml_reference_makes_the_same_images() -> None:
     """The bench's reference (numpy.unique + scikit-learn KMeans, per image) agrees with the
     batched generator when the base images are stored losslessly (PNG)."""

@@ -143,7 +143,8 @@ def test_targets_are_judged_against_floor_and_aim_in_either_direction() -> None:
 
 def test_each_target_says_what_limits_it() -> None:
     """Beside a figure: its share of the bf16 limit its row gives, and the largest shares
-    of the time of the same work in the profile stage (the device's busy share first)."""
+    of the time of the same work in the profile stage (the device's busy share first;
+    for a generator, the parts it counts and then its torch operators)."""
     eager = TargetSpec(label="eager", stage="train", where={"encoder": "dino"}, column="images_per_s", floor=1000, aim=3000)
     compiled = TargetSpec(label="compiled", stage="train", where={"encoder": "dino"}, column="compiled_images_per_s", floor=1000, aim=3000)
     drawn = TargetSpec(label="drawn", stage="generators", where={"generator": "kml", "size": 224}, column="images_per_s", floor=3000, aim=5000)
@@ -154,6 +155,10 @@ def test_each_target_says_what_limits_it() -> None:
           for name, share in [("aten::mm", 0.10), ("aten::copy_", 0.13), ("aten::add", 0.05), ("aten::cat", 0.11)]),
         {"work": "generate 1024 x 224 px kml (parts)", "operator": "base images", "share": 0.75},
         {"work": "generate 1024 x 224 px kml (parts)", "operator": "combine them", "share": 0.24},
+        {"work": "generate 1024 x 224 px kml (operators)", "operator": "(all operators: share = busy fraction)", "share": 0.3,
+         "wall_ms": 800.0},
+        *({"work": "generate 1024 x 224 px kml (operators)", "operator": name, "share": share}
+          for name, share in [("aten::bmm", 0.4), ("aten::index", 0.2), ("aten::sub", 0.1), ("aten::mul", 0.05)]),
         {"work": "generate 1024 x 224 px kml (functions)", "operator": "wait_for", "share": 0.9},
         {"work": "generate 1024 x 224 px kml-compute (parts)", "operator": "read back", "share": 0.9},
         {"work": "generate 1024 x 64 px kml (parts)", "operator": "read back", "share": 0.9},
@@ -178,7 +183,10 @@ def test_each_target_says_what_limits_it() -> None:
     del measured_before[0]["wall_ms"]  # taken over the profiled wall time, which the profiler lengthens
     assert where_time_goes(measured_before) == "busy 47% of the profiled wall time; aten::copy_ 13%, aten::cat 11%, aten::mm 10%"
     assert rows["compiled"]["where_time_goes"] == "beside 8 data workers: 80% of the model alone's rate"  # the profile times eager steps
-    assert rows["drawn"]["where_time_goes"] == "generate 1024 x 224 px kml (parts): base images 75%, combine them 24%"
+    assert rows["drawn"]["where_time_goes"] == (  # the parts, then the torch operators of the same call
+        "generate 1024 x 224 px kml (parts): base images 75%, combine them 24%; "
+        "generate 1024 x 224 px kml (operators): busy 30%; aten::bmm 40%, aten::index 20%, aten::sub 10%"
+    )
     assert rows["drawn"]["fraction_of_bf16_limit"] == rows["classify"]["fraction_of_bf16_limit"] == ""
     assert rows["classify"]["where_time_goes"] == "classify 5000 queries, memory 10 (functions): pair_similarities 42%"
 

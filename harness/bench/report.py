@@ -35,7 +35,7 @@ from harness.bench.embed import bench_embed
 from harness.bench.endtoend import ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE, bench_end_to_end
 from harness.bench.generators import bench_generators
 from harness.bench.memory import bench_memory
-from harness.bench.profiling import bench_profile
+from harness.bench.profiling import OPERATORS_SHOWN, bench_profile
 from harness.bench.targets import GPU_SUFFIX, TARGETS, target_rows
 from harness.bench.train import bench_train
 from harness.cache import atomic_write
@@ -164,7 +164,9 @@ STAGE_NOTES = {
         "profiler (`profiled_wall_ms` is that with it, lengthened by the profiler's own work), on a CPU, whose "
         "operators' times include that work, the profiled one; a first row without `wall_ms` took its share over "
         "the profiled wall time. Generating: first the parts the "
-        "generator counts itself (each a share of one call's wall time; \"a > b\" is part of \"a\"), then Python "
+        "generator counts itself (each a share of one call's wall time; \"a > b\" is part of \"a\"), then the "
+        f"torch operators of the same call, where they took at least {OPERATORS_SHOWN:.0%} of it (busy share over that call's wall "
+        "time; on a GPU the kernels' time), then Python "
         "functions by own time (cProfile; GL rendering runs on a thread of its own, seen as a wait). "
         "Classifying: Python functions by own time."
     ),
@@ -172,8 +174,8 @@ STAGE_NOTES = {
         "The profile's `bench.targets` (registry.yaml): each figure beside its floor and aim, with the "
         "card it was measured on (stages may come from different runs). What limits it: "
         "`fraction_of_bf16_limit` where its row has that limit, and `where_time_goes`, the profile "
-        "stage's split of the same work (eager training steps on a batch in memory, the parts of one "
-        "generator call, the functions of one classification)."
+        "stage's split of the same work (eager training steps on a batch in memory, the parts and the torch "
+        "operators of one generator call, the functions of one classification)."
     ),
 }
 

@@ -40,22 +40,27 @@ def verdict(value: float, target: TargetSpec) -> str:
     return "floor met, aim not" if better(value, target.floor) else "floor not met"
 
 
-def profiled_rows(target: TargetSpec, profile: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The profile stage's rows of the work that makes the target's figure: training
-    the target's encoder (eager steps: not for a figure under torch.compile), generating
-    with its generator at its size (the parts the generator counts), classifying against
-    its memory. No rows for other targets."""
+def profiled_works(target: TargetSpec, profile: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The profile stage's rows of the work that makes the target's figure, a list per
+    profiled work: training the target's encoder (eager steps: not for a figure under
+    torch.compile); generating with its generator at its size (the parts the generator
+    counts, then the torch operators of the same call where the profile lists them);
+    classifying against its memory. None for other targets."""
     where = target.where
     if "generator" in where and "size" in where:
-        pattern = generate_work("*", where["size"], where["generator"], "parts")
+        patterns = [generate_work("*", where["size"], where["generator"], how) for how in ("parts", "operators")]
     elif "encoder" in where and target.stage == "train" and "compiled" not in target.column:
-        pattern = train_work(where["encoder"])
+        patterns = [train_work(where["encoder"])]
     elif "memory" in where:
-        pattern = classify_work("*", where["memory"])
+        patterns = [classify_work("*", where["memory"])]
     else:
         return []
-    matched = [row for row in profile if fnmatchcase(str(row.get("work", "")), pattern)]
-    return [row for row in matched if row["work"] == matched[0]["work"]]
+    works = []
+    for pattern in patterns:
+        matched = [row for row in profile if fnmatchcase(str(row.get("work", "")), pattern)]
+        if matched:
+            works.append([row for row in matched if row["work"] == matched[0]["work"]])
+    return works
 
 
 def where_time_goes(rows: list[dict[str, Any]]) -> str:
@@ -92,7 +97,7 @@ def target_rows(targets: list[TargetSpec], state: dict[str, Any], suffix: str) -
     its floor and aim, the verdict, the ratio to the aim and the machine it came from;
     where known, its share of the bf16 limit, how data workers slowed it
     (`beside_the_workers`) and where the profile stage (same suffix) found the time of
-    the same work going (`profiled_rows`)."""
+    the same work going (`profiled_works`)."""
     rows = []
     profile = (state.get(PROFILE + suffix) or {}).get("rows", [])
     for target in targets:
@@ -117,8 +122,8 @@ def target_rows(targets: list[TargetSpec], state: dict[str, Any], suffix: str) -
             limit = found[0].get(LIMIT_COLUMN)
             known = isinstance(limit, (int, float)) and limit > 0 and not lower_is_better
             row["fraction_of_bf16_limit"] = round(value / limit, 3) if known else ""
-            profiled = profiled_rows(target, profile)
-            limits = [beside_the_workers(target, found[0]), f"{profiled[0]['work']}: {where_time_goes(profiled)}" if profiled else ""]
+            limits = [beside_the_workers(target, found[0])]
+            limits += [f"{rows[0]['work']}: {where_time_goes(rows)}" for rows in profiled_works(target, profile)]
             row["where_time_goes"] = "; ".join(text for text in limits if text)
         rows.append(row)
     return rows

@@ -155,19 +155,21 @@ def operator_profile(device: str, unprofiled_s: float | None = None) -> Iterator
     The first row says how busy the device was: all operators' self time over the wall
     time. On a GPU that is `unprofiled_s`, the wall time of the same work without the
     profiler, where given: the profiler's own work on the host lengthens the profiled
-    wall time (it doubled that of eager training steps on an H200) but not the kernels'
-    time, so over the profiled wall time the GPU would look idle when it was not. On a
-    CPU the operators' own times include the profiler's work, so the profiled wall time
-    stays the measure. The row gives both wall times."""
+    wall time but not the kernels' time (an H200's eager training steps took twice as
+    long profiled, the profiler's start and stop then included), so over the profiled
+    wall time the GPU would look idle when it was not. On a CPU the operators' own times
+    include the profiler's work, so the profiled wall time stays the measure. Either is
+    the block's time alone: starting the profiler can take longer than a short block
+    (a second on a CPU). The row gives both wall times."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     on_gpu = device.startswith("cuda")
     rows: list[dict[str, Any]] = []
-    began = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as profiler:
+        began = time.perf_counter()  # the block's time: starting and stopping the profiler take their own
         yield rows
-    profiled_us = (time.perf_counter() - began) * 1e6
+        profiled_us = (time.perf_counter() - began) * 1e6
     wall_us = unprofiled_s * 1e6 if on_gpu and unprofiled_s is not None else profiled_us
     # On a GPU, an operator's self device time is the time of the kernels it launched,
     # and those kernels are listed too: only the operators are counted, so that no
