@@ -49,6 +49,7 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
             "programs more than 1 apart: none") in log, log[-3000:]
     assert "GL-CUDA interop: no CUDA device here; 16 of 16 images as read back through the host" in log, log[-3000:]
     assert "copies from the GPU to the host: no CUDA device here" in log
+    assert "shaders-kml-mixup on the GPU against numpy on the CPU: no CUDA device here" in log
     assert re.search(r"shaders-kml-mixup, 16 images of 32 px, 2-means on cpu: [0-9]+ images/s as generated .* [0-9]+ with HARNESS_GL=host", log)
     state = json.loads((out / "performance.json").read_text())
     rows = {stage: state[stage]["rows"] for stage in ("generators", "embed", "train", "memory", "profile", "end-to-end")}
