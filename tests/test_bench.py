@@ -279,23 +279,28 @@ def test_a_stage_killed_midway_keeps_the_rows_it_measured(tmp_path: Path) -> Non
 TRAIN_LIMIT_S = 20  # the eager figures of `dino-bench` take about 4 s on a 2-core CPU
 
 
-def test_the_train_stage_keeps_its_eager_figures_when_compiling_overruns_its_time_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("overrun", ["compiling", "the data alone"])
+def test_the_train_stage_keeps_its_eager_figures_when_what_follows_them_overruns_its_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrun: str,
 ) -> None:
-    """A compiler slower than the stage's time limit (here one that sleeps) costs the
-    compiled rate only: the row keeps the eager figures, and says why the compiled one
-    is missing."""
+    """A compiler, or data workers, slower than the stage's time limit (here ones that
+    sleep) cost the figures measured from then on only: the row keeps the eager figures,
+    and says why the others are missing."""
     import time
 
     from harness.bench.report import run_benchmarks
     from harness.config.registry import use_registry
+    from harness_plugins.encoders import _dino_bench
 
     def sleeping_backend(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
         time.sleep(600)
         return graph.forward
 
-    torch_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module, **options: torch_compile(module, **{**options, "backend": sleeping_backend}))
+    if overrun == "compiling":
+        torch_compile = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda module, **options: torch_compile(module, **{**options, "backend": sleeping_backend}))
+    else:
+        monkeypatch.setattr(_dino_bench, "data_alone_rate", lambda *args: time.sleep(600))
     registry_text = REGISTRY.replace(
         "  tiny-bench: {encoders: [rgb, vit-bench, dino-bench], generators: [shaders, small-kml]}",
         "  train-bench: {encoders: [dino-bench], bench: {compile: true, train_steps: 2, train_budget_s: 1}}",
@@ -306,8 +311,14 @@ def test_the_train_stage_keeps_its_eager_figures_when_compiling_overruns_its_tim
     entry = json.loads((tmp_path / "performance.json").read_text())["train"]
     (row,) = entry["rows"]
     assert row["encoder"] == "dino-bench" and row["images_per_s"] > 0 and row["model_alone_images_per_s"] > 0
-    for compiled in ("compile_s", "compiled_images_per_s", "compiled_model_images_per_s"):
-        assert row[compiled].startswith("failed:") and "StageTimeLimit" in row[compiled], compiled
+    missing = ["compile_s", "compiled_images_per_s", "compiled_model_images_per_s"]
+    if overrun == "compiling":
+        assert row["data_alone_images_per_s"] > 0 and row["taking_turns_images_per_s"] > 0
+    else:
+        missing.append("data_alone_images_per_s")
+        assert "taking_turns_images_per_s" not in row
+    for figure in missing:
+        assert row[figure].startswith("failed:") and "StageTimeLimit" in row[figure], figure
     assert entry["cut_off"] == f"stopped by its time limit of {TRAIN_LIMIT_S:g} s after 1 rows"
 
 

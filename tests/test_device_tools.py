@@ -71,6 +71,8 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert train["images_per_s"] > 0 and train["one_step_descends"] is True, train
     assert train["data_workers"] == 1  # rehearsal.yaml streams its data through one worker, as a GPU run does
     assert 0 < train["machine_cpu_busy"] <= 1 and train["process_cpu_per_s"] > 0, train
+    turns = 1 / (1 / train["model_alone_images_per_s"] + 1 / train["data_alone_images_per_s"])
+    assert train["data_alone_images_per_s"] > 0 and abs(train["taking_turns_images_per_s"] - turns) <= 0.1, train
     assert train["reference_processes"] == generators["shaders"]["reference_processes"] == len(os.sched_getaffinity(0))
 
     assert all(row["identical_on_sample"] for row in rows["memory"])
@@ -168,7 +170,9 @@ def test_each_target_says_what_limits_it() -> None:
     state = {
         "train (GPU)": {"rows": [{"encoder": "dino", "images_per_s": 600.0, "compiled_images_per_s": 1200.0,
                                   "bf16_limit_images_per_s": 8000.0, "data_workers": 8, "data_images_per_s": 60000.0,
-                                  "model_alone_images_per_s": 1200.0, "compiled_model_images_per_s": 1500.0}],
+                                  "model_alone_images_per_s": 1200.0, "compiled_model_images_per_s": 1500.0,
+                                  "data_alone_images_per_s": 1300.0, "taking_turns_images_per_s": 624.0,
+                                  "compiled_taking_turns_images_per_s": 696.4}],
                         "machine": "", "date": "d"},
         "generators (GPU)": {"rows": [{"generator": "kml", "size": 224, "images_per_s": 1300.0}], "machine": "", "date": "d"},
         "memory (GPU)": {"rows": [{"memory": 10, "classify_s": 4.0}], "machine": "", "date": "d"},
@@ -178,12 +182,15 @@ def test_each_target_says_what_limits_it() -> None:
     assert rows["eager"]["fraction_of_bf16_limit"] == 0.075 and rows["compiled"]["fraction_of_bf16_limit"] == 0.15
     assert rows["eager"]["where_time_goes"] == (
         "beside 8 data workers: 50% of the model alone's rate, waiting for data 1%; "  # 600 / 1200, 600 / 60000
+        "taking turns with the data (alone 1,300/s) on one device: 624/s; "
         "train dino (operators): busy 94%; aten::copy_ 13%, aten::cat 11%, aten::mm 10%"
     )
     measured_before = [{**profile[0], "share": 0.47}, *(row for row in profile[1:] if row["work"].startswith("train"))]
     del measured_before[0]["wall_ms"]  # taken over the profiled wall time, which the profiler lengthens
     assert where_time_goes(measured_before) == "busy 47% of the profiled wall time; aten::copy_ 13%, aten::cat 11%, aten::mm 10%"
-    assert rows["compiled"]["where_time_goes"] == "beside 8 data workers: 80% of the model alone's rate"  # the profile times eager steps
+    assert rows["compiled"]["where_time_goes"] == (  # the profile times eager steps
+        "beside 8 data workers: 80% of the model alone's rate; taking turns with the data (alone 1,300/s) on one device: 696/s"
+    )
     assert rows["drawn"]["where_time_goes"] == (  # the parts, then the torch operators of the same call
         "generate 1024 x 224 px kml (parts): base images 75%, combine them 24%; "
         "generate 1024 x 224 px kml (operators): busy 30%; aten::bmm 40%, aten::index 20%, aten::sub 10%"

@@ -274,12 +274,14 @@ def test_encoder_interface(setup: dict) -> None:
     assert sift.architecture is None and sift.training_cost() is None
 
 
-def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
     """Training rates, the model's rate under torch.compile included (`compiled=True`, a
     profile's `bench.compile`; with eager kernels here: the compiler's own take minutes
-    on a CPU), and one step's descent; nothing is saved. The eager and the compiled
-    timings take consecutive steps from one stream of batches (the same data workers),
-    which is stopped at the end."""
+    on a CPU), the data alone and the rates taking turns with the model, and one step's
+    descent; nothing is saved. The eager and the compiled timings, and the data alone
+    between them, take consecutive steps from one stream of batches (the same data
+    workers), which is stopped at the end."""
     from harness_plugins.encoders import _dino_bench
 
     torch_compile = torch.compile
@@ -298,11 +300,18 @@ def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(_dino_bench, "step_batches", recorded_batches)
     ctx = context(setup, "cache-throughput")
-    encoder = harness.get_encoder("dino-test")
+    encoder = harness.get_encoder("dino-test", num_workers=workers)
     measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None, compiled=True)
-    warmup = _dino_bench.warmup_steps(measured["data_workers"])
-    assert len(streams) == 1 and steps_served == list(range(2 * (warmup + 2)))
+    assert measured["data_workers"] == workers
+    warmup = _dino_bench.warmup_steps(workers)
+    # eager steps, the data alone, compiled steps: one stream
+    taken = 2 * (warmup + 2) + _dino_bench.data_alone_batches(workers)
+    assert len(streams) == 1 and steps_served == list(range(taken))
     assert streams[0].gi_frame is None  # closed: its workers stopped
+    turns = 1 / (1 / measured["model_alone_images_per_s"] + 1 / measured["data_alone_images_per_s"])
+    assert abs(measured["taking_turns_images_per_s"] - turns) <= 0.1
+    compiled_turns = 1 / (1 / measured["compiled_model_images_per_s"] + 1 / measured["data_alone_images_per_s"])
+    assert abs(measured["compiled_taking_turns_images_per_s"] - compiled_turns) <= 0.1
     assert isinstance(measured["compiled_model_images_per_s"], float) and measured["compiled_model_images_per_s"] > 0
     assert isinstance(measured["compiled_images_per_s"], float) and measured["compiled_images_per_s"] > 0
     assert isinstance(measured["compile_s"], float) and measured["compile_s"] >= 0

@@ -22,6 +22,9 @@ SHOWN_PARTS = 3  # the largest shares of a profiled work named beside a target
 # A training figure measured beside data workers, and the column of the same steps with
 # the model alone (a batch in memory, no workers), where the train stage gives both.
 ALONE_COLUMNS = {"images_per_s": "model_alone_images_per_s", "compiled_images_per_s": "compiled_model_images_per_s"}
+# The rate end to end if the model and the data took turns on one device, each at its rate
+# alone (the data alone: `data_alone_images_per_s`), where the train stage gives it.
+TURNS_COLUMNS = {"images_per_s": "taking_turns_images_per_s", "compiled_images_per_s": "compiled_taking_turns_images_per_s"}
 
 
 def accelerator(entry: dict[str, Any]) -> str:
@@ -79,9 +82,11 @@ def where_time_goes(rows: list[dict[str, Any]]) -> str:
 
 def beside_the_workers(target: TargetSpec, row: dict[str, Any]) -> str:
     """For a training figure measured beside data workers: its share of the rate of the
-    model alone, and of the time spent waiting for the data where the row gives it. The
-    workers may slow the steps without the data ever being late (sharing the cores, or a
-    GPU they render on)."""
+    model alone, and of the time spent waiting for the data where the row gives it; and
+    the rate if the model and the data took turns on the device, where the row gives
+    it. The workers may slow the steps without the data ever being late (sharing the
+    cores, or a GPU they render on); a figure above the taking-turns rate ran partly on
+    batches made before it was timed."""
     alone, workers = row.get(ALONE_COLUMNS.get(target.column, "")), row.get("data_workers")
     if target.stage != "train" or not isinstance(alone, (int, float)) or alone <= 0 or not workers:
         return ""
@@ -89,6 +94,9 @@ def beside_the_workers(target: TargetSpec, row: dict[str, Any]) -> str:
     data = row.get("data_images_per_s")
     if target.column == "images_per_s" and isinstance(data, (int, float)) and data > 0:
         text += f", waiting for data {float(row[target.column]) / data:.0%}"
+    turns, data_alone = row.get(TURNS_COLUMNS[target.column]), row.get("data_alone_images_per_s")
+    if isinstance(turns, (int, float)) and isinstance(data_alone, (int, float)):
+        text += f"; taking turns with the data (alone {data_alone:,.0f}/s) on one device: {turns:,.0f}/s"
     return text
 
 

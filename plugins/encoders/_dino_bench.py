@@ -72,6 +72,33 @@ def timed_steps(
     }
 
 
+def data_alone_rate(batches: Iterator[tuple[int, torch.Tensor, list[int]]], num_workers: int) -> float:
+    """images/s of the data with nothing else running: the batches the `num_workers`
+    workers hold ready are taken at once (`PREFETCH_FACTOR` each), then the next batch of
+    each worker is timed, made side by side (without workers: one batch made in this
+    process); `data_alone_batches` in all. Where the model and the data share a device
+    (a GPU the workers render on, cores they compute on) and cannot run at once, end to
+    end reaches at most `taking_turns` of the two rates alone. A worker that had begun
+    its next batch before the timing makes the rate a little high."""
+    for _ in range(PREFETCH_FACTOR * num_workers):
+        next(batches)
+    images, start = 0, time.perf_counter()
+    for _ in range(max(1, num_workers)):
+        images += len(next(batches)[1])
+    return images / (time.perf_counter() - start)
+
+
+def data_alone_batches(num_workers: int) -> int:
+    """The batches `data_alone_rate` takes."""
+    return PREFETCH_FACTOR * num_workers + max(1, num_workers)
+
+
+def taking_turns(model_alone: float, data_alone: float) -> float:
+    """images/s end to end when the model and the data take turns on one device, each at
+    its rate alone."""
+    return 1.0 / (1.0 / model_alone + 1.0 / data_alone)
+
+
 def warmup_steps(num_workers: int) -> int:
     """Untimed steps before a timing: one, plus the batches that `num_workers` workers
     prefetch while they start (`PREFETCH_FACTOR` each)."""
@@ -178,10 +205,17 @@ def compiled_rates(
         stop_workers(batches)
         rates["compiled_model_images_per_s"] = round(model_alone_rate(trainer, images, sync), 2)
     except Exception as exc:
-        why = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
-        for name in ("compile_s", "compiled_images_per_s", "compiled_model_images_per_s"):
-            rates.setdefault(name, why)
+        for name in COMPILED_FIGURES:
+            rates.setdefault(name, why_missing(exc))
     return rates
+
+
+COMPILED_FIGURES = ("compile_s", "compiled_images_per_s", "compiled_model_images_per_s")
+
+
+def why_missing(exc: Exception) -> str:
+    """What a figure that could not be had holds instead."""
+    return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def stop_workers(batches: Iterator[Any]) -> None:
@@ -223,7 +257,7 @@ def throughput(
         # not depend on the schedule's values.
         workers = 0 if profile else data_workers(encoder, source, device, Distributed())
         warmup = warmup_steps(workers)
-        cfg["steps"] = (warmup + steps) * (2 if compiled else 1)
+        cfg["steps"] = (warmup + steps) * (2 if compiled else 1) + data_alone_batches(workers)
         cfg["warmup_epochs"] = max(1, cfg["steps"] // 3) / cfg["steps_per_epoch"]
         cfg["freeze_last_layer"] = 0
         trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), device, Distributed())
@@ -243,8 +277,15 @@ def throughput(
         batches = step_batches(source, plan, 0, cfg["steps"], workers)
         measured = timed_steps(trainer, batches, steps, sync, warmup, budget_s)
         progress(f"{measured['steps']} timed steps of {trainer.global_batch} images, {workers} data workers")
+        try:
+            data_alone: float | str = data_alone_rate(batches, workers)
+        except Exception as exc:  # the stage's time limit among them: the eager figures stand
+            data_alone = why_missing(exc)
+        progress("the data alone")
         compiled_figures: dict[str, float | str] = {}
-        if compiled:
+        if compiled and isinstance(data_alone, str):  # the time limit, once reached, would not stop them
+            compiled_figures = dict.fromkeys(COMPILED_FIGURES, data_alone)
+        elif compiled:
             compiled_figures = compiled_rates(trainer, batches, steps, sync, warmup, budget_s, images)
             progress("end to end and the model alone under torch.compile")
     finally:
@@ -256,6 +297,7 @@ def throughput(
         "model_images_per_s": round(measured["model_images_per_s"], 2),
         "data_images_per_s": round(measured["data_images_per_s"], 2),
         "model_alone_images_per_s": round(model_alone, 2),
+        "data_alone_images_per_s": round(data_alone, 1) if isinstance(data_alone, float) else data_alone,
         "augment_images_per_s": round(ours_augment, 1),
         "reference_augment_images_per_s": round(reference_augment, 1),
         "augment_ratio_to_reference": round(ours_augment / reference_augment, 2),
@@ -278,6 +320,10 @@ def throughput(
         row["machine_cpu_busy"] = round(measured["machine_cpu_busy"], 3)
     row["process_cpu_per_s"] = round(measured["process_cpu_per_s"], 2)
     row.update(compiled_figures)
+    if isinstance(data_alone, float):
+        row["taking_turns_images_per_s"] = round(taking_turns(model_alone, data_alone), 1)
+        if isinstance(row.get("compiled_model_images_per_s"), float):
+            row["compiled_taking_turns_images_per_s"] = round(taking_turns(row["compiled_model_images_per_s"], data_alone), 1)
     peak = peak_flops(device)
     if peak:
         row["bf16_limit_images_per_s"] = round(peak / flops, 0)
