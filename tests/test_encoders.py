@@ -274,6 +274,49 @@ def test_encoder_interface(setup: dict) -> None:
     assert sift.architecture is None and sift.training_cost() is None
 
 
+def test_batches_go_a_batch_ahead_and_shrink_when_the_gpu_runs_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An encoder's forward passes (`in_batches`) send batch k + 1 on its way before
+    fetching batch k's output, so that on a GPU its copy runs beside batch k's work; a
+    batch too large for the memory is retried at half the size (the batch sent at the
+    old size dropped), a fixed batch size is not; the output is the function's over
+    every image, in order."""
+    from harness_plugins.encoders import _shared
+
+    events: list[tuple[Any, ...]] = []
+
+    class Recording(_shared.Stager):
+        def send(self, batch: torch.Tensor) -> torch.Tensor:
+            events.append(("send", int(batch[0]), len(batch)))
+            return batch
+
+    class Output:
+        def __init__(self, values: torch.Tensor) -> None:
+            self.values = values
+
+        def cpu(self) -> torch.Tensor:
+            events.append(("fetch", int(self.values[0]) // 2))
+            return self.values
+
+    def doubled(batch: torch.Tensor) -> Output:
+        if len(batch) > 4:
+            raise torch.cuda.OutOfMemoryError("4 images fit")
+        events.append(("run", int(batch[0]), len(batch)))
+        return Output(batch * 2)
+
+    monkeypatch.setattr(_shared, "Stager", Recording)
+    images = torch.arange(10)
+    out, size = _shared.in_batches(images, doubled, None, 8)
+    assert torch.equal(out, images * 2) and size == 4
+    assert events == [
+        ("send", 0, 8),  # too large: dropped, halved
+        ("send", 0, 4), ("run", 0, 4), ("send", 4, 4), ("fetch", 0),
+        ("run", 4, 4), ("send", 8, 2), ("fetch", 4),
+        ("run", 8, 2), ("fetch", 8),
+    ]
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        _shared.in_batches(images, doubled, 8, 8)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
     """Training rates, the model's rate under torch.compile included (`compiled=True`, a

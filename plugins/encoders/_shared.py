@@ -1,5 +1,6 @@
 """What the encoder plugins share: forward passes in batches that shrink when the GPU
-runs out of memory, and the digest of a weights file (part of an encoder's key)."""
+runs out of memory, with host images moved to the GPU a batch ahead, and the digest of
+a weights file (part of an encoder's key)."""
 
 from __future__ import annotations
 
@@ -26,19 +27,75 @@ def file_sha256(path: Path) -> str:
     return _FILE_HASHES[memo]
 
 
-def in_batches(images: torch.Tensor, fn: Callable[[torch.Tensor], Any], fixed: int | None, automatic: int) -> tuple[torch.Tensor, int]:
+class Stager:
+    """How `in_batches` hands batches to its function: `send` starts a batch on its way,
+    `receive` returns it ready. This one hands them over as they are."""
+
+    def send(self, batch: torch.Tensor) -> Any:
+        return batch
+
+    def receive(self, sent: Any) -> torch.Tensor:
+        return sent
+
+
+class CudaStager(Stager):
+    """Host batches to a CUDA device: copied into page-locked memory (from torch's cache
+    of it, its pages mapped already), then to the device on a stream of its own, so that
+    the next batch travels while the current one computes; the computing stream waits
+    for a batch's copy before using it. Copied from pageable memory on the computing
+    stream instead, each batch would leave the GPU idle for the length of its copy."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device)
+
+    def send(self, batch: torch.Tensor) -> Any:
+        import torch
+
+        pinned = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True).copy_(batch)
+        with torch.cuda.stream(self.stream):
+            moved = pinned.to(self.device, non_blocking=True)
+        return moved, self.stream.record_event()
+
+    def receive(self, sent: Any) -> torch.Tensor:
+        import torch
+
+        moved, copied = sent
+        computing = torch.cuda.current_stream(self.device)
+        computing.wait_event(copied)
+        moved.record_stream(computing)  # its memory is not reused before the computing stream is done with it
+        return moved
+
+
+def in_batches(
+    images: torch.Tensor, fn: Callable[[torch.Tensor], Any], fixed: int | None, automatic: int, device: str = "cpu",
+) -> tuple[torch.Tensor, int]:
     """fn over `images` in batches, outputs concatenated on the CPU, and the batch size
     used last. A `fixed` batch size is kept; the `automatic` one is halved and the batch
-    retried when the GPU runs out of memory."""
+    retried when the GPU runs out of memory. Host images bound for a CUDA `device` go
+    there a batch ahead (`CudaStager`): the next batch is sent before the current one's
+    output is fetched."""
     import torch
 
+    stager = CudaStager(device) if str(device).startswith("cuda") and images.device.type == "cpu" else Stager()
     size = fixed or automatic
-    out, i = [], 0
+    out: list[torch.Tensor] = []
+    i, ahead = 0, None  # ahead: (start, stop, the batch sent)
     while i < len(images):
+        stop = min(i + size, len(images))
         try:
-            out.append(fn(images[i : i + size]).cpu())
-            i += size
+            sent = ahead[2] if ahead is not None and ahead[:2] == (i, stop) else stager.send(images[i:stop])
+            ahead = None
+            result = fn(stager.receive(sent))
+            if stop < len(images):
+                following = min(stop + size, len(images))
+                ahead = (stop, following, stager.send(images[stop:following]))
+            out.append(result.cpu())
+            i = stop
         except torch.cuda.OutOfMemoryError:
+            ahead = None
             if fixed or size <= 1:
                 raise
             torch.cuda.empty_cache()

@@ -183,7 +183,7 @@ class ViTEncoder(Encoder):
     def _batched(self, images: torch.Tensor, fn: Any) -> torch.Tensor:
         if self.model is None:
             self.prepare()
-        out, self._last_batch_size = in_batches(images, fn, self.params.batch_size, self._auto_batch_size())
+        out, self._last_batch_size = in_batches(images, fn, self.params.batch_size, self._auto_batch_size(), self.device)
         return out
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
