@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator
 
-from harness.bench.timing import best_time, peak_flops, synchronizer
+from harness.bench.timing import best_time, peak_flops, synchronizer, why_missing
 from harness.bench.train import is_trainable
 from harness.runner.context import RunContext
 
@@ -114,7 +114,7 @@ def bench_embed(registry: Registry, profile: ProfileSpec, quick: bool, device: s
                 try:
                     row["compiled_images_per_s"] = round(module_rate(model, size, device, batch, repeats, compiled=True), 1)
                 except Exception as exc:  # a compiler missing or failing: the other figures stand
-                    row["compiled_images_per_s"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+                    row["compiled_images_per_s"] = why_missing(exc)
         if flops:
             row["gflops_per_image"] = float(f"{flops / 1e9:.4g}")
             peak = peak_flops(device)

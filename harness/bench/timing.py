@@ -35,6 +35,11 @@ def best_time(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> float
     return best
 
 
+def why_missing(exc: Exception) -> str:
+    """What a figure that could not be had holds instead: the error, shortened."""
+    return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+
+
 def cpu_jiffies() -> tuple[int, int] | None:
     """(busy, all) time of the machine's cores since boot, in clock ticks (/proc/stat);
     None where the system does not say."""

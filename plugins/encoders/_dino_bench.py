@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from harness.bench.timing import best_time, busy_share, cores, cpu_jiffies, operator_profile, peak_flops, synchronizer
+from harness.bench.timing import best_time, busy_share, cores, cpu_jiffies, operator_profile, peak_flops, synchronizer, why_missing
 from harness_plugins.encoders._dino_data import PREFETCH_FACTOR, StreamPlan, step_batches
 from harness_plugins.encoders._dino_reference import reference_augment_rate
 from harness_plugins.encoders._dino_run import data_workers, device_name
@@ -74,13 +74,13 @@ def timed_steps(
 
 def data_alone_rate(batches: Iterator[tuple[int, torch.Tensor, list[int]]], num_workers: int) -> float:
     """images/s of the data with nothing else running: the batches the `num_workers`
-    workers hold ready are taken at once (`PREFETCH_FACTOR` each), then the next batch of
+    workers hold ready (`prefetched`) are taken at once, then the next batch of
     each worker is timed, made side by side (without workers: one batch made in this
     process); `data_alone_batches` in all. Where the model and the data share a device
     (a GPU the workers render on, cores they compute on) and cannot run at once, end to
     end reaches at most `taking_turns` of the two rates alone. A worker that had begun
     its next batch before the timing makes the rate a little high."""
-    for _ in range(PREFETCH_FACTOR * num_workers):
+    for _ in range(prefetched(num_workers)):
         next(batches)
     images, start = 0, time.perf_counter()
     for _ in range(max(1, num_workers)):
@@ -90,7 +90,7 @@ def data_alone_rate(batches: Iterator[tuple[int, torch.Tensor, list[int]]], num_
 
 def data_alone_batches(num_workers: int) -> int:
     """The batches `data_alone_rate` takes."""
-    return PREFETCH_FACTOR * num_workers + max(1, num_workers)
+    return prefetched(num_workers) + max(1, num_workers)
 
 
 def taking_turns(model_alone: float, data_alone: float) -> float:
@@ -99,10 +99,15 @@ def taking_turns(model_alone: float, data_alone: float) -> float:
     return 1.0 / (1.0 / model_alone + 1.0 / data_alone)
 
 
+def prefetched(num_workers: int) -> int:
+    """The batches `num_workers` DataLoader workers hold ready at most (`PREFETCH_FACTOR` each)."""
+    return PREFETCH_FACTOR * num_workers
+
+
 def warmup_steps(num_workers: int) -> int:
-    """Untimed steps before a timing: one, plus the batches that `num_workers` workers
-    prefetch while they start (`PREFETCH_FACTOR` each)."""
-    return 1 + PREFETCH_FACTOR * num_workers
+    """Untimed steps before a timing: one, plus the batches the workers prefetch while
+    they start (`prefetched`)."""
+    return 1 + prefetched(num_workers)
 
 
 def step_flops(trainer: Trainer, images: torch.Tensor) -> float:
@@ -182,6 +187,9 @@ def profiled_steps(trainer: Trainer, images: torch.Tensor, steps: int, sync: Cal
     return operators
 
 
+COMPILED_FIGURES = ("compile_s", "compiled_images_per_s", "compiled_model_images_per_s")
+
+
 def compiled_rates(
     trainer: Trainer, batches: Iterator[tuple[int, torch.Tensor, list[int]]], steps: int, sync: Callable[[], None],
     warmup: int, budget_s: float | None, images: torch.Tensor,
@@ -208,14 +216,6 @@ def compiled_rates(
         for name in COMPILED_FIGURES:
             rates.setdefault(name, why_missing(exc))
     return rates
-
-
-COMPILED_FIGURES = ("compile_s", "compiled_images_per_s", "compiled_model_images_per_s")
-
-
-def why_missing(exc: Exception) -> str:
-    """What a figure that could not be had holds instead."""
-    return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def stop_workers(batches: Iterator[Any]) -> None:
