@@ -151,7 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     grid = write_grid(generator, out / f"{args.generator}_grid.png", n=min(args.n, 64), size=args.size, seed=args.seed)
     print(f"grid: {grid}")
     if args.dataset:
-        folder = write_imagefolder(generator, out / args.generator, n=args.n, size=args.size, seed=args.seed)
+        folder = write_imagefolder(generator, out / args.generator, n=args.n, size=args.size, seed=args.seed, image_format=args.format)
         print(f"dataset: {folder}")
     generator.close()
     return 0
@@ -280,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=positive_int, default=128)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", action="store_true", help="also write an ImageFolder of PNGs (resumable)")
+    p.add_argument("--dataset", action="store_true", help="also write an ImageFolder of images 0..n-1 (resumable)")
+    p.add_argument(
+        "--format", choices=["png", "jpeg"], default="png",
+        help="the dataset's files: png (lossless) or jpeg (quality 75, as the released research code stores them)",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train or prepare one encoder (torchrun for several GPUs)")

@@ -327,13 +327,15 @@ class Encoder(Plugin):
 
     def measure_training(
         self, ctx: RunContext, steps: int, batch_size: int | None, budget_s: float | None, profile: bool = False,
-        compiled: bool = False,
+        compiled: bool = False, prerendered: str | None = None,
     ) -> dict[str, Any]:
         """Train for `steps` steps (or `budget_s` seconds) without caching the weights and
         report images/s; `harness bench train` calls it for trainable encoders. With
         `compiled`, also the rate under torch.compile (`compiled_model_images_per_s`).
-        With `profile`, the report's `operators` lists where the timed steps spent their
-        time (`harness.bench.profiling.operator_profile`)."""
+        With `prerendered` (a file format), also the rate on the same images written as
+        such files first (`prerendered_images_per_s`). With `profile`, the report's
+        `operators` lists where the timed steps spent their time
+        (`harness.bench.profiling.operator_profile`)."""
         raise TypeError(f"encoder {self.name!r} does not train")
 
     def prepare(self, ctx: RunContext | None = None) -> None:

@@ -276,16 +276,35 @@ def test_a_stage_killed_midway_keeps_the_rows_it_measured(tmp_path: Path) -> Non
     assert entry["cut_off"] == UNFINISHED
 
 
+def test_a_figure_cut_by_the_time_limit_says_so_behind_a_wrapping_error() -> None:
+    """A compiler wraps what its backend raised: the time limit behind it is what the
+    figure names, so that the stage knows to measure nothing more."""
+    from harness.bench.timing import StageTimeLimit, cut_by_time_limit, why_missing
+
+    try:
+        try:
+            raise StageTimeLimit("the stage's time limit of 20 s came first")
+        except StageTimeLimit as limit:
+            raise RuntimeError("backend='sleeping' raised") from limit
+    except RuntimeError as wrapped:
+        figure = why_missing(wrapped)
+    assert figure == "failed: StageTimeLimit: the stage's time limit of 20 s came first" and cut_by_time_limit(figure)
+    assert why_missing(ValueError("no compiler")) == "failed: ValueError: no compiler"
+    assert not cut_by_time_limit(why_missing(ValueError("no compiler"))) and not cut_by_time_limit(3.0)
+
+
 TRAIN_LIMIT_S = 20  # the eager figures of `dino-bench` take about 4 s on a 2-core CPU
 
 
-@pytest.mark.parametrize("overrun", ["compiling", "the data alone"])
+@pytest.mark.parametrize("overrun", ["compiling", "the data alone", "writing the files"])
 def test_the_train_stage_keeps_its_eager_figures_when_what_follows_them_overruns_its_time_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrun: str,
 ) -> None:
-    """A compiler, or data workers, slower than the stage's time limit (here ones that
-    sleep) cost the figures measured from then on only: the row keeps the eager figures,
-    and says why the others are missing."""
+    """A compiler, data workers, or the pre-rendering of the files, slower than the
+    stage's time limit (here ones that sleep) cost the figures measured from then on
+    only: the row keeps the figures measured before, and says why the others are
+    missing."""
+    import harness.streaming
     import time
 
     from harness.bench.report import run_benchmarks
@@ -296,14 +315,16 @@ def test_the_train_stage_keeps_its_eager_figures_when_what_follows_them_overruns
         time.sleep(600)
         return graph.forward
 
-    if overrun == "compiling":
-        torch_compile = torch.compile
-        monkeypatch.setattr(torch, "compile", lambda module, **options: torch_compile(module, **{**options, "backend": sleeping_backend}))
-    else:
+    torch_compile = torch.compile
+    backend = sleeping_backend if overrun == "compiling" else "aot_eager"  # eager kernels: the compiler's take minutes here
+    monkeypatch.setattr(torch, "compile", lambda module, **options: torch_compile(module, **{**options, "backend": backend}))
+    if overrun == "the data alone":
         monkeypatch.setattr(_dino_bench, "data_alone_rate", lambda *args: time.sleep(600))
+    if overrun == "writing the files":
+        monkeypatch.setattr(harness.streaming, "write_imagefolder", lambda *args, **kwargs: time.sleep(600))
     registry_text = REGISTRY.replace(
         "  tiny-bench: {encoders: [rgb, vit-bench, dino-bench], generators: [shaders, small-kml]}",
-        "  train-bench: {encoders: [dino-bench], bench: {compile: true, train_steps: 2, train_budget_s: 1}}",
+        "  train-bench: {encoders: [dino-bench], bench: {compile: true, train_steps: 2, train_budget_s: 1, prerendered: jpeg}}",
     )
     (tmp_path / "registry.yaml").write_text(registry_text)
     registry = use_registry(tmp_path / "registry.yaml")
@@ -311,12 +332,16 @@ def test_the_train_stage_keeps_its_eager_figures_when_what_follows_them_overruns
     entry = json.loads((tmp_path / "performance.json").read_text())["train"]
     (row,) = entry["rows"]
     assert row["encoder"] == "dino-bench" and row["images_per_s"] > 0 and row["model_alone_images_per_s"] > 0
-    missing = ["compile_s", "compiled_images_per_s", "compiled_model_images_per_s"]
-    if overrun == "compiling":
-        assert row["data_alone_images_per_s"] > 0 and row["taking_turns_images_per_s"] > 0
+    missing = list(_dino_bench.PRERENDERED_FIGURES)
+    if overrun == "writing the files":
+        assert row["compiled_images_per_s"] > 0 and row["prerendered_under_compile"]
     else:
+        missing += ["compile_s", "compiled_images_per_s", "compiled_model_images_per_s"]
+    if overrun == "the data alone":
         missing.append("data_alone_images_per_s")
         assert "taking_turns_images_per_s" not in row
+    else:
+        assert row["data_alone_images_per_s"] > 0 and row["taking_turns_images_per_s"] > 0
     for figure in missing:
         assert row[figure].startswith("failed:") and "StageTimeLimit" in row[figure], figure
     assert entry["cut_off"] == f"stopped by its time limit of {TRAIN_LIMIT_S:g} s after 1 rows"

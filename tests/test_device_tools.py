@@ -73,6 +73,8 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert 0 < train["machine_cpu_busy"] <= 1 and train["process_cpu_per_s"] > 0, train
     turns = 1 / (1 / train["model_alone_images_per_s"] + 1 / train["data_alone_images_per_s"])
     assert train["data_alone_images_per_s"] > 0 and abs(train["taking_turns_images_per_s"] - turns) <= 0.1, train
+    assert train["prerendered_format"] == "jpeg" and not train["prerendered_under_compile"], train  # the rehearsal compiles nothing
+    assert all(isinstance(train[figure], float) and train[figure] > 0 for figure in ("prerender_images_per_s", "prerendered_images_per_s", "prerendered_data_alone_images_per_s")), train
     assert train["reference_processes"] == generators["shaders"]["reference_processes"] == len(os.sched_getaffinity(0))
 
     assert all(row["identical_on_sample"] for row in rows["memory"])
@@ -147,8 +149,11 @@ def test_targets_are_judged_against_floor_and_aim_in_either_direction() -> None:
 def test_each_target_says_what_limits_it() -> None:
     """Beside a figure: its share of the bf16 limit its row gives, and the largest shares
     of the time of the same work in the profile stage (the device's busy share first;
-    for a generator, the parts it counts and then its torch operators)."""
+    for a generator, the parts it counts and then its torch operators); for training on
+    pre-rendered files, the share of the model's rate alone (compiled where the files
+    were read under torch.compile) and the files' rate alone."""
     eager = TargetSpec(label="eager", stage="train", where={"encoder": "dino"}, column="images_per_s", floor=1000, aim=3000)
+    files = TargetSpec(label="files", stage="train", where={"encoder": "dino"}, column="prerendered_images_per_s", floor=1000, aim=3000)
     compiled = TargetSpec(label="compiled", stage="train", where={"encoder": "dino"}, column="compiled_images_per_s", floor=1000, aim=3000)
     drawn = TargetSpec(label="drawn", stage="generators", where={"generator": "kml", "size": 224}, column="images_per_s", floor=3000, aim=5000)
     classify = TargetSpec(label="classify", stage="memory", where={"memory": 10}, column="classify_s", floor=5, aim=1)
@@ -172,13 +177,15 @@ def test_each_target_says_what_limits_it() -> None:
                                   "bf16_limit_images_per_s": 8000.0, "data_workers": 8, "data_images_per_s": 60000.0,
                                   "model_alone_images_per_s": 1200.0, "compiled_model_images_per_s": 1500.0,
                                   "data_alone_images_per_s": 1300.0, "taking_turns_images_per_s": 624.0,
-                                  "compiled_taking_turns_images_per_s": 696.4}],
+                                  "compiled_taking_turns_images_per_s": 696.4, "prerendered_images_per_s": 1350.0,
+                                  "prerendered_under_compile": True, "prerendered_data_alone_images_per_s": 9100.0, "prerendered_data_workers": 8,
+                                  "prerender_images_per_s": 1210.0}],
                         "machine": "", "date": "d"},
         "generators (GPU)": {"rows": [{"generator": "kml", "size": 224, "images_per_s": 1300.0}], "machine": "", "date": "d"},
         "memory (GPU)": {"rows": [{"memory": 10, "classify_s": 4.0}], "machine": "", "date": "d"},
         "profile (GPU)": {"rows": profile, "machine": "", "date": "d"},
     }
-    rows = {row["target"]: row for row in target_rows([eager, compiled, drawn, classify], state, " (GPU)")}
+    rows = {row["target"]: row for row in target_rows([eager, compiled, files, drawn, classify], state, " (GPU)")}
     assert rows["eager"]["fraction_of_bf16_limit"] == 0.075 and rows["compiled"]["fraction_of_bf16_limit"] == 0.15
     assert rows["eager"]["where_time_goes"] == (
         "beside 8 data workers: 50% of the model alone's rate, waiting for data 1%; "  # 600 / 1200, 600 / 60000
@@ -191,6 +198,11 @@ def test_each_target_says_what_limits_it() -> None:
     assert rows["compiled"]["where_time_goes"] == (  # the profile times eager steps
         "beside 8 data workers: 80% of the model alone's rate; taking turns with the data (alone 1,300/s) on one device: 696/s"
     )
+    assert rows["files"]["where_time_goes"] == (  # 1350 / 1500; no profile of compiled steps
+        "beside 8 data workers: 90% of the model alone's rate (compiled); the files read alone: 9,100/s (written at 1,210/s)"
+    )
+    eager_files = target_rows([files], {"train (GPU)": {"rows": [{**state["train (GPU)"]["rows"][0], "prerendered_under_compile": False}]}}, " (GPU)")
+    assert eager_files[0]["where_time_goes"].startswith("beside 8 data workers: 112% of the model alone's rate;")  # 1350 / 1200
     assert rows["drawn"]["where_time_goes"] == (  # the parts, then the torch operators of the same call
         "generate 1024 x 224 px kml (parts): base images 75%, combine them 24%; "
         "generate 1024 x 224 px kml (operators): busy 30%; aten::bmm 40%, aten::index 20%, aten::sub 10%"

@@ -324,7 +324,13 @@ def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch, workers:
     on a CPU), the data alone and the rates taking turns with the model, and one step's
     descent; nothing is saved. The eager and the compiled timings, and the data alone
     between them, take consecutive steps from one stream of batches (the same data
-    workers), which is stopped at the end."""
+    workers), which is stopped at the end. Then (`prerendered="jpeg"`, a profile's
+    `bench.prerendered`) a second stream serves the generator's images written as JPEG
+    files: what PIL decodes of what it encodes at quality 75."""
+    import io
+
+    from PIL import Image
+
     from harness_plugins.encoders import _dino_bench
 
     torch_compile = torch.compile
@@ -333,10 +339,15 @@ def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch, workers:
     streams: list[Any] = []
     steps_served: list[int] = []
 
+    served: list[list[tuple[int, torch.Tensor, list[int]]]] = []
+
     def recorded_batches(*args: Any, **kwargs: Any) -> Any:
+        batches: list[tuple[int, torch.Tensor, list[int]]] = []
+        served.append(batches)
+
         def serve() -> Any:
             for step, images, indices in step_batches(*args, **kwargs):
-                steps_served.append(step)
+                batches.append((step, images, indices))
                 yield step, images, indices
         streams.append(serve())
         return streams[-1]
@@ -344,13 +355,27 @@ def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch, workers:
     monkeypatch.setattr(_dino_bench, "step_batches", recorded_batches)
     ctx = context(setup, "cache-throughput")
     encoder = harness.get_encoder("dino-test", num_workers=workers)
-    measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None, compiled=True)
+    measured = encoder.measure_training(ctx, steps=2, batch_size=None, budget_s=None, compiled=True, prerendered="jpeg")
     assert measured["data_workers"] == workers
     warmup = _dino_bench.warmup_steps(workers)
-    # eager steps, the data alone, compiled steps: one stream
+    # eager steps, the data alone, compiled steps: one stream; the files: a second
     taken = 2 * (warmup + 2) + _dino_bench.data_alone_batches(workers)
-    assert len(streams) == 1 and steps_served == list(range(taken))
-    assert streams[0].gi_frame is None  # closed: its workers stopped
+    assert len(streams) == 2 and [step for step, _, _ in served[0]] == list(range(taken))
+    assert [step for step, _, _ in served[1]] == list(range(warmup + 2 + _dino_bench.data_alone_batches(workers)))
+    assert all(stream.gi_frame is None for stream in streams)  # closed: their workers stopped
+    source = encoder.open_source()
+    _, images, indices = served[1][0]
+    for image, index in zip(images, indices):
+        rendered = source.generator.sample(source.seed, 1, source.size, start=index)[0].permute(1, 2, 0).numpy()
+        encoded = io.BytesIO()
+        Image.fromarray(rendered).save(encoded, format="JPEG", quality=75)
+        assert np.array_equal(image.permute(1, 2, 0).numpy(), np.asarray(Image.open(encoded)))
+    epoch = _dino_bench.PRERENDERED_BATCHES
+    assert sorted(i for _, _, batch in served[1][:epoch] for i in batch) == list(range(epoch * len(indices)))  # every file once
+    assert measured["prerendered_format"] == "jpeg" and measured["prerendered_under_compile"]
+    assert measured["prerendered_data_workers"] == workers
+    for figure in _dino_bench.PRERENDERED_FIGURES:
+        assert isinstance(measured[figure], float) and measured[figure] > 0, figure
     turns = 1 / (1 / measured["model_alone_images_per_s"] + 1 / measured["data_alone_images_per_s"])
     assert abs(measured["taking_turns_images_per_s"] - turns) <= 0.1
     compiled_turns = 1 / (1 / measured["compiled_model_images_per_s"] + 1 / measured["data_alone_images_per_s"])

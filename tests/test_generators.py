@@ -237,6 +237,27 @@ def test_imagefolder_is_resumable_and_grid_is_written(tmp_path):
     assert Image.open(grid).size == (3 * 18 + 2, 2 * 18 + 2)
 
 
+
+def test_imagefolder_in_jpeg_holds_what_pil_writes_at_quality_75_and_is_not_mixed_with_png(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from harness.cli import build_parser
+    from harness.streaming import IMAGE_FORMATS, image_path, write_imagefolder
+
+    gen = harness.get_generator("dead-leaves")
+    out = write_imagefolder(gen, tmp_path / "data", n=3, size=32, seed=1, image_format="jpeg")
+    assert sorted(p.name for p in out.rglob("*.*") if p.name != "generator.json") == [f"{i:08d}.jpg" for i in range(3)]
+    for index, image in enumerate(gen.sample(1, 3, 32).permute(0, 2, 3, 1).numpy()):
+        expected = io.BytesIO()
+        Image.fromarray(image).save(expected, format="JPEG", quality=75)
+        assert image_path(out, index, "jpeg").read_bytes() == expected.getvalue()
+    with pytest.raises(HarnessError, match="holds jpeg images .* not png images"):
+        write_imagefolder(gen, out, n=3, size=32, seed=1)
+    generate = next(a for a in build_parser()._subparsers._group_actions[0].choices["generate"]._actions if a.dest == "format")  # noqa: SLF001
+    assert sorted(generate.choices) == sorted(IMAGE_FORMATS)
+
 # ----------------------------------------------------------------------------- composition
 class ConstantColours(Generator):
     """Image i of stream `seed` is one flat colour (a test base generator)."""

@@ -37,6 +37,7 @@ from harness.bench.generators import bench_generators
 from harness.bench.memory import bench_memory
 from harness.bench.profiling import OPERATORS_SHOWN, bench_profile
 from harness.bench.targets import GPU_SUFFIX, TARGETS, target_rows
+from harness.bench.timing import StageTimeLimit
 from harness.bench.train import bench_train
 from harness.cache import atomic_write
 from harness.device import default_device
@@ -60,12 +61,6 @@ STAGES: dict[str, Stage] = {
 }
 BENCH_PROFILE = "bench"  # the profile naming what to measure, when the registry has one
 UNFINISHED = "the stage did not finish (killed, or it failed)"  # the mark of a stage's rows until it ends
-
-
-class StageTimeLimit(Exception):
-    """Raised inside a stage when its time limit is reached. An `Exception`, so that a
-    stage's own handlers turn it into an error row for what it was measuring and the rows
-    it had measured stand; the stage is then stopped at its next row."""
 
 
 class TimeLimit:

@@ -25,6 +25,8 @@ ALONE_COLUMNS = {"images_per_s": "model_alone_images_per_s", "compiled_images_pe
 # The rate end to end if the model and the data took turns on one device, each at its rate
 # alone (the data alone: `data_alone_images_per_s`), where the train stage gives it.
 TURNS_COLUMNS = {"images_per_s": "taking_turns_images_per_s", "compiled_images_per_s": "compiled_taking_turns_images_per_s"}
+# The rate end to end on the generator's images written as files first (`bench.prerendered`).
+PRERENDERED_COLUMN = "prerendered_images_per_s"
 
 
 def accelerator(entry: dict[str, Any]) -> str:
@@ -52,7 +54,7 @@ def profiled_works(target: TargetSpec, profile: list[dict[str, Any]]) -> list[li
     where = target.where
     if "generator" in where and "size" in where:
         patterns = [generate_work("*", where["size"], where["generator"], how) for how in ("parts", "operators")]
-    elif "encoder" in where and target.stage == "train" and "compiled" not in target.column:
+    elif "encoder" in where and target.stage == "train" and "compiled" not in target.column and target.column != PRERENDERED_COLUMN:
         patterns = [train_work(where["encoder"])]
     elif "memory" in where:
         patterns = [classify_work("*", where["memory"])]
@@ -80,21 +82,36 @@ def where_time_goes(rows: list[dict[str, Any]]) -> str:
     return f"busy {float(busy[0]['share']):.0%}{over}; {text}"
 
 
+def alone_column(column: str, row: dict[str, Any]) -> str:
+    """The column of the model alone for a training figure measured beside data workers:
+    for the figure on pre-rendered files, the compiled model's where the files were
+    read under torch.compile."""
+    if column == PRERENDERED_COLUMN:
+        return ALONE_COLUMNS["compiled_images_per_s" if row.get("prerendered_under_compile") else "images_per_s"]
+    return ALONE_COLUMNS.get(column, "")
+
+
 def beside_the_workers(target: TargetSpec, row: dict[str, Any]) -> str:
     """For a training figure measured beside data workers: its share of the rate of the
     model alone, and of the time spent waiting for the data where the row gives it; and
     the rate if the model and the data took turns on the device, where the row gives
-    it. The workers may slow the steps without the data ever being late (sharing the
-    cores, or a GPU they render on); a figure above the taking-turns rate ran partly on
-    batches made before it was timed."""
-    alone, workers = row.get(ALONE_COLUMNS.get(target.column, "")), row.get("data_workers")
+    it, or, for files decoded on the CPU while the device trains, the rate of those
+    workers alone. The workers may slow the steps without the data ever being late
+    (sharing the cores, or a GPU they render on); a figure above the taking-turns rate
+    ran partly on batches made before it was timed."""
+    workers = row.get("prerendered_data_workers" if target.column == PRERENDERED_COLUMN else "data_workers")
+    alone = row.get(alone_column(target.column, row))
     if target.stage != "train" or not isinstance(alone, (int, float)) or alone <= 0 or not workers:
         return ""
-    text = f"beside {workers} data workers: {float(row[target.column]) / alone:.0%} of the model alone's rate"
+    compiled = " (compiled)" if target.column == PRERENDERED_COLUMN and row.get("prerendered_under_compile") else ""
+    text = f"beside {workers} data workers: {float(row[target.column]) / alone:.0%} of the model alone's rate{compiled}"
     data = row.get("data_images_per_s")
     if target.column == "images_per_s" and isinstance(data, (int, float)) and data > 0:
         text += f", waiting for data {float(row[target.column]) / data:.0%}"
-    turns, data_alone = row.get(TURNS_COLUMNS[target.column]), row.get("data_alone_images_per_s")
+    files_alone = row.get("prerendered_data_alone_images_per_s")
+    if target.column == PRERENDERED_COLUMN and isinstance(files_alone, (int, float)):
+        return text + f"; the files read alone: {files_alone:,.0f}/s (written at {float(row['prerender_images_per_s']):,.0f}/s)"
+    turns, data_alone = row.get(TURNS_COLUMNS.get(target.column, "")), row.get("data_alone_images_per_s")
     if isinstance(turns, (int, float)) and isinstance(data_alone, (int, float)):
         text += f"; taking turns with the data (alone {data_alone:,.0f}/s) on one device: {turns:,.0f}/s"
     return text

@@ -35,9 +35,29 @@ def best_time(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> float
     return best
 
 
-def why_missing(exc: Exception) -> str:
-    """What a figure that could not be had holds instead: the error, shortened."""
-    return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+class StageTimeLimit(Exception):
+    """Raised inside a stage when its time limit is reached. An `Exception`, so that a
+    stage's own handlers turn it into an error row for what it was measuring and the rows
+    it had measured stand; the stage is then stopped at its next row."""
+
+
+def why_missing(exc: BaseException) -> str:
+    """What a figure that could not be had holds instead: the error, shortened; the
+    stage's time limit where it is behind the error (a compiler, for one, wraps what
+    its backend raised)."""
+    seen: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in seen and not isinstance(cause, StageTimeLimit):
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    shown = cause if isinstance(cause, StageTimeLimit) else exc
+    return f"failed: {type(shown).__name__}: {str(shown)[:200]}"
+
+
+def cut_by_time_limit(figure: Any) -> bool:
+    """Whether a figure is missing because the stage's time limit came first: raised
+    once, the limit would not stop what follows it."""
+    return isinstance(figure, str) and figure.startswith(f"failed: {StageTimeLimit.__name__}:")
 
 
 def cpu_jiffies() -> tuple[int, int] | None:

@@ -26,7 +26,9 @@ def bench_train(registry: Registry, profile: ProfileSpec, quick: bool, device: s
     """Training images/s of the profile's trainable encoders, each for about the profile's
     `bench.train_budget_s` seconds. On a GPU the batch is the recipe's, halved until it
     fits in memory; on a CPU at most `CPU_MAX_BATCH` images. An encoder whose
-    `training_cost()` is None has nothing to train and is left out."""
+    `training_cost()` is None has nothing to train and is left out. With
+    `bench.prerendered`, each also trains on its generator's images written as files
+    first (the released research code's design)."""
     import torch
 
     spec = profile.bench
@@ -47,6 +49,7 @@ def bench_train(registry: Registry, profile: ProfileSpec, quick: bool, device: s
                     batch_size=batch_size,
                     budget_s=None if quick else spec.train_budget_s,
                     compiled=spec.compile and not quick,
+                    prerendered=spec.prerendered,
                 )
                 row.update(measured)
                 if on_gpu and batch_size < cost.batch_size:

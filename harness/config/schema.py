@@ -77,6 +77,11 @@ class BenchSpec(_Strict):
     compile: bool = Field(False, description="also time each encoder's module, and each trainable encoder's training step, under torch.compile")
     train_steps: int = Field(20, ge=2, description="timed training steps (fewer when they overrun the stage's budget)")
     train_budget_s: float = Field(60.0, gt=0, description="seconds of timed training per encoder")
+    prerendered: Literal["png", "jpeg"] | None = Field(
+        None,
+        description="also time each encoder trained on a generator end to end on the same images pre-rendered as "
+        "files of this format, read by its data workers (the released research code's design: jpeg)",
+    )
     memory_rows: list[Annotated[int, Field(ge=1)]] = Field([10_000, 100_000, 1_000_000], min_length=1)
     memory_queries: int = Field(1000, ge=1)
     end_to_end: str | None = Field(

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from harness.bench.timing import best_time, busy_share, cores, cpu_jiffies, operator_profile, peak_flops, synchronizer, why_missing
+from harness.bench.timing import (
+    best_time, busy_share, cores, cpu_jiffies, cut_by_time_limit, operator_profile, peak_flops, synchronizer, why_missing,
+)
 from harness_plugins.encoders._dino_data import PREFETCH_FACTOR, StreamPlan, step_batches
 from harness_plugins.encoders._dino_reference import reference_augment_rate
 from harness_plugins.encoders._dino_run import data_workers, device_name
@@ -225,12 +227,57 @@ def stop_workers(batches: Iterator[Any]) -> None:
         batches.close()
 
 
+PRERENDERED_FIGURES = ("prerender_images_per_s", "prerendered_images_per_s", "prerendered_data_alone_images_per_s")
+PRERENDERED_BATCHES = 4  # global batches of images written: an epoch of that many steps, reshuffled after it
+
+
+def prerendered_rates(
+    source: Any, image_format: str, trainer: Trainer, workers: int, steps: int, sync: Callable[[], None],
+    budget_s: float | None,
+) -> dict[str, float | str]:
+    """The released research code's design: the generator's images rendered once and
+    written as `image_format` files (`harness.streaming.write_imagefolder`, at
+    `prerender_images_per_s`: rendering and encoding), then read and decoded by
+    `workers` DataLoader workers (`FolderSource`) while the device only trains: images/s
+    end to end (`timed_steps`, on the trainer as it is: compiled where `compiled_rates`
+    compiled it) and of that data alone (`data_alone_rate`). The epoch is
+    `PRERENDERED_BATCHES` global batches, decoded afresh each epoch as a training set
+    of 1.3M files is (which the page cache then holds whole). A figure that could not
+    be had says why. It takes real steps: call it on a trainer whose state no longer
+    matters."""
+    import tempfile
+    from pathlib import Path
+
+    from harness.streaming import write_imagefolder
+    from harness_plugins.encoders._dino_data import FolderSource
+
+    rates: dict[str, float | str] = {}
+    batches: Iterator[tuple[int, torch.Tensor, list[int]]] = iter(())
+    try:
+        with tempfile.TemporaryDirectory(prefix="harness-prerendered-") as folder:
+            n = PRERENDERED_BATCHES * trainer.global_batch
+            began = time.perf_counter()
+            write_imagefolder(source.generator, folder, n, source.size, seed=source.seed, image_format=image_format)
+            rates["prerender_images_per_s"] = round(n / (time.perf_counter() - began), 1)
+            warmup = warmup_steps(workers)
+            plan = StreamPlan(0, trainer.global_batch, 0, 1, n)
+            batches = step_batches(FolderSource(Path(folder), source.size), plan, 0, warmup + steps + data_alone_batches(workers), workers)
+            rates["prerendered_images_per_s"] = round(timed_steps(trainer, batches, steps, sync, warmup, budget_s)["images_per_s"], 2)
+            rates["prerendered_data_alone_images_per_s"] = round(data_alone_rate(batches, workers), 1)
+            stop_workers(batches)
+    except Exception as exc:
+        stop_workers(batches)
+        for name in PRERENDERED_FIGURES:
+            rates.setdefault(name, why_missing(exc))
+    return rates
+
+
 REFERENCE_IMAGES = 128  # images DINO's own data path is timed on (a rate, at PIL's pace)
 
 
 def throughput(
     encoder: DINOEncoder, device: str, steps: int, batch_size: int | None, budget_s: float | None = None, profile: bool = False,
-    compiled: bool = False,
+    compiled: bool = False, prerendered: str | None = None,
 ) -> dict[str, Any]:
     """Training images/s end to end and split into data and model time, the model's rate
     alone on a batch in memory (`model_alone_rate`), beside DINO's own data path
@@ -239,8 +286,9 @@ def throughput(
     moves. The figures of the model alone come first, before the data workers start;
     with `compiled`, the rates end to end and of the model alone again under
     torch.compile follow the eager ones, on the same workers (`compiled_rates`). With
-    `profile`, only where the time of steps on a batch in memory goes
-    (`profiled_steps`)."""
+    `prerendered` (a file format) and a generator to train on, last, the rates on its
+    images written as such files first (`prerendered_rates`). With `profile`, only
+    where the time of steps on a batch in memory goes (`profiled_steps`)."""
     began = time.perf_counter()
 
     def progress(what: str) -> None:
@@ -257,7 +305,11 @@ def throughput(
         # not depend on the schedule's values.
         workers = 0 if profile else data_workers(encoder, source, device, Distributed())
         warmup = warmup_steps(workers)
+        # Files are never held in memory: as many workers as a run reading them would have.
+        file_workers = 0 if profile else data_workers(encoder, None, device, Distributed())
         cfg["steps"] = (warmup + steps) * (2 if compiled else 1) + data_alone_batches(workers)
+        if prerendered is not None:
+            cfg["steps"] += warmup_steps(file_workers) + steps + data_alone_batches(file_workers)
         cfg["warmup_epochs"] = max(1, cfg["steps"] // 3) / cfg["steps_per_epoch"]
         cfg["freeze_last_layer"] = 0
         trainer = Trainer(cfg, lambda drop_path: encoder.build_model(drop_path, dynamic=True), device, Distributed())
@@ -288,6 +340,15 @@ def throughput(
         elif compiled:
             compiled_figures = compiled_rates(trainer, batches, steps, sync, warmup, budget_s, images)
             progress("end to end and the model alone under torch.compile")
+        stop_workers(batches)
+        prerendered_figures: dict[str, float | str] = {}
+        if prerendered is not None and hasattr(source, "generator"):
+            cut = next((figure for figure in (data_alone, *compiled_figures.values()) if cut_by_time_limit(figure)), None)
+            if cut is not None:
+                prerendered_figures = dict.fromkeys(PRERENDERED_FIGURES, cut)
+            else:
+                prerendered_figures = prerendered_rates(source, prerendered, trainer, file_workers, steps, sync, budget_s)
+                progress(f"end to end on its images written as {prerendered} files first")
     finally:
         stop_workers(batches)
         if hasattr(source, "generator"):
@@ -320,6 +381,11 @@ def throughput(
         row["machine_cpu_busy"] = round(measured["machine_cpu_busy"], 3)
     row["process_cpu_per_s"] = round(measured["process_cpu_per_s"], 2)
     row.update(compiled_figures)
+    if prerendered_figures:
+        row["prerendered_format"] = prerendered
+        row["prerendered_data_workers"] = file_workers
+        row["prerendered_under_compile"] = isinstance(row.get("compile_s"), float)
+        row.update(prerendered_figures)
     if isinstance(data_alone, float):
         row["taking_turns_images_per_s"] = round(taking_turns(model_alone, data_alone), 1)
         if isinstance(row.get("compiled_model_images_per_s"), float):

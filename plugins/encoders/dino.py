@@ -254,18 +254,19 @@ class DINOEncoder(ViTEncoder):
 
     def measure_training(
         self, ctx: RunContext | None, steps: int, batch_size: int | None, budget_s: float | None, profile: bool = False,
-        compiled: bool = False,
+        compiled: bool = False, prerendered: str | None = None,
     ) -> dict[str, Any]:
         """Training images per second over `steps` steps of `batch_size` images (default:
         the recipe's) after one warm-up step (with `budget_s`, only as many as fit in it),
         end to end (data + augmentation + step) and for the model alone, beside DINO's own
-        data path; with `compiled`, the model alone under torch.compile too. Nothing is
-        saved."""
+        data path; with `compiled`, the model alone under torch.compile too; with
+        `prerendered` (`png` or `jpeg`), end to end on the generator's images written as
+        such files first. Nothing is saved."""
         from harness.device import default_device
         from harness_plugins.encoders._dino_bench import throughput
 
         device = getattr(ctx, "device", None) or default_device()
-        return throughput(self, device, steps, batch_size, budget_s, profile, compiled)
+        return throughput(self, device, steps, batch_size, budget_s, profile, compiled, prerendered)
 
 
 @hookimpl
