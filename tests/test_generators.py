@@ -243,7 +243,10 @@ def test_imagefolder_in_jpeg_holds_what_pil_writes_at_quality_75_and_is_not_mixe
 
     from PIL import Image
 
+    import typing
+
     from harness.cli import build_parser
+    from harness.config.schema import BenchSpec
     from harness.streaming import IMAGE_FORMATS, image_path, write_imagefolder
 
     gen = harness.get_generator("dead-leaves")
@@ -257,6 +260,8 @@ def test_imagefolder_in_jpeg_holds_what_pil_writes_at_quality_75_and_is_not_mixe
         write_imagefolder(gen, out, n=3, size=32, seed=1)
     generate = next(a for a in build_parser()._subparsers._group_actions[0].choices["generate"]._actions if a.dest == "format")  # noqa: SLF001
     assert sorted(generate.choices) == sorted(IMAGE_FORMATS)
+    prerendered = typing.get_args(BenchSpec.model_fields["prerendered"].annotation)  # Literal[...] | None
+    assert sorted(typing.get_args(prerendered[0])) == sorted(IMAGE_FORMATS)
 
 # ----------------------------------------------------------------------------- composition
 class ConstantColours(Generator):

@@ -255,18 +255,19 @@ def prerendered_rates(
     batches: Iterator[tuple[int, torch.Tensor, list[int]]] = iter(())
     try:
         with tempfile.TemporaryDirectory(prefix="harness-prerendered-") as folder:
-            n = PRERENDERED_BATCHES * trainer.global_batch
-            began = time.perf_counter()
-            write_imagefolder(source.generator, folder, n, source.size, seed=source.seed, image_format=image_format)
-            rates["prerender_images_per_s"] = round(n / (time.perf_counter() - began), 1)
-            warmup = warmup_steps(workers)
-            plan = StreamPlan(0, trainer.global_batch, 0, 1, n)
-            batches = step_batches(FolderSource(Path(folder), source.size), plan, 0, warmup + steps + data_alone_batches(workers), workers)
-            rates["prerendered_images_per_s"] = round(timed_steps(trainer, batches, steps, sync, warmup, budget_s)["images_per_s"], 2)
-            rates["prerendered_data_alone_images_per_s"] = round(data_alone_rate(batches, workers), 1)
-            stop_workers(batches)
+            try:  # the workers stop before their files are removed
+                n = PRERENDERED_BATCHES * trainer.global_batch
+                began = time.perf_counter()
+                write_imagefolder(source.generator, folder, n, source.size, seed=source.seed, image_format=image_format)
+                rates["prerender_images_per_s"] = round(n / (time.perf_counter() - began), 1)
+                warmup = warmup_steps(workers)
+                plan = StreamPlan(0, trainer.global_batch, 0, 1, n)
+                batches = step_batches(FolderSource(Path(folder), source.size), plan, 0, warmup + steps + data_alone_batches(workers), workers)
+                rates["prerendered_images_per_s"] = round(timed_steps(trainer, batches, steps, sync, warmup, budget_s)["images_per_s"], 2)
+                rates["prerendered_data_alone_images_per_s"] = round(data_alone_rate(batches, workers), 1)
+            finally:
+                stop_workers(batches)
     except Exception as exc:
-        stop_workers(batches)
         for name in PRERENDERED_FIGURES:
             rates.setdefault(name, why_missing(exc))
     return rates
