@@ -337,8 +337,6 @@ def test_measure_training(setup: dict, monkeypatch: pytest.MonkeyPatch, workers:
     monkeypatch.setattr(torch, "compile", lambda module, **options: torch_compile(module, **{**options, "backend": "aot_eager"}))
     step_batches = _dino_bench.step_batches
     streams: list[Any] = []
-    steps_served: list[int] = []
-
     served: list[list[tuple[int, torch.Tensor, list[int]]]] = []
 
     def recorded_batches(*args: Any, **kwargs: Any) -> Any:

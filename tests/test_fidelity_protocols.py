@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import harness
-from harness.cli import main
 from harness.config.schema import DatasetSpec
 from harness.datasets import open_dataset
 from harness.errors import DatasetUnavailable

@@ -28,19 +28,19 @@ from helpers import cli
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 RESNET_REPO = "timm/resnet18.a1_in1k"  # resnet18's default tag
 VIT_REPO = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # vit_tiny_patch16_224's; its mean and std are 0.5
-REGISTRY = f"""
+REGISTRY = """
 datasets:
-  synthetic-scenes: {{format: synthetic-scenes, options: {{size: 64, train: 10, val: 6}}}}
+  synthetic-scenes: {format: synthetic-scenes, options: {size: 64, train: 10, val: 6}}
 encoders:
-  timm-resnet18: {{plugin: timm, params: {{model: resnet18.a1_in1k, img_size: 32}}}}
-  timm-resnet18-64: {{plugin: timm, params: {{model: resnet18.a1_in1k, img_size: 64}}}}  # a 2 x 2 map
-  timm-vit-tiny: {{plugin: timm, params: {{model: vit_tiny_patch16_224, img_size: 32}}}}
+  timm-resnet18: {plugin: timm, params: {model: resnet18.a1_in1k, img_size: 32}}
+  timm-resnet18-64: {plugin: timm, params: {model: resnet18.a1_in1k, img_size: 64}}  # a 2 x 2 map
+  timm-vit-tiny: {plugin: timm, params: {model: vit_tiny_patch16_224, img_size: 32}}
   timm-vit-sweep:  # a 3-block ViT on a 4 x 4 grid, random weights, every block swept
-    {{plugin: timm, params: {{model: vit_tiny_patch16_224, pretrained: false, img_size: 32, model_kwargs: {{depth: 3, patch_size: 8}}, layers: all}}}}
+    {plugin: timm, params: {model: vit_tiny_patch16_224, pretrained: false, img_size: 32, model_kwargs: {depth: 3, patch_size: 8}, layers: all}}
   timm-vit-block2:  # its last block alone
-    {{plugin: timm, params: {{model: vit_tiny_patch16_224, pretrained: false, img_size: 32, model_kwargs: {{depth: 3, patch_size: 8}}, layer: 2}}}}
+    {plugin: timm, params: {model: vit_tiny_patch16_224, pretrained: false, img_size: 32, model_kwargs: {depth: 3, patch_size: 8}, layer: 2}}
 tasks:
-  coco-r2-synthetic: {{plugin: coco-r2, params: {{datasets: [synthetic-scenes], n_images: 6, photographs: []}}}}
+  coco-r2-synthetic: {plugin: coco-r2, params: {datasets: [synthetic-scenes], n_images: 6, photographs: []}}
 """
 
 
