@@ -269,6 +269,20 @@ def script(name: str) -> ModuleType:
     return module
 
 
+def test_the_working_tree_leaves_room_for_what_prepare_packs() -> None:
+    """The GPU machine receives the working tree with the carried folders, 64 MiB in all:
+    a tree grown past what the folders leave free would be found only when packing for a
+    GPU run, which then says by how much and what to leave out."""
+    prepare = script("prepare")
+    tree_mib = prepare.size_of(prepare.working_tree()) / 2**20
+    assert tree_mib + prepare.PACKED_MIB <= prepare.TRANSFER_LIMIT_MIB, (
+        f"the working tree holds {tree_mib:.2f} MiB, more than the {prepare.TRANSFER_LIMIT_MIB - prepare.PACKED_MIB} MiB "
+        "that the carried folders leave free")
+    over = prepare.over_transfer_limit((prepare.TRANSFER_LIMIT_MIB + 1.5) * 2**20, no_mesa=False)
+    assert "exceed 64 MiB by 1.50 MiB: run again with --no-mesa" in over
+    assert "--no-mesa" not in prepare.over_transfer_limit((prepare.TRANSFER_LIMIT_MIB + 1.5) * 2**20, no_mesa=True)
+
+
 def test_the_carry_list_prepare_prints_is_the_one_the_documentation_gives() -> None:
     prepare = script("prepare")
     carried = json.dumps([".device-carry", prepare.MESA_FOLDER])
