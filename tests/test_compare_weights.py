@@ -7,7 +7,6 @@ then the two registry entries compared. Offline throughout (HF_HUB_OFFLINE=1).
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
