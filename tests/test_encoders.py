@@ -498,6 +498,27 @@ def test_sample_drop_path_drops_whole_samples_at_its_rate() -> None:
     assert torch.equal(SampleDropPath(0.0).train()(x), x)
 
 
+def test_the_dino_head_draws_its_weights_alike_on_every_torch_release() -> None:
+    """The head's hidden weights are N(0, 0.02) drawn after the `nn.Linear` constructors'
+    own draws, and its biases are zero: the same numbers whatever the torch release, so a
+    trained encoder does not move with it."""
+    from harness_plugins.encoders._dino_model import DINOHead
+
+    shapes = [(24, 16), (24, 24), (8, 24)]
+    torch.manual_seed(7)
+    head = DINOHead(16, 32, hidden_dim=24, bottleneck_dim=8, nlayers=3)
+    torch.manual_seed(7)
+    for rows, columns in shapes:  # what each constructor draws: weight, then bias
+        torch.empty(rows, columns).uniform_()
+        torch.empty(rows).uniform_()
+    expected = [torch.empty(rows, columns).normal_(0.0, 0.02) for rows, columns in shapes]
+    linears = [m for m in head.mlp.modules() if isinstance(m, torch.nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == shapes
+    for linear, weight in zip(linears, expected):
+        assert torch.equal(linear.weight.detach(), weight)
+        assert torch.count_nonzero(linear.bias) == 0
+
+
 def test_a_step_whose_loss_is_not_finite_names_it(setup: dict) -> None:
     trainer, images = dino_test_trainer()
     trainer.loss_fn.cross_entropy = lambda student, teacher, epoch: student.sum() * float("nan")

@@ -67,9 +67,13 @@ class DINOHead(nn.Module):
                 layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
             self.mlp = nn.Sequential(*layers)
+        # DINO draws these from a normal truncated at +-2, which at std 0.02 lies 100 std
+        # out and never binds: a plain normal is the same distribution. It is also the same
+        # draw on every torch release, where `trunc_normal_` changed how it samples (2.14
+        # rejection-samples from `normal_`, which it equals; 2.11 inverted a uniform draw).
         for module in self.mlp.modules():
             if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim)
         if norm_last_layer:
