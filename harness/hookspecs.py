@@ -5,7 +5,7 @@ reader function for dataset formats. The host validates what it is given and ref
 duplicate names, so plugins never touch the registry directly.
 """
 
-from typing import Any, Callable
+from typing import Callable
 
 import pluggy
 

@@ -358,8 +358,6 @@ class TimmEncoder(Encoder):
     def preprocess(self, images: torch.Tensor, crop: bool = True) -> torch.Tensor:
         """uint8 [n, 3, H, W] -> normalised float [n, 3, h, w] on the encoder's device, as
         timm's eval transform does (`crop`), or the whole image resized to the input size."""
-        import torch
-
         if self.model is None:
             self.prepare()
         config = self.data_config or self.resolved_data_config()

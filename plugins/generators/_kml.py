@@ -183,7 +183,6 @@ def mask_sources(s1: Any, kmeans_size: int) -> Any:
     """The float32 images [b, 3, kmeans_size, kmeans_size] the 2-means clusters: uint8 s1
     (torch) as x / 255, resized bilinearly with antialiasing (torchvision's `Resize` on
     tensors), never rounded."""
-    import torch
     import torch.nn.functional as F
 
     x = _unit(s1)

@@ -202,7 +202,7 @@ class Shaders(Generator):
             lib.constant = [p.name for p, c in zip(compiled, flat) if c]
             lib.usable = [p for p, c in zip(compiled, flat) if not c]
             if lib.constant:
-                warn_shader(f"shader program(s) render near-constant images and are dropped from sampling: "
+                warn_shader("shader program(s) render near-constant images and are dropped from sampling: "
                             + ", ".join(f"{p.name!r} ({p.origin})" for p, c in zip(compiled, flat) if c))
         if not lib.usable:
             raise HarnessError(
