@@ -422,7 +422,7 @@ def test_one_step_descent_follows_the_batch_gradient_not_the_moments(setup: dict
 
     The schedule runs at a tenth of its rate, where a step along the gradient is short
     enough to lower the loss; at the full rate a step on this tiny model can overshoot
-    (under torch 2.6, whose drop-path masks differ, the loss rose 0.015)."""
+    (under torch 2.6, whose loss differs once stochastic depth is on, it rose 0.015)."""
     from harness_plugins.encoders._dino_bench import one_step_descent
 
     trainer, images = dino_test_trainer()
@@ -505,8 +505,8 @@ def test_sample_drop_path_drops_whole_samples_at_its_rate() -> None:
 
 def test_the_dino_head_draws_its_weights_alike_on_every_torch_release() -> None:
     """The head's hidden weights are N(0, 0.02) drawn after the `nn.Linear` constructors'
-    own draws, and its biases are zero: the same numbers whatever the torch release, so a
-    trained encoder does not move with it."""
+    own draws, and its biases are zero: the same numbers whatever the torch release, so
+    training starts from the same head on each."""
     from harness_plugins.encoders._dino_model import DINOHead
 
     shapes = [(24, 16), (24, 24), (8, 24)]
