@@ -94,6 +94,7 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert set(comparison) == {"random-init-tiny", "random-init-tiny-seed1", "random-init-tiny-seed2"}
     for row in comparison.values():
         assert row["compared"] > 0 and row["agree"] == row["compared"] and row["max_abs_difference"] == 0, row
+        assert row["outside"] == "", row
 
     report = (out / "PERFORMANCE.md").read_text()
     for heading in ("## generators", "## embed", "## train", "## memory", "## profile", "## end-to-end"):
@@ -228,8 +229,21 @@ def test_end_to_end_tolerance_and_failed_cells(tmp_path: Path) -> None:
     rows = {row["encoder"]: row for row in compare(ours, committed, trained={"trained"}, failed=failed)}
     assert rows["enc"]["compared"] == 2 and rows["enc"]["agree"] == 1 and rows["enc"]["max_abs_difference"] == 2.5
     assert rows["enc"]["disagreeing_metrics"] == "top1 x1"
+    assert rows["enc"]["outside"] == rows["enc"]["largest_at"] == "knn/digits top1 {}: 50 vs 52.5"
     assert rows["enc"]["not_ok_cells"] == 1 and rows["enc"]["held_to_tolerance"]
     assert rows["trained"]["compared"] == 0 and rows["trained"]["note"] == "knn/digits: error: no GPU"
+
+
+def test_end_to_end_names_the_values_outside_the_tolerance_largest_difference_first() -> None:
+    from harness.bench.endtoend import OUTSIDE_LISTED
+
+    count = 2 * OUTSIDE_LISTED + 2  # odd k lie k + 2 apart (outside), even k 0.5 apart (inside)
+    committed = {("knn", "digits", "enc", "top1", f'{{"k": {k}}}'): 50.0 for k in range(count)}
+    ours = {key: 50.0 + (2.0 + k if k % 2 else 0.5) for k, key in enumerate(committed)}
+    (row,) = compare(ours, committed, trained=set())
+    assert row["agree"] == OUTSIDE_LISTED + 1 and row["disagreeing_metrics"] == f"top1 x{OUTSIDE_LISTED + 1}"
+    largest_first = sorted(range(1, count, 2), reverse=True)[:OUTSIDE_LISTED]
+    assert row["outside"].split("; ") == [f'knn/digits top1 {{"k": {k}}}: {52 + k:g} vs 50' for k in largest_first] + ["and 1 more"]
 
 
 def test_merge_adds_a_gpu_run_to_the_report_and_checks_the_targets(tmp_path: Path) -> None:

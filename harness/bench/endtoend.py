@@ -65,13 +65,22 @@ def agrees(ours: float, committed: float) -> bool:
     return abs(ours - committed) <= max(ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE * abs(committed))
 
 
+OUTSIDE_LISTED = 8  # values outside the tolerance named in an encoder's row, largest difference first
+
+
+def describe_value(key: tuple[str, ...], ours: float, committed: float) -> str:
+    task, dataset, _, metric, params = key
+    return f"{task}/{dataset} {metric} {params}: {ours:.4g} vs {committed:.4g}"
+
+
 def compare(
     ours: dict[tuple[str, ...], float], committed: dict[tuple[str, ...], float], trained: set[str],
     failed: dict[str, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per encoder: records compared, the largest and median |difference|, how
-    many agree (`agrees`) and the metrics of those that do not, and the cells of the run
-    that did not end `ok` (`failed`)."""
+    many agree (`agrees`), the metrics of those that do not and the values themselves
+    (`outside`: ours vs committed, the largest differences first), and the cells of the
+    run that did not end `ok` (`failed`)."""
     failed = failed or {}
     rows = []
     for encoder in sorted({key[2] for key in ours} | set(failed)):
@@ -83,15 +92,21 @@ def compare(
             continue
         differences = [abs(ours[key] - committed[key]) for key in keys]
         worst = keys[differences.index(max(differences))]
-        outside = Counter(key[3] for key in keys if not agrees(ours[key], committed[key]))
+        disagreeing = sorted((key for key in keys if not agrees(ours[key], committed[key])),
+                             key=lambda key: -abs(ours[key] - committed[key]))
+        outside = Counter(key[3] for key in disagreeing)
+        listed = [describe_value(key, ours[key], committed[key]) for key in disagreeing[:OUTSIDE_LISTED]]
+        if len(disagreeing) > OUTSIDE_LISTED:
+            listed.append(f"and {len(disagreeing) - OUTSIDE_LISTED} more")
         rows.append({
             "encoder": encoder,
             "compared": len(keys),
             "agree": sum(agrees(ours[key], committed[key]) for key in keys),
             "max_abs_difference": round(max(differences), 4),
             "median_abs_difference": round(statistics.median(differences), 4),
-            "largest_at": f"{worst[0]}/{worst[3]} {worst[4]}: {ours[worst]:.4g} vs {committed[worst]:.4g}",
+            "largest_at": describe_value(worst, ours[worst], committed[worst]),
             "disagreeing_metrics": ", ".join(f"{metric} x{count}" for metric, count in outside.most_common()),
+            "outside": "; ".join(listed),
             "held_to_tolerance": encoder not in trained,
             "not_ok_cells": len(problems),
             **({"note": problems[0]} if problems else {}),
