@@ -682,6 +682,57 @@ def test_pickle_refused_by_weights_only_fails_loudly(setup: dict, tmp_path: Path
         _pretrained(path).prepare()
 
 
+# ---------------------------------------------------------------------------- precision
+def test_precision_is_the_float32_forward_pass_or_the_same_under_bfloat16_autocast() -> None:
+    """`precision: float32` (the default, as the released evaluation) is the model's forward
+    pass in float32; `bfloat16` is the same pass under torch's bfloat16 autocast (here on
+    the CPU), which moves the features and so is in the key; another value is refused."""
+    from harness.preprocessing import normalize
+    from harness_plugins.encoders.vit import IMAGENET_MEAN, IMAGENET_STD
+
+    exact = harness.get_encoder("random-init-tiny")
+    fast = harness.get_encoder("random-init-tiny", precision="bfloat16")
+    batch = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model = exact.build_model().eval()
+    x = normalize(batch.float() / 255, IMAGENET_MEAN, IMAGENET_STD)  # 32 px images: no resize
+    with torch.inference_mode():
+        in_float32 = model.forward_features(x)[:, 0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            in_bfloat16 = model.forward_features(x)[:, 0].float()
+    assert torch.equal(exact.embed(batch), in_float32) and torch.equal(fast.embed(batch), in_bfloat16)
+    assert (in_float32 - in_bfloat16).abs().max() > 1e-3
+    assert exact.params.precision == "float32" and exact.key != fast.key
+    with pytest.raises(ParamsError, match="precision"):
+        harness.get_encoder("random-init-tiny", precision="float16")
+
+
+def test_float32_on_a_gpu_turns_tf32_off_for_the_forward_pass_only() -> None:
+    """torch lets cuDNN's convolutions (a ViT's patch embedding) run in TF32 by default,
+    10 bits of mantissa: float32 forward passes on CUDA turn it off, and back after."""
+    from harness_plugins.encoders._shared import forward_precision
+
+    before = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("medium")  # a user's setting: bfloat16 allowed in products
+    try:
+        with forward_precision("cuda:0", "float32"):  # sets flags only: no GPU needed
+            assert not torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
+        assert torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "medium"
+        with forward_precision("cpu", "float32"):
+            assert torch.backends.cudnn.allow_tf32  # nothing to change on the CPU
+    finally:
+        torch.backends.cudnn.allow_tf32 = before[0]
+        torch.set_float32_matmul_precision(before[1])
+
+
+def test_a_dino_encoder_evaluated_in_bfloat16_keeps_its_weights_key() -> None:
+    """The precision of the forward pass is an evaluation option: it changes the encoder's
+    key, not the key of the weights its training produces."""
+    exact = harness.get_encoder("dino-tiny-shaders-kml-mixup")
+    fast = harness.get_encoder("dino-tiny-shaders-kml-mixup", precision="bfloat16")
+    assert exact.weights_key == fast.weights_key and exact.key != fast.key
+
+
 # ---------------------------------------------------------------------------- layer
 def test_layer_changes_features_and_minus_one_is_the_default(setup: dict) -> None:
     use_registry(setup["registry"])

@@ -137,6 +137,17 @@ def test_vit_tokens_are_the_cls_token_and_the_normed_patch_tokens(hub: dict) -> 
     assert encoder.describe()["params"]["weights_sha256"] == sha256(hub["vit_file"])
 
 
+def test_bfloat16_precision_is_the_same_forward_pass_under_autocast(hub: dict) -> None:
+    encoder = harness.get_encoder("timm-vit-tiny", precision="bfloat16")
+    batch = images()
+    reference = hub["vit"]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cls = reference.forward_features(encoder.preprocess(batch))[:, 0].float()
+    torch.testing.assert_close(encoder.embed(batch), cls, rtol=0, atol=1e-5)
+    assert (encoder.embed(batch) - harness.get_encoder("timm-vit-tiny").embed(batch)).abs().max() > 1e-3
+    assert encoder.key != harness.get_encoder("timm-vit-tiny").key
+
+
 def test_checkpoint_gives_its_weights_and_its_digest_not_its_path(hub: dict) -> None:
     local = harness.get_encoder("timm", model="resnet18", img_size=32, checkpoint=str(hub["checkpoint"]))
     from_hub = harness.get_encoder("timm", model="resnet18", img_size=32)

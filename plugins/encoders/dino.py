@@ -157,7 +157,8 @@ class DINOEncoder(ViTEncoder):
         return stable_hash(self.weights_description())
 
     def describe(self) -> dict[str, Any]:
-        return {**self.weights_description(), "layer": self.params.layer, "crop_fraction": self.params.crop_fraction}
+        evaluation = {"layer": self.params.layer, "crop_fraction": self.params.crop_fraction, "precision": self.params.precision}
+        return {**self.weights_description(), **evaluation}
 
     def weights_dir(self, ctx: RunContext | None = None) -> Path:
         if ctx is not None:

@@ -19,7 +19,6 @@ file actually loaded and the data config.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -34,7 +33,7 @@ from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
 from harness.preprocessing import normalize, resize, resize_and_crop
 
-from harness_plugins.encoders._shared import file_sha256, first_line, in_batches, load_weights_file
+from harness_plugins.encoders._shared import Precision, file_sha256, first_line, forward_precision, in_batches, load_weights_file
 
 if TYPE_CHECKING:
     import torch
@@ -154,6 +153,7 @@ class TimmEncoder(Encoder):
             None, description="sweep of feature levels (`all`, or a list of `layer` values): one instance <name>.layer<i> per level"
         )
         seed: int = Field(0, ge=0, description="seed of the initialisation (only what the weights leave unset)")
+        precision: Precision = "float32"
         batch_size: int | None = Field(
             None, ge=1, exclude=True, description="images per forward pass (default: automatic, halved on GPU out-of-memory)"
         )
@@ -369,11 +369,6 @@ class TimmEncoder(Encoder):
             x = resize(x, size, config["interpolation"])
         return normalize(x, config["mean"], config["std"])
 
-    def _autocast(self) -> Any:
-        import torch
-
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda") else contextlib.nullcontext()
-
     def _intermediate(self, x: torch.Tensor, prefix: bool = False) -> Any:
         """The feature map of level `layer` (default the last), NCHW; with `prefix`, also
         its prefix tokens (ViTs)."""
@@ -402,7 +397,7 @@ class TimmEncoder(Encoder):
         class_token = getattr(model, "num_prefix_tokens", 0) > 0 and getattr(model, "global_pool", None) == "token"
         class_token = class_token and forward is not None and "return_prefix_tokens" in inspect.signature(forward).parameters
         x = self.preprocess(batch, crop=True)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), forward_precision(self.device, self.params.precision):
             if self.params.layer is None:
                 features = model.forward_head(model.forward_features(x), pre_logits=True)
             elif class_token:
@@ -415,7 +410,7 @@ class TimmEncoder(Encoder):
         import torch
 
         x = self.preprocess(batch, crop=False)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), forward_precision(self.device, self.params.precision):
             feature_map = self._intermediate(x)
         return feature_map.permute(0, 2, 3, 1).float()
 

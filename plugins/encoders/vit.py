@@ -2,15 +2,15 @@
 
 `ViTEncoder` owns everything between uint8 images and features for any timm ViT:
 bicubic resize to the model's input size, ImageNet normalisation, batching (automatic
-batch size: halved and retried when the GPU runs out of memory), bf16 autocast on GPU,
-the CLS token (global) or the patch tokens (dense) of a chosen block (`layer`: 0-based,
-negative counts from the end, default the last; followed by the final norm). Subclasses
-only say where the weights come from (`load_weights`).
+batch size: halved and retried when the GPU runs out of memory), the arithmetic
+(`precision`: float32, or bfloat16 autocast), the CLS token (global) or the patch
+tokens (dense) of a chosen block (`layer`: 0-based, negative counts from the end,
+default the last; followed by the final norm). Subclasses only say where the weights
+come from (`load_weights`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
 from harness.preprocessing import normalize
 
-from harness_plugins.encoders._shared import file_sha256, in_batches, load_weights_file
+from harness_plugins.encoders._shared import Precision, file_sha256, forward_precision, in_batches, load_weights_file
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +64,7 @@ class ViTEncoder(Encoder):
         seed: int = Field(0, ge=0, description="seed of the weight initialisation")
         layer: int | None = Field(None, description="block whose tokens are the features (0-based, negative from the end; default the last)")
         crop_fraction: float = Field(1.0, gt=0.0, le=1.0, description="< 1: resize the shorter side to img_size / crop_fraction, centre crop (DINO's eval transform)")
+        precision: Precision = "float32"
         batch_size: int | None = Field(
             None, ge=1, exclude=True, description="images per forward pass (default: automatic, halved on GPU out-of-memory)"
         )
@@ -153,8 +154,7 @@ class ViTEncoder(Encoder):
         model = self.model
         x = self._resize(images.to(self.device, non_blocking=True).float().div_(255.0), crop)
         x = normalize(x, IMAGENET_MEAN, IMAGENET_STD)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda") else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), forward_precision(self.device, self.params.precision):
             layer = self.params.layer
             if layer is None:
                 tokens = model.forward_features(x)
