@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pandas
     import torch
 
+    from harness.device import Precision
     from harness.results.store import Result
     from harness.runner.context import CellContext, RunContext
 
@@ -311,6 +312,12 @@ class Encoder(Plugin):
         """The side of the square images the encoder computes on (the benchmark feeds it
         images of this size)."""
         return 224
+
+    @property
+    def precision(self) -> Precision:
+        """The arithmetic `embed` computes in (`harness.device.forward_precision`). Its speed
+        depends on it: the benchmark runs `torch_module()` in it and the dry run prices by it."""
+        return "float32"
 
     def torch_module(self) -> torch.nn.Module | None:
         """The torch model `embed` runs, when there is one (the benchmark counts its FLOPs)."""

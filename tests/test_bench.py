@@ -293,7 +293,18 @@ def test_a_figure_cut_by_the_time_limit_says_so_behind_a_wrapping_error() -> Non
     assert not cut_by_time_limit(why_missing(ValueError("no compiler"))) and not cut_by_time_limit(3.0)
 
 
-TRAIN_LIMIT_S = 20  # the eager figures of `dino-bench` take about 4 s on a 2-core CPU
+TRAIN_LIMIT_S = 300  # far above the eager figures of `dino-bench` (about 4 s on a 2-core CPU)
+
+
+def overrun_now() -> None:
+    """Work slower than the stage's time limit: the stage's own alarm is brought forward
+    to now, so its handler interrupts the wait as it would at the limit, without the test
+    waiting out the limit."""
+    import signal
+    import time
+
+    signal.setitimer(signal.ITIMER_REAL, 0.001)
+    time.sleep(600)
 
 
 @pytest.mark.parametrize("overrun", ["compiling", "the data alone", "writing the files"])
@@ -301,27 +312,26 @@ def test_the_train_stage_keeps_its_eager_figures_when_what_follows_them_overruns
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrun: str,
 ) -> None:
     """A compiler, data workers, or the pre-rendering of the files, slower than the
-    stage's time limit (here ones that sleep) cost the figures measured from then on
+    stage's time limit (here ones that sleep past it: `overrun_now`) cost the figures measured from then on
     only: the row keeps the figures measured before, and says why the others are
     missing."""
     import harness.streaming
-    import time
 
     from harness.bench.report import run_benchmarks
     from harness.config.registry import use_registry
     from harness_plugins.encoders import _dino_bench
 
     def sleeping_backend(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
-        time.sleep(600)
+        overrun_now()
         return graph.forward
 
     torch_compile = torch.compile
     backend = sleeping_backend if overrun == "compiling" else "aot_eager"  # eager kernels: the compiler's take minutes here
     monkeypatch.setattr(torch, "compile", lambda module, **options: torch_compile(module, **{**options, "backend": backend}))
     if overrun == "the data alone":
-        monkeypatch.setattr(_dino_bench, "data_alone_rate", lambda *args: time.sleep(600))
+        monkeypatch.setattr(_dino_bench, "data_alone_rate", lambda *args: overrun_now())
     if overrun == "writing the files":
-        monkeypatch.setattr(harness.streaming, "write_imagefolder", lambda *args, **kwargs: time.sleep(600))
+        monkeypatch.setattr(harness.streaming, "write_imagefolder", lambda *args, **kwargs: overrun_now())
     registry_text = REGISTRY.replace(
         "  tiny-bench: {encoders: [rgb, vit-bench, dino-bench], generators: [shaders, small-kml]}",
         "  train-bench: {encoders: [dino-bench], bench: {compile: true, train_steps: 2, train_budget_s: 1, prerendered: jpeg}}",
@@ -397,3 +407,17 @@ def test_the_embed_stage_compiles_a_copy_of_the_module_block_by_block(monkeypatc
         torch.testing.assert_close(copy(x), model(x), rtol=1e-4, atol=1e-5)
     linear = torch.nn.Linear(4, 2)
     assert isinstance(compiled_copy(linear), torch._dynamo.eval_frame.OptimizedModule) and len(compiled) == 4
+
+
+def test_the_module_alone_is_timed_in_the_precision_the_encoder_embeds_in() -> None:
+    """The embed stage times the module alone as `embed` runs it: under bfloat16 autocast
+    for an encoder whose `precision` is bfloat16, in float32 otherwise."""
+    from harness.bench.embed import module_rate
+
+    model = torch.nn.Linear(8, 4)  # acts on the last axis of the [batch, 3, 8, 8] input
+    computed_in: list[torch.dtype] = []
+    model.register_forward_hook(lambda module, inputs, output: computed_in.append(output.dtype))
+    for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        computed_in.clear()
+        assert module_rate(model, 8, "cpu", batch=2, repeats=1, precision=precision) > 0
+        assert computed_in and set(computed_in) == {dtype}

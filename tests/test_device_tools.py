@@ -64,6 +64,7 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
 
     (embed,) = rows["embed"]  # the trainable encoder is timed by the train stage only
     assert embed["encoder"] == "rehearsal-vit" and embed["module_images_per_s"] > 0 and embed["gflops_per_image"] > 0
+    assert embed["precision"] == "bfloat16"  # the module alone computes as `embed` does
 
     (train,) = rows["train"]
     assert "error" not in train, train

@@ -701,7 +701,8 @@ def test_precision_is_the_float32_forward_pass_or_the_same_under_bfloat16_autoca
             in_bfloat16 = model.forward_features(x)[:, 0].float()
     assert torch.equal(exact.embed(batch), in_float32) and torch.equal(fast.embed(batch), in_bfloat16)
     assert (in_float32 - in_bfloat16).abs().max() > 1e-3
-    assert exact.params.precision == "float32" and exact.key != fast.key
+    assert (exact.precision, fast.precision, harness.get_encoder("rgb").precision) == ("float32", "bfloat16", "float32")
+    assert exact.key != fast.key
     with pytest.raises(ParamsError, match="precision"):
         harness.get_encoder("random-init-tiny", precision="float16")
 
@@ -709,7 +710,7 @@ def test_precision_is_the_float32_forward_pass_or_the_same_under_bfloat16_autoca
 def test_float32_on_a_gpu_turns_tf32_off_for_the_forward_pass_only() -> None:
     """torch lets cuDNN's convolutions (a ViT's patch embedding) run in TF32 by default,
     10 bits of mantissa: float32 forward passes on CUDA turn it off, and back after."""
-    from harness_plugins.encoders._shared import forward_precision
+    from harness.device import forward_precision
 
     before = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
     torch.backends.cudnn.allow_tf32 = True

@@ -111,3 +111,21 @@ def test_dry_run_prices_encoders_by_the_measured_rate_of_their_architecture(tmp_
     assert rates["eval dino-tiny-shaders-kml-mixup-seed1 / knn-digits / digits"] == "700.0"  # same 4-block architecture
     assert rates["eval random-init-tiny-seed2 / knn-digits / digits"] == "700.0"
     assert rates["eval random-init / knn-digits / digits"] == "?"  # 12 blocks: not measured here
+
+
+def test_dry_run_prices_embedding_at_the_rate_measured_in_the_encoders_precision(tmp_path):
+    """A GPU measured the architecture in bfloat16 and a CPU in float32 (a row without a
+    precision): the bfloat16 instance gets the GPU's rate, the float32 instance of the
+    same architecture the CPU's, never the bfloat16 one."""
+    (tmp_path / "leaderboard").mkdir()
+    arch = "vit_small_patch16_224 224px/16"
+    state = {
+        "embed (GPU)": {"rows": [{"encoder": "random-init-vit-s16", "arch": arch, "precision": "bfloat16", "images_per_s": 13000.0}]},
+        "embed": {"rows": [{"encoder": "random-init-vit-s16", "arch": arch, "images_per_s": 21.0}]},
+    }
+    (tmp_path / "leaderboard" / "performance.json").write_text(json.dumps(state))
+    result = cli("run", "--dry-run", "--encoders", "random-init-vit-s16,random-init-vit-s16-bf16", "--tasks", "knn-digits",
+                 "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rates = {line.split()[1]: line.split()[-2] for line in result.stdout.splitlines() if line.startswith("eval ")}
+    assert rates == {"random-init-vit-s16": "21", "random-init-vit-s16-bf16": "13000"}

@@ -1,10 +1,12 @@
 """The embed stage: embedding images/s of the profile's encoders that need no training,
-with FLOPs per image and, on a GPU, the fraction of the card's bf16 limit reached.
+with FLOPs per image and, on a GPU, the fraction of the card's limit reached in the
+encoder's `precision` (bfloat16 or float32).
 
 Three figures per encoder where it has a torch module: end to end (`embed` on uint8
 images in host memory: transfer, resize, normalisation and the forward pass), the
-module alone on a batch already on the device, and (with the profile's `bench.compile`)
-the module under `torch.compile`, block by block (`compiled_copy`)."""
+module alone on a batch already on the device, in the encoder's precision, and (with
+the profile's `bench.compile`) the module under `torch.compile`, block by block
+(`compiled_copy`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from harness.bench.timing import best_time, peak_flops, synchronizer, why_missing
 from harness.bench.train import is_trainable
+from harness.device import Precision, forward_precision
 from harness.runner.context import RunContext
 
 if TYPE_CHECKING:
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
     from harness.kinds import Encoder
 
 MODULE_BATCH = 512  # images per forward pass when the module alone is timed
+LIMIT_COLUMNS = {"bfloat16": "bf16_limit_images_per_s", "float32": "float32_limit_images_per_s"}
 
 
 def flops_per_image(encoder: Encoder, size: int) -> float | None:
@@ -60,20 +64,19 @@ def compiled_copy(model: Any) -> Any:
     return model
 
 
-def module_rate(model: Any, size: int, device: str, batch: int, repeats: int, compiled: bool = False) -> float:
-    """images/s of the module alone on one batch already on `device` (bf16 autocast on a
-    GPU); with `compiled`, of its `compiled_copy`."""
-    import contextlib
-
+def module_rate(
+    model: Any, size: int, device: str, batch: int, repeats: int, precision: Precision = "float32", compiled: bool = False
+) -> float:
+    """images/s of the module alone on one batch already on `device`, computing in
+    `precision` as the encoder's `embed` does; with `compiled`, of its `compiled_copy`."""
     import torch
 
     forward = compiled_copy(model) if compiled else model
     x = torch.randn(batch, 3, size, size, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     sync = synchronizer(device)
 
     def run() -> None:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), forward_precision(device, precision):
             forward(x)
         sync()
 
@@ -101,25 +104,26 @@ def bench_embed(registry: Registry, profile: ProfileSpec, quick: bool, device: s
         repeats = 1 if quick else 3
         images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
         seconds = best_time(lambda: encoder.embed(images), repeats)
+        precision = encoder.precision
         row: dict[str, Any] = {
-            "encoder": name, "arch": encoder.architecture, "input": size, "images": n,
+            "encoder": name, "arch": encoder.architecture, "precision": precision, "input": size, "images": n,
             "images_per_s": round(n / seconds, 1),
         }
         model = encoder.torch_module()
         flops = flops_per_image(encoder, size)
         if model is not None:
             batch = min(n, MODULE_BATCH)
-            row["module_images_per_s"] = round(module_rate(model, size, device, batch, repeats), 1)
+            row["module_images_per_s"] = round(module_rate(model, size, device, batch, repeats, precision), 1)
             if spec.compile and not quick:
                 try:
-                    row["compiled_images_per_s"] = round(module_rate(model, size, device, batch, repeats, compiled=True), 1)
+                    row["compiled_images_per_s"] = round(module_rate(model, size, device, batch, repeats, precision, compiled=True), 1)
                 except Exception as exc:  # a compiler missing or failing: the other figures stand
                     row["compiled_images_per_s"] = why_missing(exc)
         if flops:
             row["gflops_per_image"] = float(f"{flops / 1e9:.4g}")
-            peak = peak_flops(device)
+            peak = peak_flops(device, precision)
             if peak:
-                row["bf16_limit_images_per_s"] = round(peak / flops, 0)
+                row[LIMIT_COLUMNS[precision]] = round(peak / flops, 0)
                 row["fraction_of_limit"] = round(n / seconds * flops / peak, 3)
                 if "module_images_per_s" in row:
                     row["module_fraction_of_limit"] = round(row["module_images_per_s"] * flops / peak, 3)

@@ -127,8 +127,10 @@ STAGE_NOTES = {
         "core, on which a reference holding the GIL (KML's numpy) gets about one core's rate."
     ),
     "embed": (
-        "FLOPs are counted by torch. On a GPU the bf16 limit is the card's dense bf16 peak divided "
-        "by them. A trained encoder embeds as fast as its architecture at random init."
+        "FLOPs are counted by torch. On a GPU the limit is the card's peak in the encoder's `precision` "
+        "(bfloat16: the dense tensor-core peak; float32: without TF32, as the forward pass computes it) divided "
+        "by them. The module alone computes in the same precision. "
+        "A trained encoder embeds as fast as its architecture at random init."
     ),
     "train": (
         "Reference for the data path: DINO's own loader design (JPEG decode and per-image PIL/"

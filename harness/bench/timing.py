@@ -9,7 +9,10 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    from harness.device import Precision
 
 TOP = 8  # rows per profiled piece of work
 
@@ -159,17 +162,22 @@ def jpeg_decode_rate(images: Any) -> float:
 # The first row of an `operator_profile`: its share is how busy the device was over `wall_ms`.
 BUSY_ROW = "(all operators: share = busy fraction)"
 
-# Dense bf16 tensor-core peaks (FLOP/s), for the physical limit of GPU figures.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "V100": 125e12, "L40S": 362e12, "A10": 125e12}
+# Peaks (FLOP/s) for the physical limit of GPU figures: dense bf16 on the tensor cores,
+# and float32 without TF32 (what `forward_precision` computes float32 in on CUDA).
+PEAK_FLOPS = {
+    "bfloat16": {"H200": 989e12, "H100": 989e12, "A100": 312e12, "V100": 125e12, "L40S": 362e12, "A10": 125e12},
+    "float32": {"H200": 67e12, "H100": 67e12, "A100": 19.5e12, "V100": 15.7e12, "L40S": 91.6e12, "A10": 31.2e12},
+}
 
 
-def peak_flops(device: str) -> float | None:
+def peak_flops(device: str, precision: Precision = "bfloat16") -> float | None:
+    """The card's peak in `precision`, where `device` is a GPU this table knows."""
     import torch
 
     if not (device.startswith("cuda") and torch.cuda.is_available()):
         return None
     name = torch.cuda.get_device_name(0)
-    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+    return next((peak for key, peak in PEAK_FLOPS[precision].items() if key in name), None)
 
 
 @contextlib.contextmanager

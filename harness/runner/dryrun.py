@@ -47,14 +47,16 @@ PUBLISHED_IMAGES = {
 }
 
 
-def _signature(stage: str, architecture: str, recipe: str | None = None) -> str:
-    return f"{stage}:{architecture}" + (f":{recipe}" if stage == "train" else "")
+def _signature(stage: str, measured: str, detail: str | None) -> str:
+    """The key of a measured rate: the stage, an encoder's name or `architecture`, and
+    what else the rate depends on (embedding: the `precision`; training: the recipe)."""
+    return f"{stage}:{measured}:{detail}"
 
 
 def _throughputs(report: Path) -> dict[str, float]:
-    """images/s from performance.json, keyed by "<stage>:<encoder name>" and by the
-    encoder's `architecture` (and, for training, recipe), so that encoders sharing them
-    share a measurement. A GPU's measurement wins over the CPU's."""
+    """images/s from performance.json, keyed by `_signature` of the encoder's name and of
+    its `architecture`, so that encoders sharing them share a measurement. A GPU's
+    measurement wins over the CPU's. A row without a precision computed in float32."""
     state_path = report.with_name("performance.json")
     if not state_path.exists():
         return {}
@@ -65,20 +67,24 @@ def _throughputs(report: Path) -> dict[str, float]:
             for row in state.get(measured_on, {}).get("rows", []):
                 if isinstance(row.get("images_per_s"), (int, float)):
                     rate = float(row["images_per_s"])
-                    out.setdefault(f"{stage}:{row['encoder']}", rate)
-                    if row.get("arch"):
-                        out.setdefault(_signature(stage, row["arch"], row.get("recipe")), rate)
+                    detail = row.get("recipe") if stage == "train" else row.get("precision", "float32")
+                    for measured in (row["encoder"], row.get("arch")):
+                        if measured:
+                            out.setdefault(_signature(stage, measured, detail), rate)
     return out
 
 
 def _measured_rate(measured: dict[str, float], stage: str, encoder: Encoder) -> float | None:
-    by_name = measured.get(f"{stage}:{encoder.name}")
-    if by_name is not None:
-        return by_name
-    if encoder.architecture is None:
-        return None
-    cost = encoder.training_cost() if stage == "train" else None
-    return measured.get(_signature(stage, encoder.architecture, cost.recipe if cost else None))
+    if stage == "train":
+        cost = encoder.training_cost()
+        detail = cost.recipe if cost else None
+    else:
+        detail = encoder.precision
+    for name in (encoder.name, encoder.architecture):
+        rate = measured.get(_signature(stage, name, detail)) if name else None
+        if rate is not None:
+            return rate
+    return None
 
 
 def describe_plan(

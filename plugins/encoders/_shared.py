@@ -1,53 +1,28 @@
-"""What the encoder plugins share: the precision of a forward pass, forward passes in
+"""What the encoder plugins share: the `precision` parameter, forward passes in
 batches that shrink when the GPU runs out of memory, with host images moved to the GPU
 a batch ahead, and the digest of a weights file (part of an encoder's key)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
 from pydantic import Field
+
+from harness.device import Precision
 
 if TYPE_CHECKING:
     import torch
 
-Precision = Annotated[
-    Literal["float32", "bfloat16"],
+PrecisionParam = Annotated[
+    Precision,
     Field(description=(
         "arithmetic of the forward pass: float32 (as the released evaluation extracts features), or bfloat16 "
         "autocast (faster where the hardware has bfloat16 units, as recent GPUs do; it moves the values of "
         "features that point almost the same way, such as a random init's)"
     )),
 ]
-
-
-@contextlib.contextmanager
-def forward_precision(device: str, precision: str) -> Iterator[None]:
-    """The arithmetic of an encoder's forward pass on `device`: `bfloat16` autocasts to
-    bfloat16 on the device's type (the CPU's included); `float32` computes in float32,
-    on CUDA without TF32, which keeps 10 bits of mantissa and which torch allows by
-    default in cuDNN's convolutions (a ViT's patch embedding)."""
-    import torch
-
-    device_type = torch.device(device).type
-    if precision == "bfloat16":
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            yield
-        return
-    if device_type != "cuda":
-        yield
-        return
-    convolutions, products = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = convolutions
-        torch.set_float32_matmul_precision(products)
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}

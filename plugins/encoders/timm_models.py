@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from harness.device import Precision, forward_precision
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
 from harness.preprocessing import normalize, resize, resize_and_crop
 
-from harness_plugins.encoders._shared import Precision, file_sha256, first_line, forward_precision, in_batches, load_weights_file
+from harness_plugins.encoders._shared import PrecisionParam, file_sha256, first_line, in_batches, load_weights_file
 
 if TYPE_CHECKING:
     import torch
@@ -153,7 +154,7 @@ class TimmEncoder(Encoder):
             None, description="sweep of feature levels (`all`, or a list of `layer` values): one instance <name>.layer<i> per level"
         )
         seed: int = Field(0, ge=0, description="seed of the initialisation (only what the weights leave unset)")
-        precision: Precision = "float32"
+        precision: PrecisionParam = "float32"
         batch_size: int | None = Field(
             None, ge=1, exclude=True, description="images per forward pass (default: automatic, halved on GPU out-of-memory)"
         )
@@ -255,6 +256,10 @@ class TimmEncoder(Encoder):
     @property
     def input_size(self) -> int:
         return int(self.resolved_data_config()["input_size"][-1])
+
+    @property
+    def precision(self) -> Precision:
+        return self.params.precision
 
     def torch_module(self) -> torch.nn.Module | None:
         return self.model
@@ -397,7 +402,7 @@ class TimmEncoder(Encoder):
         class_token = getattr(model, "num_prefix_tokens", 0) > 0 and getattr(model, "global_pool", None) == "token"
         class_token = class_token and forward is not None and "return_prefix_tokens" in inspect.signature(forward).parameters
         x = self.preprocess(batch, crop=True)
-        with torch.inference_mode(), forward_precision(self.device, self.params.precision):
+        with torch.inference_mode(), forward_precision(self.device, self.precision):
             if self.params.layer is None:
                 features = model.forward_head(model.forward_features(x), pre_logits=True)
             elif class_token:
@@ -410,7 +415,7 @@ class TimmEncoder(Encoder):
         import torch
 
         x = self.preprocess(batch, crop=False)
-        with torch.inference_mode(), forward_precision(self.device, self.params.precision):
+        with torch.inference_mode(), forward_precision(self.device, self.precision):
             feature_map = self._intermediate(x)
         return feature_map.permute(0, 2, 3, 1).float()
 

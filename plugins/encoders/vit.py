@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
+from harness.device import Precision, forward_precision
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
 from harness.preprocessing import normalize
 
-from harness_plugins.encoders._shared import Precision, file_sha256, forward_precision, in_batches, load_weights_file
+from harness_plugins.encoders._shared import PrecisionParam, file_sha256, in_batches, load_weights_file
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +65,7 @@ class ViTEncoder(Encoder):
         seed: int = Field(0, ge=0, description="seed of the weight initialisation")
         layer: int | None = Field(None, description="block whose tokens are the features (0-based, negative from the end; default the last)")
         crop_fraction: float = Field(1.0, gt=0.0, le=1.0, description="< 1: resize the shorter side to img_size / crop_fraction, centre crop (DINO's eval transform)")
-        precision: Precision = "float32"
+        precision: PrecisionParam = "float32"
         batch_size: int | None = Field(
             None, ge=1, exclude=True, description="images per forward pass (default: automatic, halved on GPU out-of-memory)"
         )
@@ -92,6 +93,10 @@ class ViTEncoder(Encoder):
     @property
     def input_size(self) -> int:
         return self.network.img_size
+
+    @property
+    def precision(self) -> Precision:
+        return self.params.precision
 
     def torch_module(self) -> torch.nn.Module | None:
         return self.model
@@ -154,7 +159,7 @@ class ViTEncoder(Encoder):
         model = self.model
         x = self._resize(images.to(self.device, non_blocking=True).float().div_(255.0), crop)
         x = normalize(x, IMAGENET_MEAN, IMAGENET_STD)
-        with torch.inference_mode(), forward_precision(self.device, self.params.precision):
+        with torch.inference_mode(), forward_precision(self.device, self.precision):
             layer = self.params.layer
             if layer is None:
                 tokens = model.forward_features(x)
