@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator
 
+from harness.bench.targets import LIMIT_COLUMN
 from harness.bench.timing import best_time, peak_flops, synchronizer, why_missing
 from harness.bench.train import is_trainable
 from harness.device import Precision, forward_precision
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from harness.kinds import Encoder
 
 MODULE_BATCH = 512  # images per forward pass when the module alone is timed
-LIMIT_COLUMNS = {"bfloat16": "bf16_limit_images_per_s", "float32": "float32_limit_images_per_s"}
+LIMIT_COLUMNS = {"bfloat16": LIMIT_COLUMN, "float32": "float32_limit_images_per_s"}
 
 
 def flops_per_image(encoder: Encoder, size: int) -> float | None:
@@ -64,9 +65,7 @@ def compiled_copy(model: Any) -> Any:
     return model
 
 
-def module_rate(
-    model: Any, size: int, device: str, batch: int, repeats: int, precision: Precision = "float32", compiled: bool = False
-) -> float:
+def module_rate(model: Any, size: int, device: str, batch: int, repeats: int, precision: Precision, compiled: bool = False) -> float:
     """images/s of the module alone on one batch already on `device`, computing in
     `precision` as the encoder's `embed` does; with `compiled`, of its `compiled_copy`."""
     import torch
