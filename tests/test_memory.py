@@ -177,6 +177,27 @@ def test_duplicated_rows_with_different_labels():
     assert memory.classify(row, k=3, vote="majority").tolist() == [0]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_answers_do_not_depend_on_the_search_chunks_or_the_rescoring_threads(backend):
+    # 9,000 queries span three search chunks; exact ties leave some candidate lists open,
+    # so those queries are searched again, wider, while other chunks are re-scored
+    import torch
+
+    features, labels, queries = quantised_data(11, n=400, q=9_000)
+    memory = memory_of(features, labels, backend=backend)
+    reference_sims, reference_ids = reference_neighbours(memory, queries, 20)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            sims, ids = memory.search(queries, 20)
+            np.testing.assert_array_equal(ids, reference_ids)
+            np.testing.assert_array_equal(sims, reference_sims.astype(np.float32))
+            np.testing.assert_array_equal(memory.classify(queries, k=20), memory.classify(queries[::-1], k=20)[::-1])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_similarity_of_a_pair_does_not_depend_on_its_company():
     features, _, queries = random_data(8, n=500, dim=384)
     rows = normalised(features)

@@ -117,6 +117,21 @@ def test_blocks_of_queries_give_the_same_report(block):
     assert (whole.changed_queries, whole.other_class_flips) == (parts.changed_queries, parts.other_class_flips)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_queries_split_across_worker_threads_give_the_brute_force_report(threads):
+    # 5,000 queries: the counts of a block are split into three parts across the threads
+    import torch
+
+    features, labels, queries = quantised_case(7, n=60, q=5_000)
+    memory = memory_of(features, labels)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert_audit_is_exact(memory, queries, 5, "weighted")
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_one_row_memory_and_no_queries():
     memory = memory_of([[1.0, 0.0]], [3], ids=[17])
     report = memory.privacy_report([[1.0, 0.0], [0.0, 1.0]], k=5)

@@ -14,12 +14,15 @@ the memory holds). The privacy audit relies on that too.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 
 from harness.memory.engines import Engine
 
 _FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 _RESCORE_ELEMENTS = 1 << 22  # float64 products per re-scoring block (32 MiB)
+_SEARCH_CHUNK = 4096  # queries searched at once (the torch engine's own query block)
 
 
 def tie_margin(dim: int) -> float:
@@ -38,46 +41,66 @@ def exact_neighbours(
     engine: Engine, rows: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (float64 similarities, positions into `rows`) [q, k], ordered by
-    (similarity desc, id asc). `engine` holds `rows`; `ids` are their ids."""
+    (similarity desc, id asc). `engine` holds `rows`; `ids` are their ids.
+
+    Queries are searched a chunk at a time; a chunk's candidates are re-scored on worker
+    threads (numpy releases the GIL) while the engine searches the next chunk, so a GPU
+    search and the CPU's re-scoring overlap. Each query's answer is the same however the
+    queries are split, so neither the chunking nor the thread count changes a value."""
     n, dim = rows.shape
     out_sims = np.empty((len(queries), k), np.float64)
     out_pos = np.empty((len(queries), k), np.int64)
     if len(queries) == 0:
         return out_sims, out_pos
     margin = tie_margin(dim)
-    pending = np.arange(len(queries))
-    width = min(n, k + 8)
-    while len(pending):
-        cand_sims, cand_pos = engine.search(queries[pending], width)
-        if width < n:
-            boundary_open = cand_sims[:, -1] >= cand_sims[:, k - 1] - margin
-        else:
-            boundary_open = np.zeros(len(pending), bool)
-        closed = ~boundary_open
-        if closed.any():
-            done = pending[closed]
-            out_sims[done], out_pos[done] = _rescore(queries[done], rows, ids, cand_pos[closed], k)
-        pending = pending[boundary_open]
-        width = min(n, width * 4)
+    with ThreadPoolExecutor(max_workers=worker_threads()) as pool:
+        rescoring: list[Future[None]] = []
+        for start in range(0, len(queries), _SEARCH_CHUNK):
+            pending = np.arange(start, min(start + _SEARCH_CHUNK, len(queries)))
+            width = min(n, k + 8)
+            while len(pending):
+                cand_sims, cand_pos = engine.search(queries[pending], width)
+                if width < n:
+                    boundary_open = cand_sims[:, -1] >= cand_sims[:, k - 1] - margin
+                else:
+                    boundary_open = np.zeros(len(pending), bool)
+                closed = ~boundary_open
+                done, candidates = pending[closed], cand_pos[closed]
+                step = max(1, _RESCORE_ELEMENTS // (width * dim))
+                for first in range(0, len(done), step):
+                    part = slice(first, first + step)
+                    rescoring.append(pool.submit(_rescore_into, out_sims, out_pos, done[part], queries, rows, ids, candidates[part], k))
+                pending = pending[boundary_open]
+                width = min(n, width * 4)
+        for part in rescoring:
+            part.result()  # raises what a worker raised
     return out_sims, out_pos
 
 
-def _rescore(
-    queries: np.ndarray, rows: np.ndarray, ids: np.ndarray, candidates: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The k best candidates per query by (float64 similarity desc, id asc)."""
-    width = candidates.shape[1]
-    out_sims = np.empty((len(queries), k), np.float64)
-    out_pos = np.empty((len(queries), k), np.int64)
-    rows_per_block = max(1, _RESCORE_ELEMENTS // (width * rows.shape[1]))
-    for start in range(0, len(queries), rows_per_block):
-        block = slice(start, start + rows_per_block)
-        cands = candidates[block]
-        sims = pair_similarities(queries[block], rows, cands)
-        order = np.lexsort((ids[cands], -sims), axis=-1)[:, :k]
-        out_sims[block] = np.take_along_axis(sims, order, 1)
-        out_pos[block] = np.take_along_axis(cands, order, 1)
-    return out_sims, out_pos
+def worker_threads() -> int:
+    """Threads for the memory's numpy work (re-scoring, the audit's counts): as many as
+    torch may use, which a run pins (`--threads`)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _rescore_into(
+    out_sims: np.ndarray,
+    out_pos: np.ndarray,
+    targets: np.ndarray,
+    queries: np.ndarray,
+    rows: np.ndarray,
+    ids: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+) -> None:
+    """Write the k best candidates of queries[targets] by (float64 similarity desc, id
+    asc) into out_sims[targets], out_pos[targets]."""
+    sims = pair_similarities(queries[targets], rows, candidates)
+    order = np.lexsort((ids[candidates], -sims), axis=-1)[:, :k]
+    out_sims[targets] = np.take_along_axis(sims, order, 1)
+    out_pos[targets] = np.take_along_axis(candidates, order, 1)
 
 
 def pair_similarities(queries: np.ndarray, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:

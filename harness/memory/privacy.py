@@ -9,11 +9,15 @@ the audit equals rebuilding the memory without each row and classifying every qu
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from harness.memory.exact import worker_threads
 from harness.memory.voting import Vote, running_class_sums, vote_weights, winning_labels
+
+_FLIP_QUERIES = 2048  # queries per worker-thread item of the audit's counts
 
 
 @dataclass(frozen=True)
@@ -67,17 +71,29 @@ def count_flips(
     id asc), m = used + 1 (the k used by the vote, plus the row that enters after a
     removal) or m = used when the vote already covers the whole memory. The removal of
     the only row of a one-row memory leaves nothing to classify with; it counts as
-    changing every query's prediction.
+    changing every query's prediction. The queries are split across worker threads
+    (numpy releases the GIL); each query's outcome depends on its own row alone.
     """
     weights = vote_weights(sims, vote, temperature)
+    parts = [slice(start, start + _FLIP_QUERIES) for start in range(0, len(labels), _FLIP_QUERIES)]
+    only_row = len(counts.per_position) == 1
+    with ThreadPoolExecutor(max_workers=worker_threads()) as pool:
+        outcomes = list(pool.map(lambda part: _flipped(weights[part], labels[part], used, only_row), parts))
+    removed = [np.empty(0, np.int64)]
+    for part, (flipped, before) in zip(parts, outcomes):
+        removed.append(positions[part, :used][flipped])
+        counts.changed_queries += int(flipped.any(axis=1).sum())
+        counts.other_class_flips += int((flipped & (labels[part, :used] != before[:, None])).sum())
+    counts.per_position += np.bincount(np.concatenate(removed), minlength=len(counts.per_position))
+
+
+def _flipped(weights: np.ndarray, labels: np.ndarray, used: int, only_row: bool) -> tuple[np.ndarray, np.ndarray]:
+    """[q, used]: whether removing neighbour j changes the query's prediction; and the
+    predictions [q] before any removal."""
     before = winning_labels(running_class_sums(weights[:, :used], labels[:, :used]), labels[:, :used])
-    if len(counts.per_position) == 1:
-        flipped = np.ones((len(labels), 1), bool)
-    else:
-        flipped = predictions_after_removal(weights, labels, used) != before[:, None]
-    counts.per_position += np.bincount(positions[:, :used][flipped], minlength=len(counts.per_position))
-    counts.changed_queries += int(flipped.any(axis=1).sum())
-    counts.other_class_flips += int((flipped & (labels[:, :used] != before[:, None])).sum())
+    if only_row:
+        return np.ones((len(labels), 1), bool), before
+    return predictions_after_removal(weights, labels, used) != before[:, None], before
 
 
 def predictions_after_removal(weights: np.ndarray, labels: np.ndarray, used: int) -> np.ndarray:
