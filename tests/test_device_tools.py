@@ -81,7 +81,7 @@ def test_rehearsal_runs_every_stage_of_the_gpu_run_on_the_cpu(tmp_path: Path) ->
     assert all(row["identical_on_sample"] for row in rows["memory"])
 
     works = {row["work"].split(" ")[0] for row in rows["profile"]}
-    assert works == {"train", "generate", "classify"}
+    assert works == {"train", "generate", "classify", "audit"}
     busy = next(row for row in rows["profile"] if row["work"].startswith("train"))
     assert busy["operator"].startswith("(all operators") and 0 < busy["share"] <= 1.01
     assert busy["wall_ms"] > 0 and busy["profiled_wall_ms"] > 0 and abs(busy["share"] - busy["self_ms"] / busy["wall_ms"]) < 0.002
@@ -159,6 +159,7 @@ def test_each_target_says_what_limits_it() -> None:
     compiled = TargetSpec(label="compiled", stage="train", where={"encoder": "dino"}, column="compiled_images_per_s", floor=1000, aim=3000)
     drawn = TargetSpec(label="drawn", stage="generators", where={"generator": "kml", "size": 224}, column="images_per_s", floor=3000, aim=5000)
     classify = TargetSpec(label="classify", stage="memory", where={"memory": 10}, column="classify_s", floor=5, aim=1)
+    audit = TargetSpec(label="audit", stage="memory", where={"memory": 10}, column="audit_s", floor=10, aim=2)
     profile = [
         {"work": "train dino (operators)", "operator": "(all operators: share = busy fraction)", "share": 0.94, "wall_ms": 934.0},
         *({"work": "train dino (operators)", "operator": name, "share": share}
@@ -173,6 +174,7 @@ def test_each_target_says_what_limits_it() -> None:
         {"work": "generate 1024 x 224 px kml-compute (parts)", "operator": "read back", "share": 0.9},
         {"work": "generate 1024 x 64 px kml (parts)", "operator": "read back", "share": 0.9},
         {"work": "classify 5000 queries, memory 10 (functions)", "operator": "pair_similarities", "share": 0.42},
+        {"work": "audit 5000 queries, memory 10 (functions)", "operator": "predictions_after_removal", "share": 0.3},
     ]
     state = {
         "train (GPU)": {"rows": [{"encoder": "dino", "images_per_s": 600.0, "compiled_images_per_s": 1200.0,
@@ -184,10 +186,10 @@ def test_each_target_says_what_limits_it() -> None:
                                   "prerender_images_per_s": 1210.0}],
                         "machine": "", "date": "d"},
         "generators (GPU)": {"rows": [{"generator": "kml", "size": 224, "images_per_s": 1300.0}], "machine": "", "date": "d"},
-        "memory (GPU)": {"rows": [{"memory": 10, "classify_s": 4.0}], "machine": "", "date": "d"},
+        "memory (GPU)": {"rows": [{"memory": 10, "classify_s": 4.0, "audit_s": 5.0}], "machine": "", "date": "d"},
         "profile (GPU)": {"rows": profile, "machine": "", "date": "d"},
     }
-    rows = {row["target"]: row for row in target_rows([eager, compiled, files, drawn, classify], state, " (GPU)")}
+    rows = {row["target"]: row for row in target_rows([eager, compiled, files, drawn, classify, audit], state, " (GPU)")}
     assert rows["eager"]["fraction_of_bf16_limit"] == 0.075 and rows["compiled"]["fraction_of_bf16_limit"] == 0.15
     assert rows["eager"]["where_time_goes"] == (
         "beside 8 data workers: 50% of the model alone's rate, waiting for data 1%; "  # 600 / 1200, 600 / 60000
@@ -211,6 +213,7 @@ def test_each_target_says_what_limits_it() -> None:
     )
     assert rows["drawn"]["fraction_of_bf16_limit"] == rows["classify"]["fraction_of_bf16_limit"] == ""
     assert rows["classify"]["where_time_goes"] == "classify 5000 queries, memory 10 (functions): pair_similarities 42%"
+    assert rows["audit"]["where_time_goes"] == "audit 5000 queries, memory 10 (functions): predictions_after_removal 30%"
 
 
 def test_end_to_end_tolerance_and_failed_cells(tmp_path: Path) -> None:
@@ -252,14 +255,21 @@ def test_merge_adds_a_gpu_run_to_the_report_and_checks_the_targets(tmp_path: Pat
     (tmp_path / "performance.json").write_text(json.dumps({"embed": {"rows": [{"encoder": "x"}], "machine": "cpu", "date": "d"}}))
     gpu = tmp_path / "gpu.json"
     memory = {"memory": 1280000, "classify_s": 4.0, "audit_s": 12.0}
-    gpu.write_text(json.dumps({"memory (GPU)": {"rows": [memory], "machine": "m", "accelerator": "NVIDIA H100", "date": "d"}}))
+    # embedding ViT-S/16 in bf16, measured before the instance that asks for bf16 had its own name
+    embed = {"encoder": "random-init-vit-s16", "arch": "vit_small_patch16_224 224px/16", "precision": "bfloat16", "images_per_s": 13000.0}
+    gpu.write_text(json.dumps({
+        "memory (GPU)": {"rows": [memory], "machine": "m", "accelerator": "NVIDIA H100", "date": "2026-01-02"},
+        "embed (GPU)": {"rows": [embed], "machine": "m", "accelerator": "NVIDIA H100", "date": "2026-01-01"},
+    }))
     result = cli("bench", "--merge", str(gpu), "--profile", "device", "--report", str(report), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     state = json.loads((tmp_path / "performance.json").read_text())
-    assert set(state) == {"embed", "memory (GPU)", "targets (GPU)"}
+    assert set(state) == {"embed", "memory (GPU)", "embed (GPU)", "targets (GPU)"}
     verdicts = {row["target"]: row["verdict"] for row in state["targets (GPU)"]["rows"]}
     assert verdicts["memory 1.28M x 384, 50k queries: classify (s)"] == "floor met, aim not"
     assert verdicts["memory 1.28M x 384, 50k queries: audit (s)"] == "floor not met"
+    assert verdicts["embedding ViT-S/16, 224 px, bf16, end to end (images/s)"] == "floor met, aim not"
+    assert state["targets (GPU)"]["date"] == "2026-01-02"  # its latest measurement, not the day of the merge
     assert verdicts["DINO ViT-S/16 paper recipe, model alone (images/s)"] == "not measured"
     text = report.read_text()
     assert text.index("## targets (GPU)") < text.index("## embed")

@@ -80,11 +80,16 @@ def classify_work(queries: int | str, rows: int) -> str:
     return f"classify {queries} queries, memory {rows} (functions)"
 
 
+def audit_work(queries: int | str, rows: int) -> str:
+    return f"audit {queries} queries, memory {rows} (functions)"
+
+
 def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device: str) -> Iterator[dict[str, Any]]:
     """Operators of a few training steps of the profile's first trainable encoder; the
     parts, the operators and the functions of sampling each of the profile's generators
     at its largest size; the functions of classifying queries against the profile's
-    largest memory."""
+    largest memory, and of auditing it with the same queries. The memory's worker
+    threads are not profiled: the main thread's wait for them is their share."""
     spec = profile.bench
     on_gpu = device.startswith("cuda")
     trainable = [n for n in profile.encoders if is_trainable(registry, n)]
@@ -113,3 +118,5 @@ def bench_profile(registry: Registry, profile: ProfileSpec, quick: bool, device:
     memory.classify(query_rows[:50], k=20)  # the index is built outside the profile
     work = classify_work(queries, size)
     yield from ({"work": work, **row} for row in function_profile(lambda: memory.classify(query_rows, k=20)))
+    work = audit_work(queries, size)
+    yield from ({"work": work, **row} for row in function_profile(lambda: memory.privacy_report(query_rows, k=20)))

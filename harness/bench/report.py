@@ -168,14 +168,15 @@ STAGE_NOTES = {
         f"torch operators of the same call, where they took at least {OPERATORS_SHOWN:.0%} of it (busy share over that call's wall "
         "time; on a GPU the kernels' time), then Python "
         "functions by own time (cProfile; GL rendering runs on a thread of its own, seen as a wait). "
-        "Classifying: Python functions by own time."
+        "Classifying and auditing: Python functions by own time (the memory's worker threads, "
+        "seen as the main thread's wait for them)."
     ),
     TARGETS: (
         "The profile's `bench.targets` (registry.yaml): each figure beside its floor and aim, with the "
         "card it was measured on (stages may come from different runs). What limits it: "
         "`fraction_of_bf16_limit` where its row has that limit, and `where_time_goes`, the profile "
         "stage's split of the same work (eager training steps on a batch in memory, the parts and the torch "
-        "operators of one generator call, the functions of one classification)."
+        "operators of one generator call, the functions of one classification or audit)."
     ),
 }
 
@@ -242,10 +243,7 @@ def run_benchmarks(
             **({"cut_off": cut_off} if cut_off else {}),
         }
         if chosen_profile.bench.targets:
-            state[TARGETS + suffix] = {
-                "rows": target_rows(chosen_profile.bench.targets, state, suffix),
-                "machine": "the card each row names", "date": _dt.date.today().isoformat(), "quick": quick,
-            }
+            state[TARGETS + suffix] = targets_entry(chosen_profile.bench.targets, state, suffix, quick)
         write_report(report, state)  # after each row: a stage stopped or killed keeps the rows it measured
 
     for stage in chosen:
@@ -279,6 +277,14 @@ def row_label(row: dict[str, Any]) -> str:
     return " ".join(str(row[field]) for field in fields if field in row) or "a row"
 
 
+def targets_entry(targets: list[TargetSpec], state: dict[str, Any], suffix: str, quick: bool) -> dict[str, Any]:
+    """The targets section: a row per target, dated by its latest measurement (stages may
+    come from different runs), today's date where none is measured yet."""
+    rows = target_rows(targets, state, suffix)
+    dates = [row["date"] for row in rows if row.get("date")]
+    return {"rows": rows, "machine": "the card each row names", "date": max(dates, default=_dt.date.today().isoformat()), "quick": quick}
+
+
 def write_report(report: Path, state: dict[str, Any]) -> None:
     report.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(report.with_name("performance.json"), lambda tmp: tmp.write_text(json.dumps(state, indent=1)))
@@ -301,9 +307,6 @@ def merge_reports(report: Path, other: Path, targets: list[TargetSpec] | None = 
         raise HarnessError(f"--merge: {other} is not a performance.json written by `harness bench`")
     state.update(incoming)
     if targets:
-        state[TARGETS + GPU_SUFFIX] = {
-            "rows": target_rows(targets, state, GPU_SUFFIX), "machine": "the card each row names",
-            "date": _dt.date.today().isoformat(), "quick": False,
-        }
+        state[TARGETS + GPU_SUFFIX] = targets_entry(targets, state, GPU_SUFFIX, quick=False)
     write_report(report, state)
     return report

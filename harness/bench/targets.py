@@ -8,7 +8,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
-from harness.bench.profiling import classify_work, generate_work, train_work
+from harness.bench.profiling import audit_work, classify_work, generate_work, train_work
 from harness.bench.timing import BUSY_ROW
 
 if TYPE_CHECKING:
@@ -50,14 +50,15 @@ def profiled_works(target: TargetSpec, profile: list[dict[str, Any]]) -> list[li
     profiled work: training the target's encoder (eager steps: not for a figure under
     torch.compile); generating with its generator at its size (the parts the generator
     counts, then the torch operators of the same call where the profile lists them);
-    classifying against its memory. None for other targets."""
+    classifying against its memory, or auditing it. None for other targets."""
     where = target.where
     if "generator" in where and "size" in where:
         patterns = [generate_work("*", where["size"], where["generator"], how) for how in ("parts", "operators")]
     elif "encoder" in where and target.stage == "train" and "compiled" not in target.column and target.column != PRERENDERED_COLUMN:
         patterns = [train_work(where["encoder"])]
     elif "memory" in where:
-        patterns = [classify_work("*", where["memory"])]
+        work = audit_work if target.column.startswith("audit") else classify_work
+        patterns = [work("*", where["memory"])]
     else:
         return []
     works = []
