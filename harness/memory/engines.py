@@ -15,7 +15,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 Backend = Literal["faiss", "torch"]
-_QUERY_BLOCK = 4096  # queries per torch matmul block
+QUERY_BLOCK = 4096  # queries per torch matmul block, and per search `exact_neighbours` asks for
 _MEMORY_BLOCK = 1 << 18  # memory rows per torch matmul block
 _FAISS_GPU_MAX_K = 2048  # faiss' GPU flat search returns at most this many neighbours
 # Below this many multiply-adds a CPU search runs on one OpenMP thread: waking faiss'
@@ -102,8 +102,8 @@ class TorchEngine(Engine):
         torch = self.torch
         out_sims, out_pos = [], []
         with self._full_precision():
-            for q_start in range(0, len(queries), _QUERY_BLOCK):
-                q = torch.from_numpy(queries[q_start : q_start + _QUERY_BLOCK]).to(self.device)
+            for q_start in range(0, len(queries), QUERY_BLOCK):
+                q = torch.from_numpy(queries[q_start : q_start + QUERY_BLOCK]).to(self.device)
                 best_sims = torch.empty((len(q), 0), device=self.device)
                 best_pos = torch.empty((len(q), 0), dtype=torch.int64, device=self.device)
                 for m_start in range(0, len(self.rows), _MEMORY_BLOCK):

@@ -18,11 +18,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from harness.memory.engines import Engine
+from harness.memory.engines import QUERY_BLOCK, Engine
 
 _FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 _RESCORE_ELEMENTS = 1 << 22  # float64 products per re-scoring block (32 MiB)
-_SEARCH_CHUNK = 4096  # queries searched at once (the torch engine's own query block)
 
 
 def tie_margin(dim: int) -> float:
@@ -55,8 +54,8 @@ def exact_neighbours(
     margin = tie_margin(dim)
     with ThreadPoolExecutor(max_workers=worker_threads()) as pool:
         rescoring: list[Future[None]] = []
-        for start in range(0, len(queries), _SEARCH_CHUNK):
-            pending = np.arange(start, min(start + _SEARCH_CHUNK, len(queries)))
+        for start in range(0, len(queries), QUERY_BLOCK):
+            pending = np.arange(start, min(start + QUERY_BLOCK, len(queries)))
             width = min(n, k + 8)
             while len(pending):
                 cand_sims, cand_pos = engine.search(queries[pending], width)
