@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -82,50 +83,65 @@ def test_dry_run_prints_cells_datasets_and_cost(tmp_path, registry):
     assert not report.exists()
 
 
+def plan_rows(stdout: str) -> dict[str, list[str]]:
+    """The dry run's job rows by job name: [GPUs, images, images/s, rate from, wall hours]."""
+    rows = [re.split(r"\s{2,}", line.strip()) for line in stdout.splitlines() if line.startswith(("train ", "eval "))]
+    return {row[0]: row[1:] for row in rows}
+
+
 def test_dry_run_prices_encoders_by_the_measured_rate_of_their_architecture(tmp_path):
     """`harness bench` times one encoder per architecture and recipe; the plan prices every
     encoder that shares them (paper profile: 1.3M images x 100 epochs of training)."""
     (tmp_path / "leaderboard").mkdir()
     state = {
-        "train": {"rows": [{"encoder": "dino-vit-s16-shaders-kml-mixup", "arch": "vit_small_patch16_224 224px/16",
-                            "recipe": "paper", "images_per_s": 1000.0}]},
-        "embed": {"rows": [
-            {"encoder": "random-init-vit-s16", "arch": "vit_small_patch16_224 224px/16", "images_per_s": 5000.0},
-            {"encoder": "random-init-tiny", "arch": "vit_tiny_patch16_224 32px/8 depth=4", "images_per_s": 700.0},
-        ]},
+        "train (GPU)": {"accelerator": "NVIDIA H200", "rows": [
+            {"encoder": "dino-vit-s16-shaders-kml-mixup", "arch": "vit_small_patch16_224 224px/16", "recipe": "paper", "images_per_s": 1000.0}]},
+        "embed (GPU)": {"accelerator": "NVIDIA H200", "rows": [
+            {"encoder": "random-init-vit-s16", "arch": "vit_small_patch16_224 224px/16", "images_per_s": 5000.0}]},
+        "embed": {"rows": [{"encoder": "random-init-tiny", "arch": "vit_tiny_patch16_224 32px/8 depth=4", "images_per_s": 700.0}]},
     }
     (tmp_path / "leaderboard" / "performance.json").write_text(json.dumps(state))
     result = cli("run", "--profile", "paper", "--dry-run", "--encoders", "dino-vit-s16-shaders", "--tasks", "knn",
                  "--launcher", "slurm", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = {line.split("  ")[0]: line.split() for line in result.stdout.splitlines() if line.startswith(("train ", "eval "))}
-    train = lines["train dino-vit-s16-shaders"]
-    images = 100 * (1_300_000 // 512) * 512  # 100 epochs of 2539 steps of 512 images
-    assert train[3:5] == [str(images), "1000"]
-    assert float(train[5]) == pytest.approx(images / (1000 * 8) / 3600, abs=0.01)  # 8 GPUs: 4.51 h of wall time
-    assert all(row[-2] == "5000" for name, row in lines.items() if name.startswith("eval "))
+    rows = plan_rows(result.stdout)
+    gpus, images, rate, source, hours = rows["train dino-vit-s16-shaders"]
+    assert (gpus, images, rate, source) == ("8", str(100 * (1_300_000 // 512) * 512), "1000", "NVIDIA H200")  # 100 epochs of 2539 steps
+    assert float(hours) == pytest.approx(int(images) / (1000 * 8) / 3600, abs=0.01)  # 8 GPUs: 4.51 h of wall time
+    assert all(row[2:4] == ["5000", "NVIDIA H200"] for name, row in rows.items() if name.startswith("eval "))
     result = cli("run", "--profile", "acceptance", "--dry-run", "--encoders", "dino-tiny-shaders-kml-mixup-seed1,random-init-tiny-seed2,random-init",
-                 "--tasks", "knn-digits", "--out", str(tmp_path / "out"), cwd=tmp_path)
+                 "--tasks", "knn-digits", "--device", "cpu", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    rates = {line.split("  ")[0]: line.split()[-2] for line in result.stdout.splitlines() if line.startswith("eval ")}
-    assert rates["eval dino-tiny-shaders-kml-mixup-seed1 / knn-digits / digits"] == "700.0"  # same 4-block architecture
-    assert rates["eval random-init-tiny-seed2 / knn-digits / digits"] == "700.0"
-    assert rates["eval random-init / knn-digits / digits"] == "?"  # 12 blocks: not measured here
+    rows = plan_rows(result.stdout)
+    assert rows["eval dino-tiny-shaders-kml-mixup-seed1 / knn-digits / digits"][2:4] == ["700", "CPU"]  # same 4-block architecture
+    assert rows["eval random-init-tiny-seed2 / knn-digits / digits"][2:4] == ["700", "CPU"]
+    assert rows["eval random-init / knn-digits / digits"][2:4] == ["?", "not measured on a CPU"]  # 12 blocks: not measured here
 
 
-def test_dry_run_prices_embedding_at_the_rate_measured_in_the_encoders_precision(tmp_path):
+def test_dry_run_prices_each_job_at_a_rate_measured_on_its_kind_of_device_and_precision(tmp_path):
     """A GPU measured the architecture in bfloat16 and a CPU in float32 (a row without a
-    precision): the bfloat16 instance gets the GPU's rate, the float32 instance of the
-    same architecture the CPU's, never the bfloat16 one."""
+    precision). A job on the CPU gets the CPU's float32 rate and none for bfloat16; a job
+    on a GPU (a local run on one, or a cluster job asking for one) the GPU's bfloat16 rate
+    and none for float32: neither device's figure prices the other's jobs, nor one
+    precision's the other's."""
     (tmp_path / "leaderboard").mkdir()
     arch = "vit_small_patch16_224 224px/16"
     state = {
-        "embed (GPU)": {"rows": [{"encoder": "random-init-vit-s16", "arch": arch, "precision": "bfloat16", "images_per_s": 13000.0}]},
+        "embed (GPU)": {"accelerator": "NVIDIA H200", "rows": [
+            {"encoder": "random-init-vit-s16", "arch": arch, "precision": "bfloat16", "images_per_s": 13000.0}]},
         "embed": {"rows": [{"encoder": "random-init-vit-s16", "arch": arch, "images_per_s": 21.0}]},
     }
     (tmp_path / "leaderboard" / "performance.json").write_text(json.dumps(state))
-    result = cli("run", "--dry-run", "--encoders", "random-init-vit-s16,random-init-vit-s16-bf16", "--tasks", "knn-digits",
-                 "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    rates = {line.split()[1]: line.split()[-2] for line in result.stdout.splitlines() if line.startswith("eval ")}
-    assert rates == {"random-init-vit-s16": "21", "random-init-vit-s16-bf16": "13000"}
+    both = ["run", "--dry-run", "--encoders", "random-init-vit-s16,random-init-vit-s16-bf16", "--tasks", "knn-digits",
+            "--out", str(tmp_path / "out")]
+
+    def rates(*where: str) -> dict[str, list[str]]:
+        result = cli(*both, *where, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return {name.split()[1]: row[2:4] for name, row in plan_rows(result.stdout).items()}
+
+    assert rates("--device", "cpu") == {"random-init-vit-s16": ["21", "CPU"], "random-init-vit-s16-bf16": ["?", "not measured on a CPU"]}
+    on_a_gpu = {"random-init-vit-s16": ["?", "not measured on a GPU"], "random-init-vit-s16-bf16": ["13000", "NVIDIA H200"]}
+    assert rates("--device", "cuda") == on_a_gpu  # a plan only: nothing runs on the device
+    assert rates("--device", "cpu", "--launcher", "slurm") == on_a_gpu
+    assert rates("--device", "cpu", "--launcher", "slurm", "--embed-rate", "400")["random-init-vit-s16"] == ["400", "--embed-rate"]

@@ -1,8 +1,9 @@
 """`harness run --dry-run`: the plan, the jobs, the data it reads, and what it will cost.
 
-Costs come from the throughputs that `harness bench` measured on this machine
-(`performance.json` beside the report) or that the user gives; image counts of real
-datasets are their published sizes (train + evaluation splits).
+Costs come from the throughputs that `harness bench` measured (`performance.json` beside
+the report) on the kind of device each job runs on (a GPU for a cluster job that asks
+for one; the run's device for a local run), or that the user gives; image counts of
+real datasets are their published sizes (train + evaluation splits).
 """
 
 from __future__ import annotations
@@ -47,41 +48,47 @@ PUBLISHED_IMAGES = {
 }
 
 
-def _signature(stage: str, measured: str, detail: str | None) -> str:
-    """The key of a measured rate: the stage, an encoder's name or `architecture`, and
-    what else the rate depends on (embedding: the `precision`; training: the recipe)."""
-    return f"{stage}:{measured}:{detail}"
+def _signature(on_gpu: bool, stage: str, measured: str, detail: str | None) -> str:
+    """The key of a measured rate: the kind of device, the stage, an encoder's name or
+    `architecture`, and what else the rate depends on (embedding: the `precision`;
+    training: the recipe)."""
+    return f"{'gpu' if on_gpu else 'cpu'}:{stage}:{measured}:{detail}"
 
 
-def _throughputs(report: Path) -> dict[str, float]:
-    """images/s from performance.json, keyed by `_signature` of the encoder's name and of
-    its `architecture`, so that encoders sharing them share a measurement. A GPU's
-    measurement wins over the CPU's. A row without a precision computed in float32."""
+def _throughputs(report: Path) -> dict[str, tuple[float, str]]:
+    """images/s from performance.json, each with what measured it (the GPU's name, or
+    "CPU"), keyed by `_signature` of the encoder's name and of its `architecture`, so
+    that encoders sharing them share a measurement. A row without a precision computed
+    in float32."""
     state_path = report.with_name("performance.json")
     if not state_path.exists():
         return {}
     state = json.loads(state_path.read_text())
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, str]] = {}
     for stage in ("embed", "train"):
-        for measured_on in (stage + GPU_SUFFIX, stage):  # a GPU's figure, where there is one
-            for row in state.get(measured_on, {}).get("rows", []):
+        for on_gpu in (True, False):
+            section = state.get(stage + GPU_SUFFIX if on_gpu else stage, {})
+            where = (section.get("accelerator") or "GPU") if on_gpu else "CPU"
+            for row in section.get("rows", []):
                 if isinstance(row.get("images_per_s"), (int, float)):
-                    rate = float(row["images_per_s"])
                     detail = row.get("recipe") if stage == "train" else row.get("precision", "float32")
                     for measured in (row["encoder"], row.get("arch")):
                         if measured:
-                            out.setdefault(_signature(stage, measured, detail), rate)
+                            out.setdefault(_signature(on_gpu, stage, measured, detail), (float(row["images_per_s"]), where))
     return out
 
 
-def _measured_rate(measured: dict[str, float], stage: str, encoder: Encoder) -> float | None:
+def _measured_rate(measured: dict[str, tuple[float, str]], stage: str, encoder: Encoder, on_gpu: bool) -> tuple[float, str] | None:
+    """The rate `harness bench` measured for the encoder's name, else its architecture, on
+    the kind of device the job runs on: a CPU's rate would make a GPU job hundreds of
+    times too long, a GPU's a CPU job as many times too short."""
     if stage == "train":
         cost = encoder.training_cost()
         detail = cost.recipe if cost else None
     else:
         detail = encoder.precision
     for name in (encoder.name, encoder.architecture):
-        rate = measured.get(_signature(stage, name, detail)) if name else None
+        rate = measured.get(_signature(on_gpu, stage, name, detail)) if name else None
         if rate is not None:
             return rate
     return None
@@ -124,29 +131,56 @@ def describe_plan(
     gpus = registry.config.slurm
     local = launcher != "slurm"  # one process here: no GPUs to share the work
     train_gpus, eval_gpus = (1, 1) if local else (gpus.train_gpus, gpus.eval_gpus)
+    # Rates measured on the kind of device each job runs on: here, the run's device;
+    # on the cluster, a GPU wherever its jobs ask for one.
+    here_on_gpu = runner.ctx.device.startswith("cuda")
+    train_on_gpu, eval_on_gpu = (here_on_gpu, here_on_gpu) if local else (train_gpus > 0, eval_gpus > 0)
     for cell in todo:
         encoder = cell.encoder
         cost = encoder.training_cost()
         if cost is not None and encoder.name not in trained:
             trained.add(encoder.name)
             images = cost.images
-            rate = train_images_per_s or _measured_rate(measured, "train", encoder)
+            rate, source = _rate(train_images_per_s, "--train-rate", measured, "train", encoder, train_on_gpu)
             hours = images / (rate * max(1, train_gpus)) / 3600 if images and rate else None  # wall time
-            rows.append([f"train {encoder.name}", "local" if local else train_gpus, images or "?", rate or "?", _hours(hours)])
+            rows.append([f"train {encoder.name}", "local" if local else train_gpus, images or "?", _images_per_s(rate), source, _hours(hours)])
             gpu_hours, unknown = _add(gpu_hours, unknown, hours, train_gpus)
         spec = registry.config.datasets.get(cell.dataset)
         published_as = spec.options.get("flag", cell.dataset) if spec else None  # MedMNIST files are named by flag
         images = (PUBLISHED_IMAGES.get(published_as) or PUBLISHED_IMAGES.get(spec.format)) if spec else None
-        rate = embed_images_per_s or _measured_rate(measured, "embed", encoder)
+        rate, source = _rate(embed_images_per_s, "--embed-rate", measured, "embed", encoder, eval_on_gpu)
         hours = images / rate / 3600 if images and rate else None
-        rows.append([f"eval {cell.label}", "local" if local else eval_gpus, images or "?", rate or "?", _hours(hours)])
+        rows.append([f"eval {cell.label}", "local" if local else eval_gpus, images or "?", _images_per_s(rate), source, _hours(hours)])
         gpu_hours, unknown = _add(gpu_hours, unknown, hours, eval_gpus)
-    lines.append(tabulate(rows, headers=["job", "GPUs", "images", "images/s per GPU", "wall hours"]))
+    headers = ["job", "GPUs", "images", "images/s" if local else "images/s per GPU", "rate from", "wall hours"]
+    lines.append(tabulate(rows, headers=headers))
     lines += [
         "",
-        ("expected hours here: " if local else "expected GPU-hours: ") + f"{gpu_hours:.1f}" + (f" (+ {unknown} jobs whose image count or throughput is unknown; `harness bench` measures throughputs)" if unknown else ""),
+        ("expected hours here: " if local else "expected GPU-hours: ") + f"{gpu_hours:.1f}" + (
+            f" (+ {unknown} jobs whose image count or throughput is unknown; `harness bench` on the kind of device "
+            "the jobs run on measures throughputs)" if unknown else ""
+        ),
     ]
     return "\n".join(lines)
+
+
+def _rate(
+    given: float | None, flag: str, measured: dict[str, tuple[float, str]], stage: str, encoder: Encoder, on_gpu: bool,
+) -> tuple[float | None, str]:
+    """The images/s a job is priced at and where that figure comes from: the flag's value,
+    else the measured rate and what measured it."""
+    if given:
+        return given, flag
+    found = _measured_rate(measured, stage, encoder, on_gpu)
+    if found is None:
+        return None, f"not measured on a {'GPU' if on_gpu else 'CPU'}"
+    return found
+
+
+def _images_per_s(rate: float | None) -> str:
+    if rate is None:
+        return "?"
+    return f"{rate:.4g}" if rate < 1000 else f"{rate:.0f}"
 
 
 def _hours(hours: float | None) -> str:
