@@ -117,6 +117,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.config.registry import use_registry
     from harness.runner.cells import Runner
 
+    if args.device is not None and args.launcher == "slurm":
+        raise HarnessError(
+            f"--device {args.device}: sets where a local run computes; a cluster's jobs compute on the GPUs they ask for "
+            "(registry.yaml's slurm.train_gpus and slurm.eval_gpus, or --train-gpus and --eval-gpus): leave --device out"
+        )
     registry = use_registry(args.registry)
     for option in ("partition", "train_gpus", "eval_gpus", "mem_gb"):
         if getattr(args, option) is not None:
@@ -324,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None and args.command != "run":  # a run checks its own (Runner.run)
+            from harness.runner.cells import usable_device
+
+            usable_device(args.device)
         return args.func(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)

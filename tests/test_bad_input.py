@@ -177,6 +177,40 @@ def test_unknown_instance_names(good_run, run):
         harness.get_encoder("const-b")
 
 
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_a_device_that_is_not_here_exits_2_before_any_work(good_run, run, monkeypatch, gpus):
+    """A device named on the command line or to the API that this machine lacks (here, a
+    machine with no GPU and one with one GPU, as torch reports them) is refused before
+    any cell runs, naming the device and what to do, instead of failing every cell."""
+    import torch
+
+    import harness.device
+
+    registry, out, log = good_run
+    before = (out / "results.jsonl").read_bytes()
+    monkeypatch.setattr(harness.device, "cuda_usable", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    missing = "cuda" if gpus == 0 else "cuda:1"
+    because = "torch sees no CUDA GPU here" if gpus == 0 else "this machine has 1 CUDA GPU(s), cuda:0 to cuda:0"
+    for args, fragments in (
+        (["run", "--encoders", "const-a", "--tasks", "quick", "--force", "--device", missing], [f"device '{missing}'", because]),
+        (["run", "--encoders", "const-a", "--tasks", "quick", "--device", "gpu"], ["device 'gpu': not a device torch knows", "cpu, cuda or cuda:N"]),
+        (["train", "const-a", "--device", missing], [f"device '{missing}'", because]),
+        (["memory", "build", "const-a", "a", "--out", str(out / "m.npz"), "--device", missing], [f"device '{missing}'", because]),
+        (["run", "--encoders", "const-a", "--tasks", "quick", "--launcher", "slurm", "--device", "cuda"],
+         ["--device cuda: sets where a local run computes", "--train-gpus and --eval-gpus"]),
+    ):
+        result = run(registry, *args, "--out", str(out)) if args[0] == "run" else run(registry, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert all(f in result.stderr for f in fragments), (args, result.stderr)
+    assert (out / "results.jsonl").read_bytes() == before and len(lines(log)) == 2 and not (out / "m.npz").exists()
+    with pytest.raises(HarnessError, match=because.replace("(", r"\(").replace(")", r"\)")):
+        harness.run(encoders=["const-a"], tasks=["quick"], out=out, registry=registry, device=missing, force=True)
+    planned = run(registry, "run", "--encoders", "const-a", "--tasks", "quick", "--dry-run", "--device", missing, "--out", str(out))
+    assert planned.returncode == 0, planned.stderr  # a plan for that device, made here
+    assert len(lines(log)) == 2
+
+
 def test_instance_of_an_unknown_plugin_names_the_field(good_run, run):
     registry, out, _ = good_run
     before = (out / "results.jsonl").read_bytes()

@@ -143,5 +143,5 @@ def test_dry_run_prices_each_job_at_a_rate_measured_on_its_kind_of_device_and_pr
     assert rates("--device", "cpu") == {"random-init-vit-s16": ["21", "CPU"], "random-init-vit-s16-bf16": ["?", "not measured on a CPU"]}
     on_a_gpu = {"random-init-vit-s16": ["?", "not measured on a GPU"], "random-init-vit-s16-bf16": ["13000", "NVIDIA H200"]}
     assert rates("--device", "cuda") == on_a_gpu  # a plan only: nothing runs on the device
-    assert rates("--device", "cpu", "--launcher", "slurm") == on_a_gpu
-    assert rates("--device", "cpu", "--launcher", "slurm", "--embed-rate", "400")["random-init-vit-s16"] == ["400", "--embed-rate"]
+    assert rates("--launcher", "slurm") == on_a_gpu
+    assert rates("--launcher", "slurm", "--embed-rate", "400")["random-init-vit-s16"] == ["400", "--embed-rate"]

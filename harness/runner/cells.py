@@ -84,6 +84,35 @@ def with_variants(registry: Registry, kind: str, items: list[Any], instances: di
     return out
 
 
+def usable_device(device: str) -> str:
+    """`device` when this process can compute on it, else a HarnessError that says why and
+    what to do: a device named but missing would otherwise fail every cell of a run, one
+    by one, with torch's message."""
+    import torch
+
+    from harness.device import cuda_usable
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise HarnessError(f"device {device!r}: not a device torch knows; use cpu, cuda or cuda:N") from None
+    if kind == "cuda":
+        count = torch.cuda.device_count() if cuda_usable() else 0
+        if count == 0:
+            raise HarnessError(
+                f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'}); "
+                "name none to compute on the CPU"
+            )
+        index = torch.device(device).index
+        if index is not None and index >= count:
+            raise HarnessError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif kind != "cpu":
+        backend = getattr(torch, kind, None) or getattr(torch.backends, kind, None)
+        if not (hasattr(backend, "is_available") and backend.is_available()):
+            raise HarnessError(f"device {device!r}: torch has no usable {kind} device here; use cpu or cuda")
+    return device
+
+
 class Runner:
     def __init__(
         self,
@@ -213,6 +242,7 @@ class Runner:
         return [c for c in cells if c.key not in done], latest(reused)
 
     def run(self, plan: Plan) -> list[Result]:
+        usable_device(self.ctx.device)
         with exclusive_run(self.store.out_dir):
             produced, reused = self.compute(plan)
             self.finish(plan, produced, reused)
