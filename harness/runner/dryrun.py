@@ -157,7 +157,7 @@ def describe_plan(
     lines += [
         "",
         ("expected hours here: " if local else "expected GPU-hours: ") + f"{gpu_hours:.1f}" + (
-            f" (+ {unknown} jobs whose image count or throughput is unknown; `harness bench` on the kind of device "
+            f" (+ {unknown} job{'s' if unknown != 1 else ''} whose image count or throughput is unknown; `harness bench` on the kind of device "
             "the jobs run on measures throughputs)" if unknown else ""
         ),
     ]
