@@ -177,6 +177,25 @@ def test_unknown_instance_names(good_run, run):
         harness.get_encoder("const-b")
 
 
+def test_a_selection_without_encoders_or_tasks_exits_2_naming_what_is_empty(good_run, run):
+    """An empty --encoders or --tasks (or a profile that lists no tasks, as the bench
+    profiles do) has no cell to run: the run says which selection is empty instead of
+    finishing with nothing done."""
+    registry, out, log = good_run
+    before = (out / "results.jsonl").read_bytes()
+    write(registry, GOOD_REGISTRY + "profiles:\n  timing: {encoders: [const-a]}\n")
+    for args, message in (
+        (["--encoders", ",", "--tasks", "quick"], "encoders ',' selects no encoder, so there is nothing to run"),
+        (["--encoders", "const-a", "--tasks", ""], "tasks '' selects no task"),
+        (["--profile", "timing"], "profile 'timing' selects no task"),
+    ):
+        result = run(registry, "run", *args, "--out", str(out))
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    with pytest.raises(HarnessError, match=r"tasks \[\] selects no task"):
+        harness.run(encoders=["const-a"], tasks=[], out=out, registry=registry)
+    assert (out / "results.jsonl").read_bytes() == before and len(lines(log)) == 2
+
+
 @pytest.mark.parametrize("gpus", [0, 1])
 def test_a_device_that_is_not_here_exits_2_before_any_work(good_run, run, monkeypatch, gpus):
     """A device named on the command line or to the API that this machine lacks (here, a

@@ -169,6 +169,10 @@ class Runner:
             picked["encoder"] += [encoder for encoder in compared if encoder not in picked["encoder"]]
         elif scale != 1.0:
             raise HarnessError(f"profile {name!r} compares no generators (no compare_generators entry), so --scale does not apply to it")
+        for kind, given in (("encoder", encoders), ("task", tasks)):
+            if not picked[kind]:  # no cell to run: say so, rather than finish having done nothing
+                source = f"{kind}s {given!r}" if given is not None else f"profile {name!r}"
+                raise HarnessError(f"{source} selects no {kind}, so there is nothing to run; name at least one {kind} (--{kind}s)")
         return Plan(name, picked["encoder"], picked["task"], picked["generator"])
 
     def instance(self, kind: str, item: Any) -> Any:
