@@ -148,17 +148,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from harness.config.registry import use_registry
+    from harness.results.store import output_errors
     from harness.streaming import write_grid, write_imagefolder
 
     registry = use_registry(args.registry)
     generator = registry.create("generator", args.generator)
     out = Path(args.out)
-    grid = write_grid(generator, out / f"{args.generator}_grid.png", n=min(args.n, 64), size=args.size, seed=args.seed)
-    print(f"grid: {grid}")
-    if args.dataset:
-        folder = write_imagefolder(generator, out / args.generator, n=args.n, size=args.size, seed=args.seed, image_format=args.format)
-        print(f"dataset: {folder}")
-    generator.close()
+    try:
+        with output_errors(out, kept="Images already written are kept"):
+            grid = write_grid(generator, out / f"{args.generator}_grid.png", n=min(args.n, 64), size=args.size, seed=args.seed)
+            print(f"grid: {grid}")
+            if args.dataset:
+                folder = write_imagefolder(
+                    generator, out / args.generator, n=args.n, size=args.size, seed=args.seed, image_format=args.format,
+                )
+                print(f"dataset: {folder}")
+    finally:
+        generator.close()
     return 0
 
 
@@ -191,6 +197,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     use_registry(args.registry)
     out_dir = Path(args.out)
+    if not (out_dir / "results.jsonl").is_file():
+        raise HarnessError(f"{out_dir}: no results.jsonl to render; `harness run --out {out_dir}` writes one")
     with output_errors(out_dir / "LEADERBOARD.md"):
         print(render_leaderboard(out_dir))
     return 0

@@ -201,3 +201,32 @@ def test_leaderboard_command_on_a_full_disk_exits_2_and_keeps_the_old_page(tmp_p
     assert f"cannot write {out / 'LEADERBOARD.md'}" in capsys.readouterr().err
     assert (out / "LEADERBOARD.md").read_text() == before
     assert len(ResultStore(out).read()) == 24
+
+
+def test_leaderboard_command_without_results_exits_2_writing_nothing(tmp_path, registry, capsys):
+    out = tmp_path / "never-run"
+    assert main(["--registry", str(registry), "leaderboard", "--out", str(out)]) == 2
+    assert f"{out}: no results.jsonl to render; `harness run --out {out}` writes one" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_generate_into_a_file_or_an_uncreatable_folder_exits_2_naming_it(tmp_path, capsys, monkeypatch):
+    """`harness generate` where a file stands in the way of the folder, or where the
+    folder cannot be created (as under /proc): exit 2 naming the path and what to do,
+    the file left as it was."""
+    in_the_way = tmp_path / "notes.txt"
+    in_the_way.write_text("mine")
+    uncreatable = tmp_path / "gone" / "images"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args, **kwargs):
+        if self == uncreatable:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    for out, why in ((in_the_way, "a file is in the way"), (uncreatable, "a folder on the way cannot be created there")):
+        assert main(["generate", "dead-leaves", "--n", "2", "--size", "16", "--out", str(out), "--dataset"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write {out}" in err and why in err and "Images already written are kept" in err and "Traceback" not in err
+    assert in_the_way.read_text() == "mine"

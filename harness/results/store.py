@@ -107,13 +107,15 @@ WRITE_FAILURES = {
     errno.EEXIST: "a file is in the way where a folder is needed: move it or choose another --out",
     errno.ENOTDIR: "a file is in the way where a folder is needed: move it or choose another --out",
     errno.EISDIR: "a folder is in the way where a file is written: move it or choose another --out",
+    errno.ENOENT: "a folder on the way cannot be created there: choose another --out",
 }
 
 
 @contextmanager
-def output_errors(target: Path) -> Iterator[None]:
+def output_errors(target: Path, kept: str = "Results already in results.jsonl are kept") -> Iterator[None]:
     """Turn a failed write of `target` (or of the file the error names) into an
-    `OutputNotWritable` naming the path and what to do; other errors pass unchanged."""
+    `OutputNotWritable` naming the path, what to do, and what was `kept`; other errors
+    pass unchanged."""
     try:
         yield
     except OSError as exc:
@@ -122,7 +124,7 @@ def output_errors(target: Path) -> Iterator[None]:
         path = exc.filename2 or exc.filename or target  # a rename names its destination second
         raise OutputNotWritable(
             f"cannot write {os.fsdecode(path)}: {exc.strerror}; {WRITE_FAILURES[exc.errno]}. "
-            "Results already in results.jsonl are kept: run the same command again to finish."
+            f"{kept}: run the same command again to finish."
         ) from None
 
 
