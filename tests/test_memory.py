@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from harness.errors import HarnessError
 from harness.memory import VisualMemory
-from harness.memory.exact import pair_similarities
+from harness.memory.engines import TorchEngine, float32_error
+from harness.memory.exact import exact_neighbours, pair_similarities
 
 BACKENDS = ("faiss", "torch")
 
@@ -196,6 +197,51 @@ def test_answers_do_not_depend_on_the_search_chunks_or_the_rescoring_threads(bac
             np.testing.assert_array_equal(memory.classify(queries, k=20), memory.classify(queries[::-1], k=20)[::-1])
     finally:
         torch.set_num_threads(threads)
+
+
+class Tf32Emulation(TorchEngine):
+    """The torch engine as it searches on a GPU, on the CPU: every input of the matmul cut
+    to TF32's 10 mantissa bits (truncated, the larger of TF32's two conversion errors),
+    exact products summed in float32. `claims_float32` makes it promise float32's error
+    instead, to show that the data below need TF32's margin."""
+
+    def __init__(self, dim: int, claims_float32: bool = False) -> None:
+        super().__init__(dim, "cpu")
+        self.tf32 = True
+        self.claims_float32 = claims_float32
+
+    def error(self, dim: int) -> float:
+        return float32_error(dim) if self.claims_float32 else super().error(dim)
+
+    def _similarities(self, queries, rows):
+        import torch
+
+        def truncated(x):
+            return (x.contiguous().view(torch.int32) & ~((1 << 13) - 1)).view(torch.float32)
+
+        return truncated(queries) @ truncated(rows).T
+
+
+def test_tf32_candidates_with_tf32s_margin_give_the_exact_neighbours():
+    """Rows in tight clusters, so many similarities near the k-th differ by less than
+    TF32's error: with the margin of `tf32_error` every answer equals the by-hand
+    reference; promising float32's error instead loses true neighbours."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((5, 384)).astype(np.float32)
+    rows = normalised(centres[rng.integers(0, 5, 3000)] + 0.02 * rng.standard_normal((3000, 384)).astype(np.float32))
+    queries = normalised(centres[rng.integers(0, 5, 300)] + 0.02 * rng.standard_normal((300, 384)).astype(np.float32))
+    ids = np.arange(len(rows))
+    every = pair_similarities(queries, rows, np.broadcast_to(ids, (len(queries), len(rows))))
+    reference = np.lexsort((np.broadcast_to(ids, every.shape), -every), axis=-1)[:, :10]
+    answers = {}
+    for claims_float32 in (False, True):
+        engine = Tf32Emulation(384, claims_float32)
+        engine.add(rows)
+        sims, positions = exact_neighbours(engine, rows, ids, queries, 10)
+        answers[claims_float32] = (positions != reference).any(1).sum()
+        if not claims_float32:
+            np.testing.assert_array_equal(sims, np.take_along_axis(every, reference, 1))
+    assert answers[False] == 0 and answers[True] > 0, answers
 
 
 def test_similarity_of_a_pair_does_not_depend_on_its_company():

@@ -1,16 +1,18 @@
 """Search engines: they propose candidate neighbours in float32, best first.
 
   * "faiss": an exact inner-product index (faiss' GPU build on a GPU when present),
-  * "torch": blocked matmul + top-k on a torch device (a plain reference for checks).
+  * "torch": blocked matmul + top-k on a torch device; on a CUDA GPU in TF32, on tensor
+    cores (about 7 x the float32 rate of an H100 or H200).
 
 Neither decides the final answer: `harness.memory.exact` re-scores their candidates in
-float64 and orders them by (similarity desc, id asc).
+float64 and orders them by (similarity desc, id asc), widening each candidate list by
+twice the engine's `error` bound, so every engine returns the same neighbours.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
@@ -24,12 +26,36 @@ _FAISS_GPU_MAX_K = 2048  # faiss' GPU flat search returns at most this many neig
 _FAISS_SINGLE_THREAD_WORK = 1 << 26
 
 
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def float32_error(dim: int) -> float:
+    """The most a float32 dot product of two unit vectors of dimension `dim` can differ
+    from the exact value, whatever the summation order (BLAS blocking, FMA, GPU
+    reductions): dim x 2^-24."""
+    return dim * FLOAT32_UNIT_ROUNDOFF
+
+
+def tf32_error(dim: int) -> float:
+    """The same bound for a matmul on tensor cores in TF32: each input keeps 10 of
+    float32's 23 mantissa bits, rounded or truncated (relative error up to 2^-10 each, so
+    up to (1 + 2^-10)^2 - 1 per product, and |a . b| summed over products is at most 1
+    for unit vectors); the exact products are summed in float32, taken here as 2^-22 per
+    addition in case the accumulator truncates."""
+    products = (1 + 2.0**-10) ** 2 - 1
+    return products + dim * 2.0**-22 * (1 + products)
+
+
 class Engine:
     """Proposes candidates: (float32 similarities desc, positions) [q, width]."""
 
     def add(self, rows: np.ndarray) -> None: ...
 
     def search(self, queries: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def error(self, dim: int) -> float:
+        """How far a candidate similarity may be from the exact one, for unit vectors."""
+        return float32_error(dim)
 
 
 def make_engine(backend: Backend, dim: int, device: str) -> Engine:
@@ -83,16 +109,21 @@ class TorchEngine(Engine):
         self.torch = torch
         self.device = torch.device(device)
         self.rows = torch.zeros((0, dim), dtype=torch.float32, device=self.device)
+        # TF32 on a CUDA GPU; elsewhere full float32 ("high" may mean bfloat16 sums on a CPU)
+        self.tf32 = self.device.type == "cuda"
 
     def add(self, rows: np.ndarray) -> None:
         self.rows = self.torch.cat([self.rows, self.torch.from_numpy(rows).to(self.device)])
 
+    def error(self, dim: int) -> float:
+        return tf32_error(dim) if self.tf32 else float32_error(dim)
+
     @contextmanager
-    def _full_precision(self) -> Iterator[None]:
-        """float32 matmul without TF32, so the tie margin's error bound holds."""
+    def _matmul_precision(self) -> Iterator[None]:
+        """The matmul precision `error` stands for, whatever the user's setting, restored after."""
         torch = self.torch
         previous = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("highest")
+        torch.set_float32_matmul_precision("high" if self.tf32 else "highest")
         try:
             yield
         finally:
@@ -101,14 +132,14 @@ class TorchEngine(Engine):
     def search(self, queries: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         out_sims, out_pos = [], []
-        with self._full_precision():
+        with self._matmul_precision():
             for q_start in range(0, len(queries), QUERY_BLOCK):
                 q = torch.from_numpy(queries[q_start : q_start + QUERY_BLOCK]).to(self.device)
                 best_sims = torch.empty((len(q), 0), device=self.device)
                 best_pos = torch.empty((len(q), 0), dtype=torch.int64, device=self.device)
                 for m_start in range(0, len(self.rows), _MEMORY_BLOCK):
                     block = self.rows[m_start : m_start + _MEMORY_BLOCK]
-                    sims, pos = (q @ block.T).topk(min(width, len(block)), dim=1)
+                    sims, pos = self._similarities(q, block).topk(min(width, len(block)), dim=1)
                     merged_sims = torch.cat([best_sims, sims], 1)
                     merged_pos = torch.cat([best_pos, pos + m_start], 1)
                     best_sims, keep = merged_sims.topk(min(width, merged_sims.shape[1]), dim=1)
@@ -116,3 +147,7 @@ class TorchEngine(Engine):
                 out_sims.append(best_sims.cpu().numpy())
                 out_pos.append(best_pos.cpu().numpy())
         return np.concatenate(out_sims), np.concatenate(out_pos)
+
+    def _similarities(self, queries: Any, rows: Any) -> Any:
+        """float32 similarities [q, rows] in the engine's matmul precision."""
+        return queries @ rows.T
