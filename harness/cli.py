@@ -338,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "device", None) is not None and args.command != "run":  # a run checks its own (Runner.run)
-            from harness.runner.cells import usable_device
+            from harness.runner.cells import check_device
 
-            usable_device(args.device)
+            check_device(args.device)
         return args.func(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -84,10 +84,10 @@ def with_variants(registry: Registry, kind: str, items: list[Any], instances: di
     return out
 
 
-def usable_device(device: str) -> str:
-    """`device` when this process can compute on it, else a HarnessError that says why and
-    what to do: a device named but missing would otherwise fail every cell of a run, one
-    by one, with torch's message."""
+def check_device(device: str) -> None:
+    """A HarnessError that says why and what to do unless this process can compute on
+    `device`: a device named but missing would otherwise fail every cell of a run, one by
+    one, with torch's message."""
     import torch
 
     from harness.device import cuda_usable
@@ -110,7 +110,6 @@ def usable_device(device: str) -> str:
         backend = getattr(torch, kind, None) or getattr(torch.backends, kind, None)
         if not (hasattr(backend, "is_available") and backend.is_available()):
             raise HarnessError(f"device {device!r}: torch has no usable {kind} device here; use cpu or cuda")
-    return device
 
 
 class Runner:
@@ -246,7 +245,7 @@ class Runner:
         return [c for c in cells if c.key not in done], latest(reused)
 
     def run(self, plan: Plan) -> list[Result]:
-        usable_device(self.ctx.device)
+        check_device(self.ctx.device)
         with exclusive_run(self.store.out_dir):
             produced, reused = self.compute(plan)
             self.finish(plan, produced, reused)
