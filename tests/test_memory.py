@@ -244,6 +244,20 @@ def test_tf32_candidates_with_tf32s_margin_give_the_exact_neighbours():
     assert answers[False] == 0 and answers[True] > 0, answers
 
 
+def test_auto_backend_searches_with_torch_on_a_gpu_that_faiss_cannot_use(monkeypatch):
+    """`auto` keeps faiss, except on a CUDA device with faiss-cpu installed: there the torch
+    engine searches on the GPU (nothing touches the device before the first search)."""
+    import faiss
+
+    assert VisualMemory(4, device="cpu").backend == "faiss"
+    monkeypatch.delattr(faiss, "StandardGpuResources", raising=False)
+    assert VisualMemory(4, device="cuda").backend == "torch"
+    assert VisualMemory(4, device="cuda:1", backend="faiss").backend == "faiss"
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    assert VisualMemory(4, device="cuda").backend == "faiss"
+
+
 def test_similarity_of_a_pair_does_not_depend_on_its_company():
     features, _, queries = random_data(8, n=500, dim=384)
     rows = normalised(features)
