@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from harness.cli import main
 from harness.results.store import ResultStore
 from helpers import cli
 
@@ -89,7 +90,7 @@ def plan_rows(stdout: str) -> dict[str, list[str]]:
     return {row[0]: row[1:] for row in rows}
 
 
-def test_dry_run_prices_encoders_by_the_measured_rate_of_their_architecture(tmp_path):
+def test_dry_run_prices_encoders_by_the_measured_rate_of_their_architecture(tmp_path, monkeypatch, capsys):
     """`harness bench` times one encoder per architecture and recipe; the plan prices every
     encoder that shares them (paper profile: 1.3M images x 100 epochs of training)."""
     (tmp_path / "leaderboard").mkdir()
@@ -101,24 +102,23 @@ def test_dry_run_prices_encoders_by_the_measured_rate_of_their_architecture(tmp_
         "embed": {"rows": [{"encoder": "random-init-tiny", "arch": "vit_tiny_patch16_224 32px/8 depth=4", "images_per_s": 700.0}]},
     }
     (tmp_path / "leaderboard" / "performance.json").write_text(json.dumps(state))
-    result = cli("run", "--profile", "paper", "--dry-run", "--encoders", "dino-vit-s16-shaders", "--tasks", "knn",
-                 "--launcher", "slurm", "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    rows = plan_rows(result.stdout)
+    monkeypatch.chdir(tmp_path)  # the plan reads ./leaderboard/performance.json
+    assert main(["run", "--profile", "paper", "--dry-run", "--encoders", "dino-vit-s16-shaders", "--tasks", "knn",
+                 "--launcher", "slurm", "--out", str(tmp_path / "out")]) == 0
+    rows = plan_rows(capsys.readouterr().out)
     gpus, images, rate, source, hours = rows["train dino-vit-s16-shaders"]
     assert (gpus, images, rate, source) == ("8", str(100 * (1_300_000 // 512) * 512), "1000", "NVIDIA H200")  # 100 epochs of 2539 steps
     assert float(hours) == pytest.approx(int(images) / (1000 * 8) / 3600, abs=0.01)  # 8 GPUs: 4.51 h of wall time
     assert all(row[2:4] == ["5000", "NVIDIA H200"] for name, row in rows.items() if name.startswith("eval "))
-    result = cli("run", "--profile", "acceptance", "--dry-run", "--encoders", "dino-tiny-shaders-kml-mixup-seed1,random-init-tiny-seed2,random-init",
-                 "--tasks", "knn-digits", "--device", "cpu", "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    rows = plan_rows(result.stdout)
+    assert main(["run", "--profile", "acceptance", "--dry-run", "--encoders", "dino-tiny-shaders-kml-mixup-seed1,random-init-tiny-seed2,random-init",
+                 "--tasks", "knn-digits", "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    rows = plan_rows(capsys.readouterr().out)
     assert rows["eval dino-tiny-shaders-kml-mixup-seed1 / knn-digits / digits"][2:4] == ["700", "CPU"]  # same 4-block architecture
     assert rows["eval random-init-tiny-seed2 / knn-digits / digits"][2:4] == ["700", "CPU"]
     assert rows["eval random-init / knn-digits / digits"][2:4] == ["?", "not measured on a CPU"]  # 12 blocks: not measured here
 
 
-def test_dry_run_prices_each_job_at_a_rate_measured_on_its_kind_of_device_and_precision(tmp_path):
+def test_dry_run_prices_each_job_at_a_rate_measured_on_its_kind_of_device_and_precision(tmp_path, monkeypatch, capsys):
     """A GPU measured the architecture in bfloat16 and a CPU in float32 (a row without a
     precision). A job on the CPU gets the CPU's float32 rate and none for bfloat16; a job
     on a GPU (a local run on one, or a cluster job asking for one) the GPU's bfloat16 rate
@@ -135,10 +135,11 @@ def test_dry_run_prices_each_job_at_a_rate_measured_on_its_kind_of_device_and_pr
     both = ["run", "--dry-run", "--encoders", "random-init-vit-s16,random-init-vit-s16-bf16", "--tasks", "knn-digits",
             "--out", str(tmp_path / "out")]
 
+    monkeypatch.chdir(tmp_path)  # the plan reads ./leaderboard/performance.json
+
     def rates(*where: str) -> dict[str, list[str]]:
-        result = cli(*both, *where, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        return {name.split()[1]: row[2:4] for name, row in plan_rows(result.stdout).items()}
+        assert main([*both, *where]) == 0
+        return {name.split()[1]: row[2:4] for name, row in plan_rows(capsys.readouterr().out).items()}
 
     assert rates("--device", "cpu") == {"random-init-vit-s16": ["21", "CPU"], "random-init-vit-s16-bf16": ["?", "not measured on a CPU"]}
     on_a_gpu = {"random-init-vit-s16": ["?", "not measured on a GPU"], "random-init-vit-s16-bf16": ["13000", "NVIDIA H200"]}
