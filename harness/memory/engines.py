@@ -5,8 +5,9 @@
     cores (about 7 x the float32 rate of an H100 or H200).
 
 Neither decides the final answer: `harness.memory.exact` re-scores their candidates in
-float64 and orders them by (similarity desc, id asc), widening each candidate list by
-twice the engine's `error` bound, so every engine returns the same neighbours.
+float64 and orders them by (similarity desc, id asc), after widening each candidate
+list past every row within 2.5 times the engine's `error` of the k-th, so every engine
+returns the same neighbours.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ _FAISS_GPU_MAX_K = 2048  # faiss' GPU flat search returns at most this many neig
 # thread pool costs more than the search (tens of ms where OpenMP and OpenBLAS threads
 # contend for few cores; faiss' troubleshooting notes advise OMP_WAIT_POLICY=PASSIVE).
 _FAISS_SINGLE_THREAD_WORK = 1 << 26
-
-
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 
 
@@ -37,11 +36,11 @@ def float32_error(dim: int) -> float:
 
 
 def tf32_error(dim: int) -> float:
-    """The same bound for a matmul on tensor cores in TF32: each input keeps 10 of
-    float32's 23 mantissa bits, rounded or truncated (relative error up to 2^-10 each, so
-    up to (1 + 2^-10)^2 - 1 per product, and |a . b| summed over products is at most 1
-    for unit vectors); the exact products are summed in float32, taken here as 2^-22 per
-    addition in case the accumulator truncates."""
+    """The same bound for a matmul on tensor cores in TF32. Each input keeps 10 of
+    float32's 23 mantissa bits, rounded or truncated: a relative error of up to 2^-10
+    each, so up to (1 + 2^-10)^2 - 1 per product, and the products' magnitudes sum to at
+    most 1 for unit vectors. The exact products are summed in float32, at up to 2^-22
+    per addition (twice the rounding error, in case the accumulator truncates)."""
     products = (1 + 2.0**-10) ** 2 - 1
     return products + dim * 2.0**-22 * (1 + products)
 
