@@ -24,24 +24,12 @@ import numpy as np
 from harness.cache import atomic_write
 from harness.device import default_device
 from harness.errors import HarnessError
-from harness.memory.engines import Engine, make_engine
+from harness.memory.engines import Engine, automatic_backend, make_engine
 from harness.memory.exact import exact_neighbours
 from harness.memory.privacy import FlipCounts, PrivacyReport, count_flips
 from harness.memory.voting import Vote, check_vote, vote_mass
 
 _CLASSIFY_BLOCK = 8192  # queries per classification block (bounds the [q, classes] scores)
-
-
-def _automatic_backend(device: str) -> Literal["faiss", "torch"]:
-    """faiss, unless `device` is a CUDA GPU and the installed faiss has no GPU support
-    (faiss-cpu): there the torch engine searches on the GPU, in TF32 on tensor cores,
-    where faiss would search on the CPU (an H200's torch engine: 58 x faiss on its CPU,
-    at 1.28M rows)."""
-    if not device.startswith("cuda"):
-        return "faiss"
-    import faiss
-
-    return "faiss" if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 else "torch"
 _AUDIT_ELEMENTS = 1 << 20  # (query, neighbour) pairs per privacy-audit block
 
 
@@ -114,7 +102,7 @@ class VisualMemory:
             raise HarnessError(f"VisualMemory backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
         self.dim = int(dim)
         self.device = device or default_device()
-        self.backend = _automatic_backend(self.device) if backend == "auto" else backend
+        self.backend = automatic_backend(self.device) if backend == "auto" else backend
         self._rows = _Rows(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._next_id = 0
         self._engine: Engine | None = None

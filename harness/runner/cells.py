@@ -93,9 +93,10 @@ def check_device(device: str) -> None:
     from harness.device import cuda_usable
 
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except RuntimeError:
         raise HarnessError(f"device {device!r}: not a device torch knows; use cpu, cuda or cuda:N") from None
+    kind = parsed.type
     if kind == "cuda":
         count = torch.cuda.device_count() if cuda_usable() else 0
         if count == 0:
@@ -103,8 +104,7 @@ def check_device(device: str) -> None:
                 f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'}); "
                 "name none to compute on the CPU"
             )
-        index = torch.device(device).index
-        if index is not None and index >= count:
+        if parsed.index is not None and parsed.index >= count:
             raise HarnessError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     elif kind != "cpu":
         backend = getattr(torch, kind, None) or getattr(torch.backends, kind, None)

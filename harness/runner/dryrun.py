@@ -78,22 +78,6 @@ def _throughputs(report: Path) -> dict[str, tuple[float, str]]:
     return out
 
 
-def _measured_rate(measured: dict[str, tuple[float, str]], stage: str, encoder: Encoder, on_gpu: bool) -> tuple[float, str] | None:
-    """The rate `harness bench` measured for the encoder's name, else its architecture, on
-    the kind of device the job runs on: a CPU's rate would make a GPU job hundreds of
-    times too long, a GPU's a CPU job as many times too short."""
-    if stage == "train":
-        cost = encoder.training_cost()
-        detail = cost.recipe if cost else None
-    else:
-        detail = encoder.precision
-    for name in (encoder.name, encoder.architecture):
-        rate = measured.get(_signature(on_gpu, stage, name, detail)) if name else None
-        if rate is not None:
-            return rate
-    return None
-
-
 def describe_plan(
     runner: Runner,
     plan: Plan,
@@ -168,13 +152,21 @@ def _rate(
     given: float | None, flag: str, measured: dict[str, tuple[float, str]], stage: str, encoder: Encoder, on_gpu: bool,
 ) -> tuple[float | None, str]:
     """The images/s a job is priced at and where that figure comes from: the flag's value,
-    else the measured rate and what measured it."""
+    else the rate `harness bench` measured for the encoder's name, else its architecture,
+    on the kind of device the job runs on (a CPU's rate would make a GPU job hundreds of
+    times too long, a GPU's a CPU job as many times too short)."""
     if given:
         return given, flag
-    found = _measured_rate(measured, stage, encoder, on_gpu)
-    if found is None:
-        return None, f"not measured on a {'GPU' if on_gpu else 'CPU'}"
-    return found
+    if stage == "train":
+        cost = encoder.training_cost()
+        detail = cost.recipe if cost else None
+    else:
+        detail = encoder.precision
+    for name in (encoder.name, encoder.architecture):
+        found = measured.get(_signature(on_gpu, stage, name, detail)) if name else None
+        if found is not None:
+            return found
+    return None, f"not measured on a {'GPU' if on_gpu else 'CPU'}"
 
 
 def _images_per_s(rate: float | None) -> str:
