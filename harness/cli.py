@@ -129,12 +129,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = Runner(
         registry, out_dir=Path(args.out), device=args.device, force=args.force, seed=args.seed, threads=args.threads, limit=args.limit,
     )
-    plan = runner.select(args.profile, args.encoders, args.tasks, args.generators, scale=args.scale)
     if args.dry_run:
+        from harness.downloads import no_downloads
         from harness.runner.dryrun import describe_plan
 
-        print(describe_plan(runner, plan, args.launcher, embed_images_per_s=args.embed_rate, train_images_per_s=args.train_rate))
+        with no_downloads():  # a plan looks at local caches only: it fetches no weights, nor waits on a hub
+            plan = runner.select(args.profile, args.encoders, args.tasks, args.generators, scale=args.scale)
+            print(describe_plan(runner, plan, args.launcher, embed_images_per_s=args.embed_rate, train_images_per_s=args.train_rate))
         return 0
+    plan = runner.select(args.profile, args.encoders, args.tasks, args.generators, scale=args.scale)
     if args.launcher == "slurm":
         from harness.runner.launch import SlurmLauncher
 

@@ -192,6 +192,33 @@ def test_huggingface_hub_needs_a_pinned_revision_and_stays_offline(tmp_path):
         open_dataset("hf", spec("huggingface", hub="someone/digits", revision="0" * 40))
 
 
+def test_a_hub_dataset_comes_from_the_local_hub_cache_and_a_dry_run_says_whether_it_is_there(tmp_path, digits, monkeypatch, capsys):
+    pytest.importorskip("datasets")
+    from huggingface_hub import constants
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "datasets--someone--digits" / "snapshots" / revision / "data"  # huggingface_hub's layout
+    snapshot.mkdir(parents=True)
+    hf_dataset(*digits["train"]).to_parquet(str(snapshot / "train-00000-of-00001.parquet"))
+    hf_dataset(*digits["test"]).to_parquet(str(snapshot / "test-00000-of-00001.parquet"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert_digits(open_dataset("hf", spec("huggingface", hub="someone/digits", revision=revision)), digits)
+
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        "datasets:\n"
+        f"  cached: {{format: huggingface, options: {{hub: someone/digits, revision: '{revision}', crop: 8}}}}\n"
+        f"  elsewhere: {{format: huggingface, options: {{hub: someone/letters, revision: '{revision}', crop: 8}}}}\n"
+        "tasks:\n  knn-hub: {plugin: knn, params: {datasets: [cached, elsewhere]}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["--registry", str(registry), "run", "--encoders", "rgb", "--tasks", "knn-hub", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert f"cached: hub dataset someone/digits at {revision}, in the local hub cache: {snapshot.parent}" in plan
+    missing = f"elsewhere: hub dataset someone/letters at {revision}: not in the local hub cache; the run downloads it"
+    assert f"{missing}, but HF_HUB_OFFLINE is set: MISSING\n" in plan  # as throughout the suite
+
+
 # ------------------------------------------------------------------- torchvision
 def write_cifar(root, digits):
     """CIFAR-10's python pickle layout (torchvision's files, md5 checks included)."""

@@ -35,6 +35,7 @@ encoders:
   timm-resnet18: {plugin: timm, params: {model: resnet18.a1_in1k, img_size: 32}}
   timm-resnet18-64: {plugin: timm, params: {model: resnet18.a1_in1k, img_size: 64}}  # a 2 x 2 map
   timm-vit-tiny: {plugin: timm, params: {model: vit_tiny_patch16_224, img_size: 32}}
+  timm-resnet34: {plugin: timm, params: {model: resnet34.a1_in1k, img_size: 32}}  # never put in the cache
   timm-vit-sweep:  # a 3-block ViT on a 4 x 4 grid, random weights, every block swept
     {plugin: timm, params: {model: vit_tiny_patch16_224, pretrained: false, img_size: 32, model_kwargs: {depth: 3, patch_size: 8}, layers: all}}
   timm-vit-block2:  # its last block alone
@@ -256,6 +257,60 @@ def test_a_model_missing_offline_names_the_model_the_cache_and_the_remedy(hub: d
     wrong.write_bytes(hub["vit_file"].read_bytes())
     with pytest.raises(HarnessError, match="vit-weights.safetensors does not fit timm model 'resnet18'"):
         harness.get_encoder("timm", model="resnet18", checkpoint=str(wrong)).prepare()
+
+
+class UnreachableHub:
+    """huggingface_hub's `hf_hub_download` where the hub does not answer, as huggingface_hub
+    behaves once its retries are spent: a cached file is returned, a file not in the cache
+    is a LocalEntryNotFoundError. Requests are recorded as (repo, file name, whether it
+    went to the network)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import huggingface_hub
+
+        self.cached = huggingface_hub.hf_hub_download  # offline (the module's fixture): the cache alone
+        self.requests: list[tuple[str, str, bool]] = []
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", self)
+
+    def __call__(self, repo: str, filename: str, *, revision: str | None = None, local_files_only: bool = False) -> str:
+        self.requests.append((repo, filename, not local_files_only))
+        return self.cached(repo, filename, revision=revision, local_files_only=True)
+
+    def network(self) -> list[tuple[str, str, bool]]:
+        return [request for request in self.requests if request[2]]
+
+
+def test_a_dry_run_fetches_nothing_and_a_run_asks_an_unreachable_hub_once(
+    hub: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture,
+) -> None:
+    from harness.cli import main
+    from harness.downloads import no_downloads
+
+    unreachable = UnreachableHub(monkeypatch)
+    with no_downloads():  # a cached model is found without the network, and keyed as in a run
+        key = harness.get_encoder("timm-resnet18").key
+    assert unreachable.requests == [(RESNET_REPO, "model.safetensors", False)]
+    assert harness.get_encoder("timm-resnet18").key == key
+    unreachable.requests.clear()
+    monkeypatch.chdir(tmp_path)
+    both = ["--registry", str(hub["registry"]), "run", "--encoders", "timm-resnet18,timm-resnet34", "--tasks", "knn-default"]
+    assert main([*both, "--dry-run"]) == 0
+    assert ": 6 cells, 0 already in" in capsys.readouterr().out
+    assert unreachable.requests and unreachable.network() == []
+
+    unreachable.requests.clear()
+    main([*both, "--out", "out"])
+    # three cells of the missing model, each keyed and prepared: the network asked once, its
+    # second file name looked for in the cache alone (the cached model's file was found above)
+    missing_repo = "timm/resnet34.a1_in1k"
+    assert unreachable.network() == [(missing_repo, "model.safetensors", True)]
+    assert (missing_repo, "pytorch_model.bin", False) in unreachable.requests
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert {r["status"] for r in records if r["encoder"] == "timm-resnet18"} == {"ok"}
+    assert {r["keys"]["encoder"] for r in records if r["encoder"] == "timm-resnet18"} == {key}
+    missing = [r["message"] for r in records if r["encoder"] == "timm-resnet34"]
+    assert len(missing) == 3 and all("'resnet34.a1_in1k'" in m and "the hub cannot be reached" in m for m in missing)
+    assert all(f"huggingface-cli download {missing_repo}" in m for m in missing)
 
 
 # ---------------------------------------------------------------- through the runner

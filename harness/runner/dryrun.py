@@ -9,6 +9,7 @@ real datasets are their published sizes (train + evaluation splits).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,25 @@ def _throughputs(report: Path) -> dict[str, tuple[float, str]]:
     return out
 
 
+def _hub_dataset_status(name: str, options: dict[str, Any]) -> str:
+    """A plan's line for a dataset of `options.hub`: whether the local hub cache holds its
+    pinned revision (nothing is fetched)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    if not options.get("revision"):
+        return f"MISSING: datasets.{name}.options.hub needs options.revision (a commit hash)"
+    where = f"hub dataset {options['hub']} at {options['revision']}"
+    try:
+        snapshot = snapshot_download(repo_id=options["hub"], repo_type="dataset", revision=str(options["revision"]), local_files_only=True)
+    except HFValidationError as exc:
+        return f"MISSING: datasets.{name}.options.hub: {exc}"
+    except LocalEntryNotFoundError:
+        offline = ", but HF_HUB_OFFLINE is set: MISSING" if os.environ.get("HF_HUB_OFFLINE") else ""
+        return f"{where}: not in the local hub cache; the run downloads it{offline}"
+    return f"{where}, in the local hub cache: {snapshot}"
+
+
 def describe_plan(
     runner: Runner,
     plan: Plan,
@@ -99,6 +119,8 @@ def describe_plan(
         spec = registry.config.datasets.get(cell.dataset)
         if spec is None:
             datasets[cell.dataset] = "built by the task"
+        elif spec.format == "huggingface" and spec.options.get("hub"):
+            datasets[cell.dataset] = _hub_dataset_status(cell.dataset, spec.options)
         elif not (spec.root or spec.env):
             datasets[cell.dataset] = f"bundled ({spec.format})"
         else:

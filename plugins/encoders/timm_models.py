@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from harness.device import Precision, forward_precision
+from harness.downloads import downloads_allowed
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kinds import Encoder
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
 
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's own order of preference
 WRAPPER_KEYS = ("state_dict", "model", "module", "teacher")
-_HUB_FILES_FOUND: dict[tuple[str, str, str | None, tuple[str, ...]], Path] = {}
+_HubQuery = tuple[str, str, str | None, tuple[str, ...], bool]  # cache, repo, revision, file names, downloads allowed
+_HUB_FILES_FOUND: dict[_HubQuery, Path] = {}
+_HUB_FILES_MISSING: dict[_HubQuery, str] = {}  # the error's message
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -67,37 +70,56 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def hub_weights(model: str, repo: str, revision: str | None, filenames: tuple[str, ...]) -> Path:
-    """The weights file of hub repo `repo` in huggingface_hub's cache (downloaded when
-    missing and the hub is reachable), the first of `filenames` the repo has; remembered
-    per process."""
+    """The weights file of hub repo `repo` in huggingface_hub's cache, the first of
+    `filenames` the repo has: downloaded when missing, where downloads are allowed
+    (`harness.downloads`) and the hub answers. The answer, a file or an error, is
+    remembered per process, so that a run of many cells waits on an unreachable hub once."""
+    from huggingface_hub import constants
+
+    memo = (constants.HF_HUB_CACHE, repo, revision, filenames, downloads_allowed())
+    if memo in _HUB_FILES_FOUND and _HUB_FILES_FOUND[memo].is_file():
+        return _HUB_FILES_FOUND[memo]
+    if memo in _HUB_FILES_MISSING:
+        raise HarnessError(_HUB_FILES_MISSING[memo])
+    try:
+        found = _fetch_hub_file(model, repo, revision, filenames)
+    except HarnessError as exc:
+        _HUB_FILES_MISSING[memo] = str(exc)
+        raise
+    _HUB_FILES_FOUND[memo] = found
+    return found
+
+
+def _fetch_hub_file(model: str, repo: str, revision: str | None, filenames: tuple[str, ...]) -> Path:
+    """`hub_weights` without the memory. Once the hub was not asked or did not answer
+    for one name, the others are looked for in the cache alone: each unanswered request
+    costs huggingface_hub's retries, some 20 s."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-    memo = (constants.HF_HUB_CACHE, repo, revision, filenames)
-    if memo in _HUB_FILES_FOUND and _HUB_FILES_FOUND[memo].is_file():
-        return _HUB_FILES_FOUND[memo]
     where = f"hub repo {repo}" + (f" at revision {revision}" if revision else "")
+    cache_only = not downloads_allowed()
     not_cached = False
     for filename in filenames:
         try:
-            found = Path(hf_hub_download(repo, filename, revision=revision))
+            return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=cache_only))
         except LocalEntryNotFoundError:
-            not_cached = True  # not in the cache and the hub cannot be asked: try the next name
+            not_cached = cache_only = True  # not in the cache and the hub cannot be asked: the next name, from the cache
         except EntryNotFoundError:
             continue  # the repo has no such file
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
             raise HarnessError(f"timm model {model!r}: {where} not found ({first_line(exc)}); check `model` and `revision`") from None
         except (HfHubHTTPError, OSError) as exc:
             raise HarnessError(f"timm model {model!r}: cannot fetch {filename} from {where} ({first_line(exc)})") from None
-        else:
-            _HUB_FILES_FOUND[memo] = found
-            return found
     instead = "name the timm model and set `checkpoint:`" if "config.json" in filenames else "set `checkpoint:` to a local weights file"
     if not_cached:
-        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        if not downloads_allowed():
+            why = "downloads are off here (a dry run looks in local caches only)"
+        else:
+            why = "the hub cannot be reached" + (" (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else "")
         raise HarnessError(
             f"timm model {model!r}: {' or '.join(filenames)} of {where} is not in the Hugging Face cache "
-            f"{constants.HF_HUB_CACHE} and the hub cannot be reached{offline}. Fill the cache where there is network, "
+            f"{constants.HF_HUB_CACHE} and {why}. Fill the cache where there is network, "
             f"with HF_HUB_CACHE (or HF_HOME) naming the same folder: `huggingface-cli download {repo}` "
             f"(or `hf download {repo}`); or {instead}"
         )
