@@ -158,6 +158,21 @@ def test_leaderboard_shows_intervals_seed_means_and_ranks(board) -> None:
     assert rows[0]["rank"] == "=1" and by_name["t-random"]["rank"] == str(len(rows))
 
 
+def test_the_half_interval_has_as_many_decimals_as_its_value(tmp_path) -> None:
+    """Three seeds scoring alike give a zero-width t-interval; one hit in 540 is a value
+    below 1, which the leaderboard prints to 4 decimals."""
+    (tmp_path / "registry.yaml").write_text(REGISTRY)
+    use_registry(tmp_path / "registry.yaml")
+    store = ResultStore(tmp_path / "out")
+    hits = {"t-kml-mixup": 270, "t-kml-mixup-s1": 270, "t-kml-mixup-s2": 270, "t-random": 1}
+    store.append([headline("knn-x", "knn", encoder, n) for encoder, n in hits.items()])
+    rows = {row["encoder"]: row["digits"] for row in table_rows(render_leaderboard(tmp_path / "out").read_text(), "## knn-x:")}
+    assert rows["t-kml-mixup (mean of 3 seeds)"] == "50.00 ± 0.00"
+    ci = scipy.stats.bootstrap((correct_of(1, seed=len("t-random")).astype(float),), np.mean, n_resamples=2000,
+                               method="percentile", rng=np.random.default_rng(0)).confidence_interval
+    assert rows["t-random"] == f"{100 / N:.4f} ± {50 * (ci.high - ci.low):.4f}"
+
+
 def test_leaderboard_ranks_generators_against_the_paper(board) -> None:
     assert "## Generator ranking" in board
     knn = table_rows(board, "### knn:")

@@ -22,6 +22,7 @@ from harness.cache import atomic_write
 from harness.config.schema import GROUPS
 from harness.results.depth import depth_section
 from harness.results.manifest import newest_manifest
+from harness.results.paths import FIGURES
 from harness.results.ranking import generator_ranking_section, recorded_specs, seed_groups
 from harness.results.stats import bootstrap_interval, format_value, overlap, seed_interval
 from harness.results.store import ResultStore, latest, unpack_outcomes
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     import pandas
 
     from harness.config.registry import Registry
-
-FIGURES = "figures"
 
 
 @dataclass
@@ -44,9 +43,11 @@ class _Cell:
 
 
 def _with_interval(value: float | None, interval: tuple[float, float] | None) -> str:
+    """`value ± h`, h (half the interval) to as many decimals as the value."""
     if value is None or interval is None:
         return format_value(value)
-    return f"{format_value(value)} ± {format_value((interval[1] - interval[0]) / 2)}"
+    text = format_value(value)
+    return f"{text} ± {(interval[1] - interval[0]) / 2:.{len(text.partition('.')[2])}f}"
 
 
 def record_interval(row: Any) -> tuple[float, float] | None:

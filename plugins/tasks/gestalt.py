@@ -379,7 +379,7 @@ class GestaltTask(Task):
         import torch
 
         from harness.metrics import segmentation_inertia
-        from harness.results.leaderboard import FIGURES
+        from harness.results.paths import FIGURES
         from harness_plugins.tasks._seg_ops import embed_patches, write_pca_parts
 
         principle, count, size, seed = ctx.dataset, self.params.images, self.params.size, self.params.seed

@@ -94,7 +94,7 @@ class CocoR2Task(SegmentationTask):
 
     def run(self, encoder: Any, ctx: Any) -> list:
         from harness.metrics import segmentation_inertia
-        from harness.results.leaderboard import FIGURES
+        from harness.results.paths import FIGURES
         from harness_plugins.tasks._seg_ops import embed_patches, photographs, write_pca_parts
         from harness.datasets.segmentation import resize_image
 
