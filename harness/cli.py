@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +14,13 @@ from harness.errors import HarnessError
 
 if TYPE_CHECKING:
     from harness.config.schema import GeneratorComparisonSpec
+
+
+def _summary(doc: str | None) -> str:
+    """The first sentence of a docstring, on one line (a sentence may span lines)."""
+    paragraph = " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+    first = re.match(r"(.+?\.)(?=\s+[A-Z])", paragraph)
+    return first.group(1) if first else paragraph
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -30,8 +39,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         lines = []
         for name in sorted(plugins):
             if fnmatch(name, pattern):
-                doc = (plugins[name].cls.__doc__ or "").strip().splitlines()[0:1]
-                lines.append(f"  plugin   {name:<22} {doc[0] if doc else ''}  [{plugins[name].source}]")
+                lines.append(f"  plugin   {name:<22} {_summary(plugins[name].cls.__doc__)}  [{plugins[name].source}]")
         for name, spec in registry.section(kind).items():
             if fnmatch(name, pattern):
                 state = "" if spec.plugin in plugins else "  (plugin not loaded)"
@@ -48,7 +56,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 if inventory:
                     print(f"\n{inventory}")
     formats = [
-        f"  format   {name:<22} {((fmt.reader.__doc__ or '').strip().splitlines() or [''])[0]}  [{fmt.source}]"
+        f"  format   {name:<22} {_summary(fmt.reader.__doc__)}  [{fmt.source}]"
         for name, fmt in sorted(registry.plugins.formats.items())
         if fnmatch(name, pattern)
     ]

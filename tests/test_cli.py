@@ -67,6 +67,17 @@ def test_readme_documents_every_command_and_hook():
     assert "pytest" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_list_describes_each_plugin_and_format_by_the_first_sentence_of_its_docstring(capsys) -> None:
+    from harness.cli import main
+
+    assert main(["list"]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith(("  plugin", "  format"))}
+    # sentences that span two lines of their docstring, whole; what follows them, left out
+    assert "(area-averaged), patch features = the mean colour of each `patch` x `patch` cell.  [" in lines["rgb"]
+    assert "at the root or under root/CUB_200_2011.  [" in lines["cub200"] and "Memory =" not in lines["cub200"]
+    assert "(class indices, 0 = other).  [" in lines["ade20k"] and "Options:" not in lines["ade20k"]
+
+
 def test_help_lists_commands_without_torch():
     code = "import sys\nfrom harness.cli import build_parser\nbuild_parser().format_help()\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
