@@ -186,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     registry = use_registry(args.registry)
     encoder = registry.create("encoder", args.encoder)
-    encoder.prepare(RunContext(registry=registry, device=args.device or default_device(), seed=args.seed))
+    encoder.prepare(RunContext(registry=registry, device=args.device or default_device()))
     print(f"prepared encoder {encoder.name} (key {encoder.key})")
     return 0
 
@@ -246,15 +246,24 @@ def positive_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse names the option when it is not)."""
+def _integer_from(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option when it is not)."""
+    return _integer_from(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _integer_from(text, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="leaderboard", help="output directory (default: leaderboard)")
     p.add_argument("--force", action="store_true", help="recompute cells already in results.jsonl")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="of --limit's subsets and the generators' sample grids (default: 0); "
+                   "an encoder's training seed is its `seed` parameter")
     p.add_argument("--limit", type=parse_limit, help="N images per split, or a fraction (0.1), of each classification dataset: "
                    "a stratified subset seeded by --seed, the same for every encoder, part of the cell keys")
     p.add_argument("--threads", type=positive_int, help="torch and BLAS threads, fixed for the whole run (default: one per core); "
@@ -289,21 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="run cells here, or as Slurm jobs via submitit")
     p.add_argument("--dry-run", action="store_true", help="print the cells, jobs, datasets and expected GPU-hours; run nothing")
     slurm = p.add_argument_group("slurm (override registry.yaml's slurm section)")
-    slurm.add_argument("--partition")
-    slurm.add_argument("--train-gpus", type=int)
-    slurm.add_argument("--eval-gpus", type=int)
-    slurm.add_argument("--mem-gb", type=int)
+    slurm.add_argument("--partition", help="the jobs' Slurm partition")
+    slurm.add_argument("--train-gpus", type=non_negative_int, help="GPUs of a training job (one node, DDP over them)")
+    slurm.add_argument("--eval-gpus", type=non_negative_int, help="GPUs of an evaluation job (0: CPU jobs)")
+    slurm.add_argument("--mem-gb", type=positive_int, help="memory of a job, GB")
     slurm.add_argument("--cluster", choices=["slurm", "local", "debug"], help="submitit executor (default: slurm when sbatch exists)")
     slurm.add_argument("--embed-rate", type=float, help="images/s per GPU for embedding, for --dry-run (default: harness bench's)")
     slurm.add_argument("--train-rate", type=float, help="images/s per GPU for training, for --dry-run (default: harness bench's)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("generate", help="write a sample grid (and optionally a dataset) of a generator")
-    p.add_argument("generator")
-    p.add_argument("--n", type=positive_int, default=64)
-    p.add_argument("--size", type=positive_int, default=128)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("generator", help="a generator instance or plugin (harness list)")
+    p.add_argument("--n", type=positive_int, default=64, help="images (default: 64)")
+    p.add_argument("--size", type=positive_int, default=128, help="side in pixels (default: 128)")
+    p.add_argument("--out", required=True, help="folder of the grid (and of the dataset)")
+    p.add_argument("--seed", type=int, default=0, help="image i of a seed is the same at any --n (default: 0)")
     p.add_argument("--dataset", action="store_true", help="also write an ImageFolder of images 0..n-1 (resumable)")
     p.add_argument(
         "--format", choices=["png", "jpeg"], default="png",
@@ -312,9 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train or prepare one encoder (torchrun for several GPUs)")
-    p.add_argument("encoder")
-    p.add_argument("--device")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("encoder", help="an encoder instance (harness list); one that trains is trained, or its weights loaded from the cache")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="are two encoders the same weights? tensor by tensor, then their features (exit 1: they differ)")
@@ -330,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="throughput of each stage, written to PERFORMANCE.md")
     p.add_argument("stages", nargs="*", help="generators, embed, train, memory, end-to-end, profile (default: all but profile; end-to-end where the profile names one)")
-    p.add_argument("--report", default="leaderboard/PERFORMANCE.md")
+    p.add_argument("--report", default="leaderboard/PERFORMANCE.md", help="the report written (default: leaderboard/PERFORMANCE.md; "
+                   "its rows go to performance.json beside it)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--profile", help="the profile whose generators and encoders are measured (default: bench, else default)")
     p.add_argument("--time-limit", type=positive_float, metavar="SECONDS",

@@ -196,6 +196,16 @@ def test_a_selection_without_encoders_or_tasks_exits_2_naming_what_is_empty(good
     assert (out / "results.jsonl").read_bytes() == before and len(lines(log)) == 2
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--train-gpus", "-1", "must be >= 0, got -1"), ("--eval-gpus", "two", "expected an integer, got 'two'"),
+    ("--mem-gb", "0", "must be >= 1, got 0"),
+])
+def test_a_cluster_resource_out_of_range_exits_2_naming_the_option(option, value, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--launcher", "slurm", "--dry-run", option, value])
+    assert stopped.value.code == 2 and f"argument {option}: {message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("gpus", [0, 1])
 def test_a_device_that_is_not_here_exits_2_before_any_work(good_run, run, monkeypatch, gpus):
     """A device named on the command line or to the API that this machine lacks (here, a
