@@ -112,6 +112,19 @@ def test_encoder_objects_run_beside_instance_names(tmp_path):
     assert again == []
 
 
+class TrainedMeanColour(MeanColour):
+    """The same features, from an encoder that declares it trains (its `prepare` does nothing)."""
+
+    trainable = True
+
+
+def test_cells_of_encoders_that_train_come_after_the_others(tmp_path):
+    """Whatever the order given, so that a long training holds back no other cell."""
+    harness.run(encoders=[TrainedMeanColour("trains"), "rgb", MeanColour("mean-colour")], tasks=["knn-digits"], out=tmp_path, device="cpu")
+    order = [json.loads(line)["encoder"] for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert list(dict.fromkeys(order)) == ["rgb", "mean-colour", "trains"]
+
+
 def test_bad_models_and_names_are_refused_clearly(tmp_path):
     with pytest.raises(HarnessError, match="needs `preprocess`"):
         harness.evaluate(tiny_net(), tasks=["knn-digits"], out=tmp_path)

@@ -226,7 +226,10 @@ class Runner:
         return stable_hash([encoder.key, task.key, dataset, self.ctx.dataset_description(dataset), *subset])
 
     def cells(self, plan: Plan) -> list[Cell]:
-        encoders = [self.instance("encoder", item) for item in plan.encoders]
+        """Every (encoder, task, dataset) of the plan, in its order, except that encoders
+        that train come after those that do not: a long training (days for the paper's
+        recipe on a CPU) then holds back none of the cells that need none."""
+        encoders = sorted((self.instance("encoder", item) for item in plan.encoders), key=lambda e: e.trainable)
         tasks = [self.instance("task", item) for item in plan.tasks]
         return [Cell(e, t, d, self.cell_key(e, t, d)) for e in encoders for t in tasks for d in t.datasets]
 
