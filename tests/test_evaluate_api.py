@@ -125,6 +125,24 @@ def test_cells_of_encoders_that_train_come_after_the_others(tmp_path):
     assert list(dict.fromkeys(order)) == ["rgb", "mean-colour", "trains"]
 
 
+def test_a_cell_whose_dataset_is_missing_is_skipped_before_its_encoder_trains(tmp_path, monkeypatch):
+    preparations = []
+    monkeypatch.setattr(TrainedMeanColour, "prepare", lambda self, ctx=None: preparations.append(self.name))
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        f"datasets:\n  elsewhere: {{format: imagefolder, root: {tmp_path / 'nowhere'}, env: ELSEWHERE_ROOT}}\n"
+        "tasks:\n  knn-elsewhere: {plugin: knn, params: {datasets: [elsewhere]}}\n"
+    )
+    produced = harness.run(encoders=[TrainedMeanColour("trains")], tasks=["knn-elsewhere", "knn-digits"], out=tmp_path / "out",
+                           registry=registry, device="cpu")
+    status = {r.dataset: (r.status, r.message) for r in produced if r.headline or r.status != "ok"}
+    assert status["elsewhere"][0] == "skipped" and "does not exist; set datasets.elsewhere.root" in status["elsewhere"][1]
+    assert status["digits"][0] == "ok" and preparations == ["trains"]  # prepared once, for the cell that has its data
+    preparations.clear()
+    harness.run(encoders=[TrainedMeanColour("trains")], tasks=["knn-elsewhere"], out=tmp_path / "other", registry=registry, device="cpu")
+    assert preparations == []
+
+
 def test_bad_models_and_names_are_refused_clearly(tmp_path):
     with pytest.raises(HarnessError, match="needs `preprocess`"):
         harness.evaluate(tiny_net(), tasks=["knn-digits"], out=tmp_path)
