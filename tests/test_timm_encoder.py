@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ encoders:
   timm-resnet18-64: {plugin: timm, params: {model: resnet18.a1_in1k, img_size: 64}}  # a 2 x 2 map
   timm-vit-tiny: {plugin: timm, params: {model: vit_tiny_patch16_224, img_size: 32}}
   timm-resnet34: {plugin: timm, params: {model: resnet34.a1_in1k, img_size: 32}}  # never put in the cache
+  timm-hf-missing: {plugin: timm, params: {model: "hf-hub:someone/missing-vit"}}   # nor this repo's config.json
   timm-vit-sweep:  # a 3-block ViT on a 4 x 4 grid, random weights, every block swept
     {plugin: timm, params: {model: vit_tiny_patch16_224, pretrained: false, img_size: 32, model_kwargs: {depth: 3, patch_size: 8}, layers: all}}
   timm-vit-block2:  # its last block alone
@@ -311,6 +313,19 @@ def test_a_dry_run_fetches_nothing_and_a_run_asks_an_unreachable_hub_once(
     missing = [r["message"] for r in records if r["encoder"] == "timm-resnet34"]
     assert len(missing) == 3 and all("'resnet34.a1_in1k'" in m and "the hub cannot be reached" in m for m in missing)
     assert all(f"huggingface-cli download {missing_repo}" in m for m in missing)
+
+
+def test_an_hf_hub_repo_missing_from_the_cache_fails_its_own_cells_only(hub: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    both = ["--registry", str(hub["registry"]), "run", "--encoders", "timm-hf-missing,timm-resnet18", "--tasks", "knn-digits"]
+    assert main([*both, "--dry-run"]) == 0  # planned, unpriced
+    assert re.search(r"eval timm-hf-missing / knn-digits / digits +local +1797 +\?", capsys.readouterr().out)
+    assert main([*both, "--out", "out"]) == 2  # a cell failed on input
+    records = {r["encoder"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines()) if r["headline"] or r["status"] == "error"}
+    assert records["timm-resnet18"]["status"] == "ok"
+    assert records["timm-hf-missing"]["status"] == "error" and "huggingface-cli download someone/missing-vit" in records["timm-hf-missing"]["message"]
 
 
 # ---------------------------------------------------------------- through the runner

@@ -187,10 +187,15 @@ class TimmEncoder(Encoder):
         return {**described, "params": {**described["params"], "weights_sha256": digest, "data_config": config}}
 
     @property
-    def architecture(self) -> str:
+    def architecture(self) -> str | None:
+        """None while it cannot be known: an `hf-hub:` repo's config.json, which names it,
+        not at hand (the cell's error says why; the dry run leaves the encoder unpriced)."""
         from timm.models import split_model_name_tag
 
-        hub = self.hub_config()
+        try:
+            hub = self.hub_config()
+        except HarnessError:
+            return None
         extra = "".join(f" {k}={v}" for k, v in sorted(self.params.model_kwargs.items()))
         return f"{hub[0] if hub else split_model_name_tag(self.params.model)[0]} {self.input_size}px{extra}"
 
