@@ -37,6 +37,7 @@ encoders:
   timm-resnet18-64: {plugin: timm, params: {model: resnet18.a1_in1k, img_size: 64}}  # a 2 x 2 map
   timm-vit-tiny: {plugin: timm, params: {model: vit_tiny_patch16_224, img_size: 32}}
   timm-resnet34: {plugin: timm, params: {model: resnet34.a1_in1k, img_size: 32}}  # never put in the cache
+  timm-resnet101: {plugin: timm, params: {model: resnet101.a1_in1k, img_size: 32}}  # nor this one
   timm-hf-missing: {plugin: timm, params: {model: "hf-hub:someone/missing-vit"}}   # nor this repo's config.json
   timm-vit-sweep:  # a 3-block ViT on a 4 x 4 grid, random weights, every block swept
     {plugin: timm, params: {model: vit_tiny_patch16_224, pretrained: false, img_size: 32, model_kwargs: {depth: 3, patch_size: 8}, layers: all}}
@@ -287,7 +288,9 @@ def test_a_dry_run_fetches_nothing_and_a_run_asks_an_unreachable_hub_once(
 ) -> None:
     from harness.cli import main
     from harness.downloads import no_downloads
+    from harness_plugins.encoders import _timm_hub
 
+    monkeypatch.setattr(_timm_hub, "_SILENT_HUBS", set())  # as in a new process (the suite runs offline throughout)
     unreachable = UnreachableHub(monkeypatch)
     with no_downloads():  # a cached model is found without the network, and keyed as in a run
         key = harness.get_encoder("timm-resnet18").key
@@ -295,24 +298,27 @@ def test_a_dry_run_fetches_nothing_and_a_run_asks_an_unreachable_hub_once(
     assert harness.get_encoder("timm-resnet18").key == key
     unreachable.requests.clear()
     monkeypatch.chdir(tmp_path)
-    both = ["--registry", str(hub["registry"]), "run", "--encoders", "timm-resnet18,timm-resnet34", "--tasks", "knn-default"]
+    both = ["--registry", str(hub["registry"]), "run", "--encoders", "timm-resnet18,timm-resnet34,timm-resnet101", "--tasks", "knn-default"]
     assert main([*both, "--dry-run"]) == 0
-    assert ": 6 cells, 0 already in" in capsys.readouterr().out
+    assert ": 9 cells, 0 already in" in capsys.readouterr().out
     assert unreachable.requests and unreachable.network() == []
 
     unreachable.requests.clear()
     main([*both, "--out", "out"])
-    # three cells of the missing model, each keyed and prepared: the network asked once, its
-    # second file name looked for in the cache alone (the cached model's file was found above)
+    # three cells of each missing model, each keyed and prepared: the network asked once, for
+    # the first model's first file name; the rest looked for in the cache alone (the cached
+    # model's file was found above)
     missing_repo = "timm/resnet34.a1_in1k"
     assert unreachable.network() == [(missing_repo, "model.safetensors", True)]
     assert (missing_repo, "pytorch_model.bin", False) in unreachable.requests
+    assert ("timm/resnet101.a1_in1k", "model.safetensors", False) in unreachable.requests
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert {r["status"] for r in records if r["encoder"] == "timm-resnet18"} == {"ok"}
     assert {r["keys"]["encoder"] for r in records if r["encoder"] == "timm-resnet18"} == {key}
-    missing = [r["message"] for r in records if r["encoder"] == "timm-resnet34"]
-    assert len(missing) == 3 and all("'resnet34.a1_in1k'" in m and "the hub cannot be reached" in m for m in missing)
-    assert all(f"huggingface-cli download {missing_repo}" in m for m in missing)
+    for model in ("resnet34.a1_in1k", "resnet101.a1_in1k"):
+        missing = [r["message"] for r in records if r["encoder"] == f"timm-{model.split('.')[0]}"]
+        assert len(missing) == 3 and all(f"'{model}'" in m and "the hub cannot be reached" in m for m in missing)
+        assert all(f"huggingface-cli download timm/{model}" in m for m in missing)
 
 
 def test_an_hf_hub_repo_missing_from_the_cache_fails_its_own_cells_only(hub: dict, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -16,6 +16,7 @@ HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's own order of pr
 _HubQuery = tuple[str, str, str | None, tuple[str, ...], bool]  # cache, repo, revision, file names, downloads allowed
 _HUB_FILES_FOUND: dict[_HubQuery, Path] = {}
 _HUB_FILES_MISSING: dict[_HubQuery, str] = {}  # the error's message
+_SILENT_HUBS: set[str] = set()  # endpoints that did not answer in this process: later lookups use the cache alone
 
 
 def hub_weights(model: str, repo: str, revision: str | None, filenames: tuple[str, ...]) -> Path:
@@ -40,20 +41,22 @@ def hub_weights(model: str, repo: str, revision: str | None, filenames: tuple[st
 
 
 def _fetch_hub_file(model: str, repo: str, revision: str | None, filenames: tuple[str, ...]) -> Path:
-    """`hub_weights` without the memory. Once the hub was not asked or did not answer
-    for one name, the others are looked for in the cache alone: each unanswered request
-    costs huggingface_hub's retries, some 20 s."""
+    """`hub_weights` without the memory. Once the hub has not answered in this process
+    (for this name, or another model's), files are looked for in the cache alone: each
+    unanswered request costs huggingface_hub's retries, some 20 s."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = f"hub repo {repo}" + (f" at revision {revision}" if revision else "")
-    cache_only = not downloads_allowed()
+    cache_only = not downloads_allowed() or constants.ENDPOINT in _SILENT_HUBS
     not_cached = False
     for filename in filenames:
         try:
             return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=cache_only))
-        except LocalEntryNotFoundError:
-            not_cached = cache_only = True  # not in the cache and the hub cannot be asked: the next name, from the cache
+        except LocalEntryNotFoundError:  # not in the cache, and the hub was not asked or did not answer
+            if not cache_only:
+                _SILENT_HUBS.add(constants.ENDPOINT)
+            not_cached = cache_only = True
         except EntryNotFoundError:
             continue  # the repo has no such file
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
