@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -391,6 +392,8 @@ def test_memory_command_line_in_process(built, tmp_path, capsys):
         assert args.func(args) == 0, argv
     out = capsys.readouterr().out
     assert "removed: 3" in out and "identical: True" in out and "non_private_count:" in out
+    count, size = (int(re.search(rf"^{key}: (\d+)$", out, re.M).group(1)) for key in ("non_private_count", "memory_size"))
+    assert f"\nnon_private_fraction: {100 * count / size:.4g} % of the memory\n" in out  # a percentage, as it says
     assert (tmp_path / "np.txt").is_file()
 
 

@@ -8,13 +8,19 @@ from typing import Any
 from harness.memory.files import audit, build_memory, remove_ids
 
 
+UNITS = {
+    "top1": "%", "non_private_fraction": "% of the memory",
+    "seconds": "s", "seconds_to_unlearn": "s", "seconds_to_rebuild": "s",
+}
+
+
 def _print_summary(summary: dict[str, Any], keys: list[str]) -> None:
     for key in keys:
         if summary.get(key) is not None:
             value = summary[key]
             if isinstance(value, float):
                 value = f"{value:.4g}"
-            print(f"{key}: {value}")
+            print(f"{key}: {value}" + (f" {UNITS[key]}" if key in UNITS else ""))
 
 
 def _registry_option(args: argparse.Namespace) -> str | None:
