@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import re
 import sys
@@ -123,6 +124,7 @@ def _compared(spec: GeneratorComparisonSpec | None, generators: list[str]) -> st
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config.registry import use_registry
+    from harness.downloads import no_downloads
     from harness.runner.cells import Runner
 
     if args.device is not None and args.launcher == "slurm":
@@ -137,15 +139,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = Runner(
         registry, out_dir=Path(args.out), device=args.device, force=args.force, seed=args.seed, threads=args.threads, limit=args.limit,
     )
-    if args.dry_run:
-        from harness.downloads import no_downloads
-        from harness.runner.dryrun import describe_plan
+    # a plan looks at local caches only: it fetches no weights, nor waits on a hub
+    with no_downloads() if args.dry_run else contextlib.nullcontext():
+        plan = runner.select(args.profile, args.encoders, args.tasks, args.generators, scale=args.scale)
+        if args.dry_run:
+            from harness.runner.dryrun import describe_plan
 
-        with no_downloads():  # a plan looks at local caches only: it fetches no weights, nor waits on a hub
-            plan = runner.select(args.profile, args.encoders, args.tasks, args.generators, scale=args.scale)
             print(describe_plan(runner, plan, args.launcher, embed_images_per_s=args.embed_rate, train_images_per_s=args.train_rate))
-        return 0
-    plan = runner.select(args.profile, args.encoders, args.tasks, args.generators, scale=args.scale)
+            return 0
     if args.launcher == "slurm":
         from harness.runner.launch import SlurmLauncher
 

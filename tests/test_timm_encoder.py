@@ -290,7 +290,8 @@ def test_a_dry_run_fetches_nothing_and_a_run_asks_an_unreachable_hub_once(
     from harness.downloads import no_downloads
     from harness_plugins.encoders import _timm_hub
 
-    monkeypatch.setattr(_timm_hub, "_SILENT_HUBS", set())  # as in a new process (the suite runs offline throughout)
+    for memory in ("_HUB_FILES_FOUND", "_SILENT_HUBS"):  # as in a new process (the suite runs offline throughout)
+        monkeypatch.setattr(_timm_hub, memory, type(getattr(_timm_hub, memory))())
     unreachable = UnreachableHub(monkeypatch)
     with no_downloads():  # a cached model is found without the network, and keyed as in a run
         key = harness.get_encoder("timm-resnet18").key

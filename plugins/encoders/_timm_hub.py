@@ -13,46 +13,28 @@ from harness.errors import HarnessError
 from harness_plugins.encoders._shared import first_line
 
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's own order of preference
-_HubQuery = tuple[str, str, str | None, tuple[str, ...], bool]  # cache, repo, revision, file names, downloads allowed
-_HUB_FILES_FOUND: dict[_HubQuery, Path] = {}
-_HUB_FILES_MISSING: dict[_HubQuery, str] = {}  # the error's message
+_HUB_FILES_FOUND: dict[tuple[str, str, str | None, tuple[str, ...]], Path] = {}
 _SILENT_HUBS: set[str] = set()  # endpoints that did not answer in this process: later lookups use the cache alone
 
 
 def hub_weights(model: str, repo: str, revision: str | None, filenames: tuple[str, ...]) -> Path:
     """The weights file of hub repo `repo` in huggingface_hub's cache, the first of
     `filenames` the repo has: downloaded when missing, where downloads are allowed
-    (`harness.downloads`) and the hub answers. The answer, a file or an error, is
-    remembered per process, so that a run of many cells waits on an unreachable hub once."""
-    from huggingface_hub import constants
-
-    memo = (constants.HF_HUB_CACHE, repo, revision, filenames, downloads_allowed())
-    if memo in _HUB_FILES_FOUND and _HUB_FILES_FOUND[memo].is_file():
-        return _HUB_FILES_FOUND[memo]
-    if memo in _HUB_FILES_MISSING:
-        raise HarnessError(_HUB_FILES_MISSING[memo])
-    try:
-        found = _fetch_hub_file(model, repo, revision, filenames)
-    except HarnessError as exc:
-        _HUB_FILES_MISSING[memo] = str(exc)
-        raise
-    _HUB_FILES_FOUND[memo] = found
-    return found
-
-
-def _fetch_hub_file(model: str, repo: str, revision: str | None, filenames: tuple[str, ...]) -> Path:
-    """`hub_weights` without the memory. Once the hub has not answered in this process
-    (for this name, or another model's), files are looked for in the cache alone: each
+    (`harness.downloads`) and the hub answers; remembered per process. Once the hub has
+    not answered in this process, files are looked for in the cache alone: each
     unanswered request costs huggingface_hub's retries, some 20 s."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+    memo = (constants.HF_HUB_CACHE, repo, revision, filenames)
+    if memo in _HUB_FILES_FOUND and _HUB_FILES_FOUND[memo].is_file():
+        return _HUB_FILES_FOUND[memo]
     where = f"hub repo {repo}" + (f" at revision {revision}" if revision else "")
     cache_only = not downloads_allowed() or constants.ENDPOINT in _SILENT_HUBS
     not_cached = False
     for filename in filenames:
         try:
-            return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=cache_only))
+            found = Path(hf_hub_download(repo, filename, revision=revision, local_files_only=cache_only))
         except LocalEntryNotFoundError:  # not in the cache, and the hub was not asked or did not answer
             if not cache_only:
                 _SILENT_HUBS.add(constants.ENDPOINT)
@@ -63,6 +45,9 @@ def _fetch_hub_file(model: str, repo: str, revision: str | None, filenames: tupl
             raise HarnessError(f"timm model {model!r}: {where} not found ({first_line(exc)}); check `model` and `revision`") from None
         except (HfHubHTTPError, OSError) as exc:
             raise HarnessError(f"timm model {model!r}: cannot fetch {filename} from {where} ({first_line(exc)})") from None
+        else:
+            _HUB_FILES_FOUND[memo] = found
+            return found
     instead = "name the timm model and set `checkpoint:`" if "config.json" in filenames else "set `checkpoint:` to a local weights file"
     if not_cached:
         if not downloads_allowed():
