@@ -79,8 +79,11 @@ def test_dry_run_prints_cells_datasets_and_cost(tmp_path, registry):
     assert "flowers102: MISSING" in text and "HARNESS_TEST_FLOWERS" in text
     # flowers102 is 2040 images at 1000 images/s: 2.04 s = 0.00057 h; the fake datasets have no published size
     assert "eval const-a / needs-flowers / flowers102" in text
-    assert "expected GPU-hours: 0.0" in text and "2 jobs whose image count or throughput is unknown" in text
+    assert "expected GPU-hours: 0.0 (+ 2 jobs whose image count or throughput is unknown" in text
     assert not (out / "results.jsonl").exists()
+    unpriced = cli("--registry", str(registry), "run", "--dry-run", "--encoders", "const-a", "--tasks", "quick",
+                   "--launcher", "slurm", "--out", str(out))
+    assert "expected GPU-hours: unknown (2 jobs whose image count or throughput is unknown" in unpriced.stdout
     assert not report.exists()
 
 

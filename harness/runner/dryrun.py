@@ -160,13 +160,15 @@ def describe_plan(
         gpu_hours, unknown = _add(gpu_hours, unknown, hours, eval_gpus)
     headers = ["job", "GPUs", "images", "images/s" if local else "images/s per GPU", "rate from", "wall hours"]
     lines.append(tabulate(rows, headers=headers))
-    lines += [
-        "",
-        ("expected hours here: " if local else "expected GPU-hours: ") + f"{gpu_hours:.1f}" + (
-            f" (+ {unknown} job{'s' if unknown != 1 else ''} whose image count or throughput is unknown; `harness bench` on the kind of device "
-            "the jobs run on measures throughputs)" if unknown else ""
-        ),
-    ]
+    priced = len(rows) - unknown
+    unpriced = (
+        f"{unknown} job{'s' if unknown != 1 else ''} whose image count or throughput is unknown; `harness bench` on the kind of device "
+        "the jobs run on measures throughputs"
+    )
+    total = f"{gpu_hours:.1f}" if priced else "unknown"
+    if unknown:
+        total += f" (+ {unpriced})" if priced else f" ({unpriced})"
+    lines += ["", ("expected hours here: " if local else "expected GPU-hours: ") + total]
     return "\n".join(lines)
 
 
