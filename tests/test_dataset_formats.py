@@ -1,4 +1,4 @@
-"""The webdataset, huggingface and torchvision formats and unlabelled image folders,
+"""The webdataset, huggingface, torchvision and table formats and unlabelled image folders,
 each built from scikit-learn's bundled digits and checked pixel for pixel against them."""
 
 from __future__ import annotations
@@ -298,20 +298,103 @@ def test_imagefolder_without_labels(tmp_path, digits):
         open_dataset("pool", spec("imagefolder", flat, labels="no"))
 
 
+# ------------------------------------------------------------------ image tables
+def folder_rows(digits):
+    """(path below the root, digit, split) of each image `write_folders` writes."""
+    return [
+        (f"{split}/{label}/{i % PER_CLASS[split == 'test']:03d}", int(label), split)
+        for split, (_, labels) in digits.items() for i, label in enumerate(labels)
+    ]
+
+
+def test_table_with_a_split_column_or_one_file_per_split(tmp_path, digits):
+    write_folders(tmp_path / "images", digits)
+    rows = folder_rows(digits)
+    # a CSV with a header, class names as labels, columns in another order, a row of a third split
+    lines = ["split,file,digit,note"] + [f"{split},{path}.png,digit {label},\"a, b\"" for path, label, split in rows]
+    lines.insert(5, "val,train/0/000.png,digit 0,")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    data = open_dataset("t", spec("table", tmp_path, images_dir="images", image_column="file", label_column="digit"))
+    assert_digits(data, digits)
+    assert data.classes == [f"digit {d}" for d in range(10)] and sorted(data.splits) == ["test", "train", "val"]
+    # DomainNet's layout: one headerless text file per split, `path class`; ids without their ending;
+    # classes 0, 5, ..., 45 sort as numbers (5 before 10), so class index = digit
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.txt").write_text("".join(f"images/{path}  {5 * label}\n" for path, label, s in rows if s == split))
+    data = open_dataset("t", spec("table", tmp_path, files={"train": "train.txt", "test": "test.txt"}, header=False, suffix=".png"))
+    assert_digits(data, digits)
+    assert data.classes == [str(5 * d) for d in range(10)]
+    # a TSV takes tabs
+    (tmp_path / "all.tsv").write_text("image\tlabel\tsplit\n" + "".join(f"{path}.png\t{label}\t{split}\n" for path, label, split in rows))
+    assert_digits(open_dataset("t", spec("table", tmp_path, file="all.tsv", images_dir="images")), digits)
+    # one table without splits, split at random by class: 3 of each digit's 9 images as queries, as scikit-learn draws them
+    from sklearn.model_selection import train_test_split
+
+    (tmp_path / "pool.csv").write_text("image,label\n" + "".join(f"{path}.png,{label}\n" for path, label, _ in rows))
+    data = open_dataset("t", spec("table", tmp_path, file="pool.csv", images_dir="images", test_fraction=1 / 3, seed=4))
+    labels = np.array([label for _, label, _ in rows])
+    _, test = train_test_split(np.arange(len(rows)), test_size=1 / 3, stratify=labels, random_state=4)
+    assert sorted(map(str, data.test.paths)) == sorted(str(tmp_path / "images" / f"{rows[i][0]}.png") for i in test)
+    assert np.bincount(data.test.labels).tolist() == [3] * 10 and np.bincount(data.train.labels).tolist() == [6] * 10
+
+
+def test_table_bad_rows_name_file_and_line(tmp_path, digits):
+    write_folders(tmp_path, digits)
+    rows = folder_rows(digits)
+
+    def table(lines, **options):
+        (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+        return open_dataset("t", spec("table", tmp_path, **options))
+
+    good = ["image,label,split"] + [f"{path}.png,{label},{split}" for path, label, split in rows]
+    with pytest.raises(DataFormatError, match=r"labels\.csv: no column 'label' in the header \(image, class, split\)"):
+        table(["image,class,split"] + good[1:])
+    with pytest.raises(DataFormatError, match=r"labels\.csv: line 4: empty label \(column 'label'\)"):
+        table(good[:3] + ["train/0/002.png,,train"] + good[4:])
+    with pytest.raises(DataFormatError, match=r"labels\.csv: line 3: 2 field\(s\), the columns need 3"):
+        table(good[:2] + ["train/0/001.png,0"] + good[3:])
+    with pytest.raises(DataFormatError, match=r"labels\.csv: line 62: class '11' is not among the classes of the 'train' rows"):
+        table(good[:61] + ["test/0/000.png,11,test"] + good[62:])
+    with pytest.raises(DataFormatError, match=r"labels\.csv: line 2: image '\.\./x\.png' lies outside the root"):
+        table([good[0], "../x.png,0,train"] + good[2:])
+    with pytest.raises(DataFormatError, match=r"dataset 't': table '/etc/hosts' lies outside the root"):
+        table(good, file="/etc/hosts")
+    with pytest.raises(DataFormatError, match=r"no rows of split 'validation' \(options\.test_split\); the table holds 'test', 'train'"):
+        table(good, test_split="validation")
+    with pytest.raises(HarnessError, match=r"options\.image_column: with header: false, a column number from 0, got 'image'"):
+        table(good[1:], header=False, image_column="image")
+    with pytest.raises(HarnessError, match=r"with `files` each table is one split"):
+        table(good, files={"train": "labels.csv"}, split_column="split")
+    with pytest.raises(HarnessError, match=r"split_column or test_fraction, not both"):
+        table(good, split_column="split", test_fraction=0.5)
+    with pytest.raises(HarnessError, match=r"options\.test_fraction must be a number between 0 and 1, got 2"):
+        table(good, test_fraction=2)
+    with pytest.raises(DataFormatError, match=r"cannot split the table's rows 0\.5 by class: The least populated class"):
+        table(good[:3] + ["train/1/000.png,1,train"], test_fraction=0.5)
+    with pytest.raises(DataFormatError, match=r"missing\.csv: file not found"):
+        table(good, file="missing.csv")
+    # an image that is not there is named with the line that lists it, when it is decoded
+    data = table(good[:7] + ["train/0/missing.png,0,train"] + good[8:])
+    with pytest.raises(DataFormatError, match=r"missing\.png.*labels\.csv: line 8"):
+        all_images(data.train)
+
+
 # ------------------------------------------------------------ registry and CLI
 def test_knn_through_the_cli_matches_the_same_images_as_an_imagefolder(tmp_path, digits, capsys):
-    """kNN with the rgb encoder over webdataset shards gives the accuracy it gives over
-    the same images as an image folder (an independent reader)."""
+    """kNN with the rgb encoder over webdataset shards and over a table gives the accuracy
+    it gives over the same images as an image folder (an independent reader)."""
     for split, (images, labels) in digits.items():
         write_shards(tmp_path / "wds" / split, images, labels)
     write_folders(tmp_path / "folder", digits)
+    (tmp_path / "folder" / "labels.csv").write_text("image,label,split\n" + "".join(f"{path}.png,{label},{split}\n" for path, label, split in folder_rows(digits)))
     options = {"crop": 8, "resize": 8}
     registry = tmp_path / "registry.yaml"
     registry.write_text(
         "datasets:\n"
         f"  digits-wds: {{format: webdataset, root: {tmp_path / 'wds'}, options: {json.dumps(options)}}}\n"
         f"  digits-folder: {{format: imagefolder, root: {tmp_path / 'folder'}, options: {json.dumps(options)}}}\n"
-        "tasks:\n  knn-formats: {plugin: knn, params: {datasets: [digits-wds, digits-folder], ks: [1, 3]}}\n"
+        f"  digits-table: {{format: table, root: {tmp_path / 'folder'}, options: {json.dumps(options)}}}\n"
+        "tasks:\n  knn-formats: {plugin: knn, params: {datasets: [digits-wds, digits-folder, digits-table], ks: [1, 3]}}\n"
     )
     assert load_registry(registry).dataset("digits-wds").format == "webdataset"
     out = tmp_path / "out"
@@ -321,8 +404,8 @@ def test_knn_through_the_cli_matches_the_same_images_as_an_imagefolder(tmp_path,
     for record in ResultStore(out).read():
         assert record.status == "ok", record.message
         rows.setdefault(record.dataset, {})[(record.metric, json.dumps(record.params, sort_keys=True))] = record.value
-    assert set(rows) == {"digits-wds", "digits-folder"}
-    assert rows["digits-wds"] == rows["digits-folder"]
+    assert set(rows) == {"digits-wds", "digits-folder", "digits-table"}
+    assert rows["digits-wds"] == rows["digits-folder"] == rows["digits-table"]
     # rgb's features are the pixels (area-resized 8 -> 16 repeats each) minus 0.5: 1-NN by cosine
     from sklearn.neighbors import KNeighborsClassifier
 

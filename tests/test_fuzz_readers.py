@@ -1,4 +1,5 @@
-"""Property-based tests of the NIGHTS CSV reader and the MedMNIST .npz reader.
+"""Property-based tests of the NIGHTS CSV reader, the image-table reader and the
+MedMNIST .npz reader.
 
 Whatever the file holds (columns dropped, cells replaced by random values, arrays of
 random shapes and dtypes, bytes flipped, the file cut short), the reader either returns
@@ -13,6 +14,7 @@ import io
 import numpy as np
 import pandas
 import pytest
+import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -24,6 +26,14 @@ from harness.errors import DataFormatError
 from test_datasets import make_medmnist, make_nights, spec
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def damaged(raw: bytes, flips: list[tuple[float, int]], cut: float | None) -> bytes:
+    """`raw` with the byte at each fraction of its length set, then cut at `cut` of it."""
+    data = bytearray(raw)
+    for where, byte in flips:
+        data[int(where * len(data))] = byte
+    return bytes(data if cut is None else data[: int(cut * len(data))])
 
 
 # -------------------------------------------------------------------------- NIGHTS
@@ -113,13 +123,41 @@ def test_nights_with_random_cell_values(nights, data):
        cut=st.one_of(st.none(), st.floats(0, 1)))
 def test_nights_with_bytes_flipped_or_cut(nights, flips, cut):
     root, _, raw = nights
-    data = bytearray(raw)
-    for where, byte in flips:
-        data[int(where * len(data))] = byte
-    if cut is not None:
-        data = data[: int(cut * len(data))]
-    (root / "data.csv").write_bytes(bytes(data))
+    (root / "data.csv").write_bytes(damaged(raw, flips, cut))
     read_nights(root)
+
+
+# -------------------------------------------------------------------- image tables
+@pytest.fixture(scope="module")
+def image_table(tmp_path_factory):
+    """Six images in two classes and labels.csv listing them. Returns (root, table bytes)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("table")
+    lines = ["image,label,split"]
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / f"{i}.png")
+        lines.append(f"{i}.png,{'ab'[i % 2]},{'train' if i < 4 else 'test'}")
+    return root, ("\n".join(lines) + "\n").encode()
+
+
+@settings(FUZZ, max_examples=60)
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
+       cut=st.one_of(st.none(), st.floats(0, 1)), delimiter=st.sampled_from([None, ";", " "]))
+def test_table_with_bytes_flipped_or_cut(image_table, flips, cut, delimiter):
+    root, raw = image_table
+    (root / "labels.csv").write_bytes(damaged(raw, flips, cut))
+    try:
+        table = open_dataset("t", spec("table", root, crop=8, resize=8, workers=2, delimiter=delimiter))
+        for split in table.splits.values():
+            images = split.take(range(len(split)))
+            assert tuple(images.shape) == (len(split), 3, 8, 8) and images.dtype == torch.uint8
+            assert 0 <= split.labels.min() and split.labels.max() < table.num_classes
+    except DataFormatError as exc:  # the table, or an image with the table line that lists it
+        assert str(exc).startswith((f"{root / 'labels.csv'}: ", f"dataset 't': ")) or f"{root / 'labels.csv'}: line " in str(exc), str(exc)
+        event("refused")
+        return
+    event("read")
 
 
 @settings(FUZZ, max_examples=25)
@@ -235,12 +273,8 @@ def test_medmnist_with_random_shapes_and_dtypes(tmp_path, arrays, name, compress
 def test_medmnist_with_bytes_flipped_or_cut(tmp_path, medmnist_arrays, flips, cut, compressed):
     buffer = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buffer, **medmnist_arrays)
-    data = bytearray(buffer.getvalue())
-    for where, byte in flips:
-        data[int(where * len(data))] = byte
-    if cut is not None:
-        data = data[: int(cut * len(data))]
-    assume(bytes(data) != buffer.getvalue())
+    data = damaged(buffer.getvalue(), flips, cut)
+    assume(data != buffer.getvalue())
     path = tmp_path / "toy.npz"
     path.write_bytes(bytes(data))
     read_medmnist(path)

@@ -18,6 +18,7 @@ from harness.datasets.nights import read_nights
 from harness.datasets.segmentation import read_ade20k, read_coco, read_voc
 from harness.datasets.spec import Reader
 from harness.datasets.synthetic_scenes import read_synthetic_scenes
+from harness.datasets.tables import read_table
 from harness.datasets.torchvision_format import read_torchvision
 from harness.datasets.webdataset import read_webdataset, webdataset_files
 from harness.errors import UnknownNameError
@@ -34,6 +35,7 @@ def register_dataset_formats(register: RegisterFormat) -> None:
     register("textures", read_textures)
     register("imagefolder", read_imagefolder)
     register("imagenet", read_imagenet)
+    register("table", read_table)
     register("flowers102", read_flowers102)
     register("cub200", read_cub200)
     register("food101", read_food101)

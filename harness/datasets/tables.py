@@ -1,0 +1,235 @@
+"""Image files listed in a table: a CSV, TSV or whitespace-separated text file of
+(image path, class[, split]) rows, the way many datasets ship their labels (a CSV with
+a header, or DomainNet's `<domain>_train.txt` and `<domain>_test.txt`, lines `path class`).
+
+Classes are the labels of the memory split, sorted (as numbers when every one is an
+integer); a query label that the memory lacks is an error naming its row. Paths are
+below `root/images_dir`: the root's fingerprint then covers every image the table names.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from harness.datasets.folders import IMAGE_OPTIONS, _preprocess
+from harness.datasets.images import pixel_limit
+from harness.datasets.spec import dataset_options
+from harness.datasets.splits import ClassificationData, ImageFileSplit, stratified_split
+from harness.errors import DataFormatError, HarnessError
+
+if TYPE_CHECKING:
+    from harness.config.schema import DatasetSpec
+
+TABLE_OPTIONS: dict[str, Any] = {
+    **IMAGE_OPTIONS,
+    "file": "labels.csv",
+    "files": None,
+    "image_column": None,
+    "label_column": None,
+    "split_column": None,
+    "train_split": "train",
+    "test_split": "test",
+    "images_dir": ".",
+    "suffix": "",
+    "delimiter": None,
+    "header": True,
+    "test_fraction": None,
+    "seed": 0,
+}
+DELIMITERS = {".csv": ",", ".tsv": "\t"}
+"""The delimiter a table's file name implies; any other file splits its lines at whitespace."""
+
+
+
+class TableRow(NamedTuple):
+    table: Path
+    line: int
+    image: str
+    label: str
+    split: str | None
+
+    @property
+    def where(self) -> str:
+        """The file and line that list the row, for messages."""
+        return f"{self.table}: line {self.line}"
+
+
+def read_table(name: str, spec: DatasetSpec) -> ClassificationData:
+    """Image files listed in a CSV, TSV or text table with their classes.
+
+    One table with a split column (`file`, default labels.csv; `split_column`, `split`),
+    one table split at random (`test_fraction` of each class as queries; `seed`, 0), or
+    one table per split (`files: {train: train.csv, test: test.csv}`). Columns are named
+    by the header (`image_column` "image", `label_column` "label"), or numbered from 0 with
+    `header: false` (defaults 0, 1 and 2). Other options: train_split ("train"), test_split
+    ("test"), images_dir (".", below the root), suffix (added to each path, e.g. ".jpg"
+    when the table holds ids), delimiter ("," for .csv, tab for .tsv, whitespace for other
+    files), and the image options (crop, resize, workers, max_pixels).
+    """
+    options = dataset_options(name, spec, TABLE_OPTIONS)
+    root = spec.resolved_root(name)
+    header = options["header"]
+    if not isinstance(header, bool):
+        raise HarnessError(f"datasets.{name}.options.header must be true or false, got {header!r}")
+    delimiter = options["delimiter"]
+    if delimiter is not None and not (isinstance(delimiter, str) and len(delimiter) == 1 and delimiter not in "\r\n\"'"):
+        raise HarnessError(f"datasets.{name}.options.delimiter must be one character (not a quote or line break), got {delimiter!r}")
+    columns = {
+        "image": _column(name, options, "image_column", "image" if header else 0),
+        "label": _column(name, options, "label_column", "label" if header else 1),
+    }
+    if options["files"] is not None:
+        if options["split_column"] is not None or options["test_fraction"] is not None:
+            raise HarnessError(f"datasets.{name}.options: with `files` each table is one split; split_column and test_fraction split one table")
+        rows = {split: _read_rows(_table(name, root, file), options, columns) for split, file in _split_files(name, options["files"]).items()}
+    elif options["test_fraction"] is not None:
+        if options["split_column"] is not None:
+            raise HarnessError(f"datasets.{name}.options: split_column or test_fraction, not both (one splits by a column, the other at random)")
+        rows = _split_at_random(name, _read_rows(_table(name, root, options["file"]), options, columns), options)
+    else:
+        columns["split"] = _column(name, options, "split_column", "split" if header else 2)
+        rows = defaultdict(list)
+        for row in _read_rows(_table(name, root, options["file"]), options, columns):
+            rows[row.split].append(row)
+    for role in ("train_split", "test_split"):
+        if not rows.get(options[role]):
+            raise DataFormatError(
+                f"dataset {name!r}: no rows of split {options[role]!r} (options.{role}); the table holds {', '.join(map(repr, sorted(rows))) or 'no rows'}"
+            )
+
+    classes = _classes([row.label for row in rows[options["train_split"]]])
+    index = {label: i for i, label in enumerate(classes)}
+    images = _below_root(root, root / options["images_dir"], f"dataset {name!r}", f"options.images_dir {options['images_dir']!r}", folder=True)
+    preprocess, limit = _preprocess(name, options), pixel_limit(name, options)
+    splits = {}
+    for split, listed in rows.items():
+        for row in listed:
+            if row.label not in index:
+                raise DataFormatError(f"{row.where}: class {row.label!r} is not among the classes of the {options['train_split']!r} rows")
+        origin = (lambda listed: lambda i: listed[i].where)(listed)
+        splits[split] = ImageFileSplit(
+            [_image_path(root, images, row, options["suffix"]) for row in listed],
+            [index[row.label] for row in listed],
+            preprocess, options["workers"], origin, limit,
+        )
+    return ClassificationData(
+        name=name, train=splits[options["train_split"]], test=splits[options["test_split"]], classes=classes,
+        description=f"image table: {options['train_split']} rows as memory, {options['test_split']} rows as queries", splits=splits,
+    )
+
+
+def _column(name: str, options: dict[str, Any], option: str, default: str | int) -> str | int:
+    value = default if options[option] is None else options[option]
+    if options["header"] and not isinstance(value, str):
+        raise HarnessError(f"datasets.{name}.options.{option}: a column name from the header, got {value!r}")
+    if not options["header"] and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise HarnessError(f"datasets.{name}.options.{option}: with header: false, a column number from 0, got {value!r}")
+    return value
+
+
+def _split_at_random(name: str, rows: list[TableRow], options: dict[str, Any]) -> dict[str, list[TableRow]]:
+    """`test_fraction` of each class's rows as queries, the rest as memory: stratified, seeded."""
+    fraction = options["test_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise HarnessError(f"datasets.{name}.options.test_fraction must be a number between 0 and 1, got {fraction!r}")
+    labels = np.array([row.label for row in rows])
+    try:
+        train, test = stratified_split(labels, fraction, int(options["seed"]))
+    except ValueError as exc:
+        raise DataFormatError(f"dataset {name!r}: cannot split the table's rows {fraction:g} by class: {exc}") from None
+    return {options["train_split"]: [rows[i] for i in train], options["test_split"]: [rows[i] for i in test]}
+
+
+def _split_files(name: str, files: Any) -> dict[str, str]:
+    if not isinstance(files, dict) or not files or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise HarnessError(f"datasets.{name}.options.files must map split names to table files below the root, got {files!r}")
+    return files
+
+
+def _table(name: str, root: Path, file: Any) -> Path:
+    if not isinstance(file, str):
+        raise HarnessError(f"datasets.{name}.options: a table file is a path below the root, got {file!r}")
+    return _below_root(root, root / file, f"dataset {name!r}", f"table {file!r}")
+
+
+def _classes(labels: list[str]) -> list[str]:
+    """The distinct labels, sorted; as numbers when every one is an integer (2 before 10,
+    "1" before "01")."""
+    distinct = set(labels)
+    try:
+        return sorted(distinct, key=lambda label: (int(label), label))
+    except ValueError:
+        return sorted(distinct)
+
+
+def _below_root(root: Path, path: Path, where: str, what: str, folder: bool = False) -> Path:
+    """`path`, which must lie below the root (or be it, for a `folder`): the root's
+    fingerprint is what tells the keys that a table or an image changed."""
+    inside, top = os.path.normpath(path), os.path.normpath(root)
+    if not (inside.startswith(os.path.join(top, "")) or (folder and inside == top)):
+        raise DataFormatError(
+            f"{where}: {what} lies outside the root {root}; make the root a folder that holds "
+            "the tables and every image (options.images_dir: the folder below it that image paths start from)"
+        )
+    return Path(inside)
+
+
+def _image_path(root: Path, images: Path, row: TableRow, suffix: str) -> str:
+    """The row's image file below `images`; a path that leads out of the root is an error.
+    Strings, not Paths: a table may list a million images."""
+    path = os.path.join(images, row.image + suffix)
+    if os.path.isabs(row.image) or ".." in path:
+        return str(_below_root(root, Path(path), row.where, f"image {row.image!r}"))
+    return path
+
+
+def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int]) -> list[TableRow]:
+    """The table's rows; `columns` maps each role (image, label, split) to its column."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: file not found (options.file, or options.files per split, name tables below the root)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{path}: cannot read: {exc}") from None
+    delimiter = options["delimiter"] or DELIMITERS.get(path.suffix.lower())
+    if delimiter is None:
+        records = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1)]
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        try:  # a record's number is the line it ends on (a quoted field may hold line breaks)
+            records = [(reader.line_num, fields) for fields in reader]
+        except csv.Error as exc:
+            raise DataFormatError(f"{path}: line {reader.line_num}: not a {delimiter!r}-separated table row: {exc}") from None
+    records = [(number, fields) for number, fields in records if any(field.strip() for field in fields)]
+    if options["header"]:
+        if not records:
+            raise DataFormatError(f"{path}: empty file (its first line names the columns)")
+        names = [field.strip() for field in records[0][1]]
+        missing = [column for column in columns.values() if column not in names]
+        if missing:
+            raise DataFormatError(
+                f"{path}: no column {', '.join(map(repr, missing))} in the header ({', '.join(names)}); "
+                "set options.image_column / label_column / split_column, or header: false"
+            )
+        positions = {role: names.index(str(column)) for role, column in columns.items()}
+        records = records[1:]
+    else:
+        positions = {role: int(column) for role, column in columns.items()}
+    width = max(positions.values()) + 1
+    rows = []
+    for number, fields in records:
+        if len(fields) < width:
+            raise DataFormatError(f"{path}: line {number}: {len(fields)} field(s), the columns need {width}")
+        values = [fields[position].strip() for position in positions.values()]
+        if not all(values):
+            role = list(positions)[values.index("")]
+            raise DataFormatError(f"{path}: line {number}: empty {role} (column {columns[role]!r})")
+        rows.append(TableRow(path, number, *values, *([None] * (3 - len(values)))))
+    return rows
