@@ -25,11 +25,15 @@ def _summary(doc: str | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Plugins, instances and profiles whose names match a shell-style glob; a pattern
-    that names exactly one instance or plugin also prints its parameters."""
+    """Plugins, instances, dataset formats, datasets and profiles whose names match a
+    shell-style glob; a pattern that names exactly one instance or plugin also prints its
+    parameters, one that names a format its options."""
+    import inspect
+    import textwrap
     from fnmatch import fnmatch
 
     from harness.config.registry import use_registry
+    from harness.runner.dryrun import dataset_status
 
     registry = use_registry(args.registry)
     pattern = args.pattern or "*"
@@ -45,9 +49,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             if fnmatch(name, pattern):
                 state = "" if spec.plugin in plugins else "  (plugin not loaded)"
                 lines.append(f"  instance {name:<22} -> {spec.plugin} {spec.params}{state}")
-        if lines:
-            print(f"\n{kind}s", *lines, sep="\n")
-        matched += len(lines)
+        matched += _print_section(f"{kind}s", lines)
         exact = registry.spec(kind, pattern)
         plugin_name = exact.plugin if exact is not None else pattern
         if (exact is not None or pattern in plugins) and plugin_name in plugins:
@@ -56,22 +58,20 @@ def cmd_list(args: argparse.Namespace) -> int:
                 inventory = registry.create(kind, pattern).inventory()
                 if inventory:
                     print(f"\n{inventory}")
-    formats = [
-        f"  format   {name:<22} {_summary(fmt.reader.__doc__)}  [{fmt.source}]"
-        for name, fmt in sorted(registry.plugins.formats.items())
-        if fnmatch(name, pattern)
-    ]
-    if formats:
-        print("\ndataset formats", *formats, sep="\n")
-    matched += len(formats)
-    profiles = [
+    formats = registry.plugins.formats
+    matched += _print_section("dataset formats", [
+        f"  format   {name:<22} {_summary(fmt.reader.__doc__)}  [{fmt.source}]" for name, fmt in sorted(formats.items()) if fnmatch(name, pattern)
+    ])
+    if pattern in formats:  # a format's options are in its reader's docstring
+        print("\n" + textwrap.indent(inspect.getdoc(formats[pattern].reader) or "", "  "))
+    matched += _print_section("datasets", [
+        f"  dataset  {name:<22} {spec.format:<16} {dataset_status(name, spec)}"
+        for name, spec in sorted(registry.config.datasets.items()) if fnmatch(name, pattern)
+    ])
+    matched += _print_section("profiles", [
         f"  {name}: encoders={p.encoders} tasks={p.tasks}" + _compared(p.compare_generators, p.generators)
-        for name, p in registry.config.profiles.items()
-        if fnmatch(name, pattern)
-    ]
-    if profiles:
-        print("\nprofiles", *profiles, sep="\n")
-    matched += len(profiles)
+        for name, p in registry.config.profiles.items() if fnmatch(name, pattern)
+    ])
     if registry.plugins.broken:
         print("\nbroken plugins (not loaded)")
         for broken in registry.plugins.broken:
@@ -80,6 +80,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"\nnothing matched {pattern!r} (a shell-style glob: '*' any text, '?' one character, e.g. 'dino-*')", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_section(title: str, lines: list[str]) -> int:
+    """Print `lines` under `title` unless there are none; how many there were."""
+    if lines:
+        print(f"\n{title}", *lines, sep="\n")
+    return len(lines)
 
 
 def parameter_table(params: type, values: dict) -> str:

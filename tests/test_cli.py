@@ -67,6 +67,28 @@ def test_readme_documents_every_command_and_hook():
     assert "pytest" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_list_shows_where_each_dataset_is_and_a_formats_options(tmp_path, monkeypatch, capsys) -> None:
+    from harness.cli import main
+
+    (tmp_path / "mine").mkdir()
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(f"datasets:\n  mine-here: {{format: table, root: {tmp_path / 'mine'}}}\n  mine-gone: {{format: imagefolder, root: {tmp_path / 'gone'}, env: MINE_ROOT}}\n")
+    monkeypatch.delenv("MINE_ROOT", raising=False)
+    assert main(["--registry", str(registry), "list", "mine-*"]) == 0
+    lines = {line.split()[1]: line.split(None, 3)[3] for line in capsys.readouterr().out.splitlines() if line.startswith("  dataset ")}
+    assert lines == {
+        "mine-gone": f"MISSING: dataset 'mine-gone': {tmp_path / 'gone'} does not exist; set datasets.mine-gone.root in registry.yaml or the environment variable MINE_ROOT",
+        "mine-here": f"present at {tmp_path / 'mine'}",
+    }
+    assert main(["--registry", str(registry), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "  dataset  digits                 digits           bundled (digits)" in out
+    assert "  dataset  synthetic-scenes       synthetic-scenes made by its reader (synthetic-scenes), no files" in out
+    assert main(["--registry", str(registry), "list", "table"]) == 0  # a format's options: its reader's docstring
+    out = capsys.readouterr().out
+    assert "Other options: train_split" in out and "test_fraction" in out
+
+
 def test_list_describes_each_plugin_and_format_by_the_first_sentence_of_its_docstring(capsys) -> None:
     from harness.cli import main
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.bench.targets import GPU_SUFFIX
 from harness.errors import DatasetUnavailable
 from harness.kinds import Encoder
 from harness.runner.cells import Plan, Runner
+
+if TYPE_CHECKING:
+    from harness.config.schema import DatasetSpec
 
 # Images embedded per dataset (memory + queries) at the published split sizes.
 PUBLISHED_IMAGES = {
@@ -98,6 +101,21 @@ def _hub_dataset_status(name: str, options: dict[str, Any]) -> str:
     return f"{where}, in the local hub cache: {snapshot}"
 
 
+def dataset_status(name: str, spec: DatasetSpec) -> str:
+    """Where dataset `name` is read from, or why it cannot be: its root, the package that
+    ships it, or the hub revision in the local cache (nothing is fetched)."""
+    if spec.format == "huggingface" and spec.options.get("hub"):
+        return _hub_dataset_status(name, spec.options)
+    if not (spec.root or spec.env):
+        from harness.datasets.bundled import BUNDLED_PACKAGES
+
+        return f"bundled ({spec.format})" if spec.format in BUNDLED_PACKAGES else f"made by its reader ({spec.format}), no files"
+    try:
+        return f"present at {spec.resolved_root(name)}"
+    except DatasetUnavailable as exc:
+        return f"MISSING: {exc}"
+
+
 def describe_plan(
     runner: Runner,
     plan: Plan,
@@ -117,17 +135,7 @@ def describe_plan(
     datasets: dict[str, str] = {}
     for cell in todo:
         spec = registry.config.datasets.get(cell.dataset)
-        if spec is None:
-            datasets[cell.dataset] = "built by the task"
-        elif spec.format == "huggingface" and spec.options.get("hub"):
-            datasets[cell.dataset] = _hub_dataset_status(cell.dataset, spec.options)
-        elif not (spec.root or spec.env):
-            datasets[cell.dataset] = f"bundled ({spec.format})"
-        else:
-            try:
-                datasets[cell.dataset] = f"present at {spec.resolved_root(cell.dataset)}"
-            except DatasetUnavailable as exc:
-                datasets[cell.dataset] = f"MISSING: {exc}"
+        datasets[cell.dataset] = "built by the task" if spec is None else dataset_status(cell.dataset, spec)
     lines += ["datasets:"] + [f"  {name}: {status}" for name, status in sorted(datasets.items())] + [""]
 
     rows: list[list[Any]] = []
