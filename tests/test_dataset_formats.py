@@ -371,6 +371,13 @@ def test_table_bad_rows_name_file_and_line(tmp_path, digits):
         table(good, test_fraction=2)
     with pytest.raises(DataFormatError, match=r"cannot split the table's rows 0\.5 by class: The least populated class"):
         table(good[:3] + ["train/1/000.png,1,train"], test_fraction=0.5)
+    with pytest.raises(HarnessError, match=r"options\.seed must be an integer, got 'a'"):
+        table(good, test_fraction=0.5, seed="a")
+    with pytest.raises(HarnessError, match=r"options\.delimiter must be one character \(not a quote or line break\), got ', '"):
+        table(good, delimiter=", ")
+    # split names as YAML may give them (numbers) match the table's text
+    numbered = table([line.replace(",train", ",1").replace(",test", ",2") for line in good], train_split=1, test_split=2)
+    assert len(numbered.train) == 60 and len(numbered.test) == 30
     with pytest.raises(DataFormatError, match=r"missing\.csv: file not found"):
         table(good, file="missing.csv")
     # an image that is not there is named with the line that lists it, when it is decoded

@@ -47,7 +47,6 @@ DELIMITERS = {".csv": ",", ".tsv": "\t"}
 """The delimiter a table's file name implies; any other file splits its lines at whitespace."""
 
 
-
 class TableRow(NamedTuple):
     table: Path
     line: int
@@ -73,14 +72,9 @@ def read_table(name: str, spec: DatasetSpec) -> ClassificationData:
     when the table holds ids), delimiter ("," for .csv, tab for .tsv, whitespace for other
     files), and the image options (crop, resize, workers, max_pixels).
     """
-    options = dataset_options(name, spec, TABLE_OPTIONS)
+    options = _checked_options(name, spec)
     root = spec.resolved_root(name)
     header = options["header"]
-    if not isinstance(header, bool):
-        raise HarnessError(f"datasets.{name}.options.header must be true or false, got {header!r}")
-    delimiter = options["delimiter"]
-    if delimiter is not None and not (isinstance(delimiter, str) and len(delimiter) == 1 and delimiter not in "\r\n\"'"):
-        raise HarnessError(f"datasets.{name}.options.delimiter must be one character (not a quote or line break), got {delimiter!r}")
     columns = {
         "image": _column(name, options, "image_column", "image" if header else 0),
         "label": _column(name, options, "label_column", "label" if header else 1),
@@ -125,6 +119,30 @@ def read_table(name: str, spec: DatasetSpec) -> ClassificationData:
     )
 
 
+def _checked_options(name: str, spec: DatasetSpec) -> dict[str, Any]:
+    """The entry's options over TABLE_OPTIONS; an ill-typed one is an error naming it."""
+    options = dataset_options(name, spec, TABLE_OPTIONS)
+
+    def refuse(option: str, wanted: str) -> None:
+        raise HarnessError(f"datasets.{name}.options.{option} must be {wanted}, got {options[option]!r}")
+
+    if not isinstance(options["header"], bool):
+        refuse("header", "true or false")
+    for option in ("file", "images_dir", "suffix"):
+        if not isinstance(options[option], str):
+            refuse(option, "a string")
+    if isinstance(options["seed"], bool) or not isinstance(options["seed"], int):
+        refuse("seed", "an integer")
+    fraction = options["test_fraction"]
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1):
+        refuse("test_fraction", "a number between 0 and 1")
+    delimiter = options["delimiter"]
+    if delimiter is not None and not (isinstance(delimiter, str) and len(delimiter) == 1 and delimiter not in "\r\n\"'"):
+        refuse("delimiter", "one character (not a quote or line break)")
+    options["train_split"], options["test_split"] = str(options["train_split"]), str(options["test_split"])  # as a table spells them
+    return options
+
+
 def _column(name: str, options: dict[str, Any], option: str, default: str | int) -> str | int:
     value = default if options[option] is None else options[option]
     if options["header"] and not isinstance(value, str):
@@ -137,11 +155,9 @@ def _column(name: str, options: dict[str, Any], option: str, default: str | int)
 def _split_at_random(name: str, rows: list[TableRow], options: dict[str, Any]) -> dict[str, list[TableRow]]:
     """`test_fraction` of each class's rows as queries, the rest as memory: stratified, seeded."""
     fraction = options["test_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise HarnessError(f"datasets.{name}.options.test_fraction must be a number between 0 and 1, got {fraction!r}")
     labels = np.array([row.label for row in rows])
     try:
-        train, test = stratified_split(labels, fraction, int(options["seed"]))
+        train, test = stratified_split(labels, fraction, options["seed"])
     except ValueError as exc:
         raise DataFormatError(f"dataset {name!r}: cannot split the table's rows {fraction:g} by class: {exc}") from None
     return {options["train_split"]: [rows[i] for i in train], options["test_split"]: [rows[i] for i in test]}
@@ -153,9 +169,7 @@ def _split_files(name: str, files: Any) -> dict[str, str]:
     return files
 
 
-def _table(name: str, root: Path, file: Any) -> Path:
-    if not isinstance(file, str):
-        raise HarnessError(f"datasets.{name}.options: a table file is a path below the root, got {file!r}")
+def _table(name: str, root: Path, file: str) -> Path:
     return _below_root(root, root / file, f"dataset {name!r}", f"table {file!r}")
 
 
