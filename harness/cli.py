@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     """Plugins, instances, dataset formats, datasets and profiles whose names match a
     shell-style glob; a pattern that names exactly one instance or plugin also prints its
     parameters, one that names a format its options."""
-    import inspect
-    import textwrap
     from fnmatch import fnmatch
 
     from harness.config.registry import use_registry
