@@ -86,7 +86,7 @@ def test_list_shows_where_each_dataset_is_and_a_formats_options(tmp_path, monkey
     assert "  dataset  synthetic-scenes       synthetic-scenes made by its reader (synthetic-scenes), no files" in out
     assert main(["--registry", str(registry), "list", "table"]) == 0  # a format's options: its reader's docstring
     out = capsys.readouterr().out
-    assert "Other options: train_split" in out and "test_fraction" in out
+    assert "`label_columns` (a list)" in out and "test_fraction" in out and "`multi_label: true`" in out
 
 
 def test_list_describes_each_plugin_and_format_by_the_first_sentence_of_its_docstring(capsys) -> None:

@@ -386,6 +386,62 @@ def test_table_bad_rows_name_file_and_line(tmp_path, digits):
         all_images(data.train)
 
 
+def test_table_with_one_hot_or_multi_label_columns(tmp_path, digits):
+    write_folders(tmp_path, digits)
+    rows = folder_rows(digits)
+    names = [f"c{d}" for d in range(10)]
+    # ISIC's ground truth: a 0/1 column per class, written as floats; classes in the order given
+    one_hot = ["image,split," + ",".join(names)] + [
+        f"{path}.png,{split}," + ",".join("1.0" if d == label else "0.0" for d in range(10)) for path, label, split in rows
+    ]
+    (tmp_path / "truth.csv").write_text("\n".join(one_hot) + "\n")
+    data = open_dataset("t", spec("table", tmp_path, file="truth.csv", label_columns=names))
+    assert_digits(data, digits)
+    assert data.classes == names and data.label_type == "multi-class"
+    reversed_order = open_dataset("t", spec("table", tmp_path, file="truth.csv", label_columns=names[::-1]))
+    assert reversed_order.classes == names[::-1] and (reversed_order.train.labels == 9 - digits["train"][1]).all()
+    # CheXpert's findings: any number of 1s per row; labels [n, L]
+    bits = {"odd": lambda d: d % 2, "big": lambda d: int(d >= 5), "zero": lambda d: int(d == 0)}
+    (tmp_path / "findings.csv").write_text(
+        "image,odd,big,zero\n" + "".join(f"{path}.png,{','.join(str(f(label)) for f in bits.values())}\n" for path, label, _ in rows)
+    )
+    data = open_dataset("t", spec("table", tmp_path, file="findings.csv", label_columns=list(bits), multi_label=True, test_fraction=0.25, seed=3))
+    assert data.classes == list(bits) and data.label_type == "multi-label, binary-class"
+    # multi-label rows are split at random (scikit-learn cannot stratify label sets), as train_test_split draws them
+    from sklearn.model_selection import train_test_split
+
+    _, test = train_test_split(np.arange(len(rows)), test_size=0.25, random_state=3)
+    expected = np.array([[f(rows[i][1]) for f in bits.values()] for i in sorted(test)])
+    assert sorted(map(str, data.test.paths)) == sorted(str(tmp_path / f"{rows[i][0]}.png") for i in test)
+    assert data.test.labels.shape == (len(test), 3) and (data.test.labels == expected).all()
+
+    def table(lines, **options):
+        (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+        return open_dataset("t", spec("table", tmp_path, file="bad.csv", **options))
+
+    with pytest.raises(DataFormatError, match=r"bad\.csv: line 3: 2 label columns hold 1 \(c0, c1\); each row needs exactly one \(multi_label: true"):
+        table(one_hot[:2] + [one_hot[2].replace("0.0", "1.0", 1)] + one_hot[3:], label_columns=names)
+    with pytest.raises(DataFormatError, match=r"bad\.csv: line 2: 0 label columns hold 1 \(none\)"):
+        table([one_hot[0], one_hot[1].replace("1.0", "0.0")] + one_hot[2:], label_columns=names)
+    with pytest.raises(DataFormatError, match=r"bad\.csv: line 2: label column 'big' holds '-1'; label columns hold 0 or 1"):
+        table(["image,split,odd,big", "train/0/000.png,train,0,-1"], label_columns=["odd", "big"], multi_label=True)
+    with pytest.raises(DataFormatError, match=r"no column 'c10' in the header"):
+        table(one_hot, label_columns=names + ["c10"])
+    with pytest.raises(HarnessError, match=r"options\.multi_label needs label_columns"):
+        table(one_hot, multi_label=True)
+    with pytest.raises(HarnessError, match=r"label_column or label_columns, not both"):
+        table(one_hot, label_column="c0", label_columns=names)
+    with pytest.raises(HarnessError, match=r"options\.label_columns names a column twice"):
+        table(one_hot, label_columns=["c0", "c0"])
+    with pytest.raises(HarnessError, match=r"options\.label_columns must be a list of columns, one per class, got 'c0'"):
+        table(one_hot, label_columns="c0")
+    with pytest.raises(HarnessError, match=r"options\.label_columns: with header: false, a column number from 0, got 'c0'"):
+        table(one_hot[1:], header=False, label_columns=["c0"])
+    headerless = table(one_hot[1:], header=False, split_column=1, label_columns=list(range(2, 12)))
+    assert_digits(headerless, digits)
+    assert headerless.classes == [str(column) for column in range(2, 12)]
+
+
 # ------------------------------------------------------------ registry and CLI
 def test_knn_through_the_cli_matches_the_same_images_as_an_imagefolder(tmp_path, digits, capsys):
     """kNN with the rgb encoder over webdataset shards and over a table gives the accuracy

@@ -130,29 +130,34 @@ def test_nights_with_bytes_flipped_or_cut(nights, flips, cut):
 # -------------------------------------------------------------------- image tables
 @pytest.fixture(scope="module")
 def image_table(tmp_path_factory):
-    """Six images in two classes and labels.csv listing them. Returns (root, table bytes)."""
+    """Six images in two classes and labels.csv listing them, each class also as a 0/1
+    column. Returns (root, table bytes)."""
     from PIL import Image
 
     root = tmp_path_factory.mktemp("table")
-    lines = ["image,label,split"]
+    lines = ["image,label,split,a,b"]
     for i in range(6):
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / f"{i}.png")
-        lines.append(f"{i}.png,{'ab'[i % 2]},{'train' if i < 4 else 'test'}")
+        lines.append(f"{i}.png,{'ab'[i % 2]},{'train' if i < 4 else 'test'},{1 - i % 2},{i % 2}")
     return root, ("\n".join(lines) + "\n").encode()
 
 
 @settings(FUZZ, max_examples=60)
 @given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
-       cut=st.one_of(st.none(), st.floats(0, 1)), delimiter=st.sampled_from([None, ";", " "]))
-def test_table_with_bytes_flipped_or_cut(image_table, flips, cut, delimiter):
+       cut=st.one_of(st.none(), st.floats(0, 1)), delimiter=st.sampled_from([None, ";", " "]),
+       labels=st.sampled_from([{}, {"label_columns": ["a", "b"]}, {"label_columns": ["a", "b"], "multi_label": True}]))
+def test_table_with_bytes_flipped_or_cut(image_table, flips, cut, delimiter, labels):
     root, raw = image_table
     (root / "labels.csv").write_bytes(damaged(raw, flips, cut))
     try:
-        table = open_dataset("t", spec("table", root, crop=8, resize=8, workers=2, delimiter=delimiter))
+        table = open_dataset("t", spec("table", root, crop=8, resize=8, workers=2, delimiter=delimiter, **labels))
         for split in table.splits.values():
             images = split.take(range(len(split)))
             assert tuple(images.shape) == (len(split), 3, 8, 8) and images.dtype == torch.uint8
-            assert 0 <= split.labels.min() and split.labels.max() < table.num_classes
+            if labels.get("multi_label"):
+                assert split.labels.shape == (len(split), 2) and set(split.labels.ravel().tolist()) <= {0, 1}
+            else:
+                assert 0 <= split.labels.min() and split.labels.max() < table.num_classes
     except DataFormatError as exc:  # the table, or an image with the table line that lists it
         assert str(exc).startswith((f"{root / 'labels.csv'}: ", f"dataset 't': ")) or f"{root / 'labels.csv'}: line " in str(exc), str(exc)
         event("refused")

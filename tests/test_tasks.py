@@ -365,6 +365,32 @@ def test_medmnist_multilabel_equals_evaluator_functions(tmp_path):
     assert pick(records, "auc", k=7, vote="weighted")["value"] == pytest.approx(100 * getAUC(arrays["test_labels"], scores, task))
 
 
+def test_medmnist_over_a_multi_label_table_equals_the_same_images_as_npz(tmp_path):
+    """A CheXpert-style table (image, split, one 0/1 column per finding) read by the
+    `table` format gives the MedMNIST task every number the .npz of the same images gives."""
+    path = tmp_path / "chestmnist.npz"
+    arrays = make_medmnist(path, n=(80, 10, 40), multilabel=3, size=8, seed=4)
+    lines = ["Path,Split,Atelectasis,Edema,Effusion"]
+    for split in ("train", "val", "test"):
+        for i, (image, labels) in enumerate(zip(arrays[f"{split}_images"], arrays[f"{split}_labels"])):
+            (tmp_path / "table" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(tmp_path / "table" / split / f"{i:03d}.png")
+            lines.append(f"{split}/{i:03d}.png,{split}," + ",".join(f"{float(v):.1f}" for v in labels))
+    (tmp_path / "table" / "labels.csv").write_text("\n".join(lines) + "\n")
+    table = {"crop": 8, "resize": 8, "image_column": "Path", "split_column": "Split", "label_columns": ["Atelectasis", "Edema", "Effusion"], "multi_label": True}
+    registry = write_registry(
+        tmp_path, f"  chestmnist: {{format: medmnist, root: {path}}}\n  chest-table: {{format: table, root: {tmp_path / 'table'}, options: {json.dumps(table)}}}",
+        "  medmnist-both: {plugin: medmnist, params: {datasets: [chestmnist, chest-table], ks: [1, 7]}}\n"
+        "  medmnist-released-both: {plugin: medmnist, params: {datasets: [chestmnist, chest-table], protocol: released}}",
+    )
+    records = run_cli(registry, "medmnist-both,medmnist-released-both", tmp_path / "out")
+    values = {}
+    for record in records:
+        assert record["status"] == "ok", record["message"]
+        values.setdefault(record["dataset"], {})[(record["task"], record["metric"], json.dumps(record["params"], sort_keys=True))] = record["value"]
+    assert len(values["chestmnist"]) == 15 and values["chest-table"] == pytest.approx(values["chestmnist"], abs=1e-9)
+
+
 def test_medmnist_real_breastmnist_matches_the_evaluator(tmp_path, shared_data):
     from medmnist.evaluator import Evaluator
 

@@ -88,7 +88,7 @@ class ItemSplit(ImageFileSplit):
         self.workers = workers or default_workers()
         self.origin = None
         self.limit = limit
-        self.paths = []
+        self._files: list[str] = []
         self.description = description
 
     def __len__(self) -> int:

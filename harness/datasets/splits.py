@@ -80,17 +80,22 @@ class ImageFileSplit:
         origin: Callable[[int], str] | None = None,
         limit: PixelLimit = PixelLimit(),
     ) -> None:
-        self.paths = [Path(p) for p in paths]
+        self._files = [os.fspath(path) for path in paths]  # strings: a Path per file costs seconds per million
         self.labels = np.asarray(labels, dtype=np.int64)
-        if len(self.labels) != len(self.paths):
-            raise HarnessError(f"ImageFileSplit: {len(self.paths)} paths but {len(self.labels)} labels")
+        if len(self.labels) != len(self._files):
+            raise HarnessError(f"ImageFileSplit: {len(self._files)} paths but {len(self.labels)} labels")
         self.preprocess = preprocess
         self.workers = workers or default_workers()
         self.origin = origin
         self.limit = limit
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self._files)
+
+    @property
+    def paths(self) -> Sequence[Path]:
+        """The image files, in item order."""
+        return _Paths(self._files)
 
     def __repr__(self) -> str:
         return f"ImageFileSplit(n={len(self)}, preprocess={self.preprocess})"
@@ -100,7 +105,7 @@ class ImageFileSplit:
         return self.preprocess.size
 
     def decode(self, index: int) -> Image.Image:
-        return decode_image(self.paths[index], self.origin(index) if self.origin else "", self.limit)
+        return decode_image(self._files[index], self.origin(index) if self.origin else "", self.limit)
 
     def load(self, index: int) -> np.ndarray:
         """Item `index` after the split's preprocessing, uint8 [3, S, S]."""
@@ -145,6 +150,21 @@ class ImageFileSplit:
             return list(pool.map(work, [int(i) for i in indices]))
 
 
+class _Paths(Sequence[Path]):
+    """File names held as strings, read as Paths."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [Path(file) for file in self.files[index]]
+        return Path(self.files[index])
+
+
 @dataclass
 class ClassificationData:
     """A memory split (`train`) and a query split (`test`) with integer labels.
@@ -167,9 +187,11 @@ class ClassificationData:
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test indices with each class split in the same proportion."""
+    """Train and test indices with each class split in the same proportion; multi-label
+    `labels` ([n, L]) are split at random, since their label sets cannot be stratified."""
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(labels))
-    train, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)
+    stratify = None if labels.ndim == 2 else labels
+    train, test = train_test_split(indices, test_size=test_fraction, stratify=stratify, random_state=seed)
     return np.sort(train), np.sort(test)

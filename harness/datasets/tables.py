@@ -2,15 +2,21 @@
 (image path, class[, split]) rows, the way many datasets ship their labels (a CSV with
 a header, or DomainNet's `<domain>_train.txt` and `<domain>_test.txt`, lines `path class`).
 
-Classes are the labels of the memory split, sorted (as numbers when every one is an
-integer); a query label that the memory lacks is an error naming its row. Paths are
-below `root/images_dir`: the root's fingerprint then covers every image the table names.
+The class is one column, or a set of 0/1 columns (`label_columns`): one per class with
+exactly one 1 per row (ISIC's one-hot ground truth), or with `multi_label: true` any
+number of 1s per row (CheXpert's findings; the labels are then [n, L], as MedMNIST's
+multi-label sets are). With one label column the classes are the labels of the memory
+split, sorted (as numbers when every one is an integer), and a query label that the
+memory lacks is an error naming its row; with label columns they are the columns, in
+the order given. Paths are below `root/images_dir`: the root's fingerprint then covers
+every image the table names.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import operator
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +39,8 @@ TABLE_OPTIONS: dict[str, Any] = {
     "files": None,
     "image_column": None,
     "label_column": None,
+    "label_columns": None,
+    "multi_label": False,
     "split_column": None,
     "train_split": "train",
     "test_split": "test",
@@ -48,6 +56,8 @@ DELIMITERS = {".csv": ",", ".tsv": "\t"}
 
 
 class TableRow(NamedTuple):
+    """One row. `label` is the class's name; with `multi_label`, one "0"/"1" per label column."""
+
     table: Path
     line: int
     image: str
@@ -67,30 +77,31 @@ def read_table(name: str, spec: DatasetSpec) -> ClassificationData:
     one table split at random (`test_fraction` of each class as queries; `seed`, 0), or
     one table per split (`files: {train: train.csv, test: test.csv}`). Columns are named
     by the header (`image_column` "image", `label_column` "label"), or numbered from 0 with
-    `header: false` (defaults 0, 1 and 2). Other options: train_split ("train"), test_split
-    ("test"), images_dir (".", below the root), suffix (added to each path, e.g. ".jpg"
-    when the table holds ids), delimiter ("," for .csv, tab for .tsv, whitespace for other
-    files), and the image options (crop, resize, workers, max_pixels).
+    `header: false` (defaults 0, 1 and 2). `label_columns` (a list) instead takes the class
+    from 0/1 columns, one per class: exactly one 1 per row, or with `multi_label: true`
+    any number (labels [n, L], label type "multi-label, binary-class"). Other options:
+    train_split ("train"), test_split ("test"), images_dir (".", below the root), suffix
+    (added to each path, e.g. ".jpg" when the table holds ids), delimiter ("," for .csv,
+    tab for .tsv, whitespace for other files), and the image options (crop, resize,
+    workers, max_pixels).
     """
     options = _checked_options(name, spec)
     root = spec.resolved_root(name)
     header = options["header"]
-    columns = {
-        "image": _column(name, options, "image_column", "image" if header else 0),
-        "label": _column(name, options, "label_column", "label" if header else 1),
-    }
+    columns = {"image": _column(name, options, "image_column", "image" if header else 0)}
+    labels = _label_columns(name, options)
     if options["files"] is not None:
         if options["split_column"] is not None or options["test_fraction"] is not None:
             raise HarnessError(f"datasets.{name}.options: with `files` each table is one split; split_column and test_fraction split one table")
-        rows = {split: _read_rows(_table(name, root, file), options, columns) for split, file in _split_files(name, options["files"]).items()}
+        rows = {split: _read_rows(_table(name, root, file), options, columns, labels) for split, file in _split_files(name, options["files"]).items()}
     elif options["test_fraction"] is not None:
         if options["split_column"] is not None:
             raise HarnessError(f"datasets.{name}.options: split_column or test_fraction, not both (one splits by a column, the other at random)")
-        rows = _split_at_random(name, _read_rows(_table(name, root, options["file"]), options, columns), options)
+        rows = _split_at_random(name, _read_rows(_table(name, root, options["file"]), options, columns, labels), options)
     else:
         columns["split"] = _column(name, options, "split_column", "split" if header else 2)
         rows = defaultdict(list)
-        for row in _read_rows(_table(name, root, options["file"]), options, columns):
+        for row in _read_rows(_table(name, root, options["file"]), options, columns, labels):
             rows[row.split].append(row)
     for role in ("train_split", "test_split"):
         if not rows.get(options[role]):
@@ -98,24 +109,29 @@ def read_table(name: str, spec: DatasetSpec) -> ClassificationData:
                 f"dataset {name!r}: no rows of split {options[role]!r} (options.{role}); the table holds {', '.join(map(repr, sorted(rows))) or 'no rows'}"
             )
 
-    classes = _classes([row.label for row in rows[options["train_split"]]])
+    multi_label = options["multi_label"]
+    classes = [str(column) for column in labels] if options["label_columns"] else _classes([row.label for row in rows[options["train_split"]]])
     index = {label: i for i, label in enumerate(classes)}
     images = _below_root(root, root / options["images_dir"], f"dataset {name!r}", f"options.images_dir {options['images_dir']!r}", folder=True)
+    prefix = os.path.join(images, "")
     preprocess, limit = _preprocess(name, options), pixel_limit(name, options)
     splits = {}
     for split, listed in rows.items():
-        for row in listed:
-            if row.label not in index:
-                raise DataFormatError(f"{row.where}: class {row.label!r} is not among the classes of the {options['train_split']!r} rows")
+        if multi_label:
+            targets = np.array([[int(bit) for bit in row.label] for row in listed], np.int64).reshape(len(listed), len(labels))
+        else:
+            for row in listed:
+                if row.label not in index:
+                    raise DataFormatError(f"{row.where}: class {row.label!r} is not among the classes of the {options['train_split']!r} rows")
+            targets = np.array([index[row.label] for row in listed], np.int64)
         origin = (lambda listed: lambda i: listed[i].where)(listed)
         splits[split] = ImageFileSplit(
-            [_image_path(root, images, row, options["suffix"]) for row in listed],
-            [index[row.label] for row in listed],
-            preprocess, options["workers"], origin, limit,
+            [_image_path(root, prefix, row, options["suffix"]) for row in listed], targets, preprocess, options["workers"], origin, limit
         )
     return ClassificationData(
         name=name, train=splits[options["train_split"]], test=splits[options["test_split"]], classes=classes,
         description=f"image table: {options['train_split']} rows as memory, {options['test_split']} rows as queries", splits=splits,
+        label_type="multi-label, binary-class" if multi_label else "multi-class",
     )
 
 
@@ -126,8 +142,9 @@ def _checked_options(name: str, spec: DatasetSpec) -> dict[str, Any]:
     def refuse(option: str, wanted: str) -> None:
         raise HarnessError(f"datasets.{name}.options.{option} must be {wanted}, got {options[option]!r}")
 
-    if not isinstance(options["header"], bool):
-        refuse("header", "true or false")
+    for option in ("header", "multi_label"):
+        if not isinstance(options[option], bool):
+            refuse(option, "true or false")
     for option in ("file", "images_dir", "suffix"):
         if not isinstance(options[option], str):
             refuse(option, "a string")
@@ -143,8 +160,10 @@ def _checked_options(name: str, spec: DatasetSpec) -> dict[str, Any]:
     return options
 
 
-def _column(name: str, options: dict[str, Any], option: str, default: str | int) -> str | int:
-    value = default if options[option] is None else options[option]
+def _column(name: str, options: dict[str, Any], option: str, default: str | int, value: Any = None) -> str | int:
+    """The column `option` names (`value`, for one entry of a list option), or `default`:
+    a name from the header, or with header: false a number from 0."""
+    value = value if value is not None else default if options[option] is None else options[option]
     if options["header"] and not isinstance(value, str):
         raise HarnessError(f"datasets.{name}.options.{option}: a column name from the header, got {value!r}")
     if not options["header"] and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -152,10 +171,28 @@ def _column(name: str, options: dict[str, Any], option: str, default: str | int)
     return value
 
 
+def _label_columns(name: str, options: dict[str, Any]) -> list[str | int]:
+    """The column that names each row's class, or the 0/1 columns of `label_columns`."""
+    listed = options["label_columns"]
+    if listed is None:
+        if options["multi_label"]:
+            raise HarnessError(f"datasets.{name}.options.multi_label needs label_columns: the 0/1 columns, one per label")
+        return [_column(name, options, "label_column", "label" if options["header"] else 1)]
+    if options["label_column"] is not None:
+        raise HarnessError(f"datasets.{name}.options: label_column or label_columns, not both (one names the class, the other has a 0/1 column per class)")
+    if not isinstance(listed, list) or not listed:
+        raise HarnessError(f"datasets.{name}.options.label_columns must be a list of columns, one per class, got {listed!r}")
+    columns = [_column(name, options, "label_columns", column, value=column) for column in listed]
+    if len(set(columns)) < len(columns):
+        raise HarnessError(f"datasets.{name}.options.label_columns names a column twice: {listed!r}")
+    return columns
+
+
 def _split_at_random(name: str, rows: list[TableRow], options: dict[str, Any]) -> dict[str, list[TableRow]]:
-    """`test_fraction` of each class's rows as queries, the rest as memory: stratified, seeded."""
+    """`test_fraction` of each class's rows as queries, the rest as memory: stratified
+    (multi-label rows: at random), seeded."""
     fraction = options["test_fraction"]
-    labels = np.array([row.label for row in rows])
+    labels = np.array([list(row.label) if options["multi_label"] else row.label for row in rows])
     try:
         train, test = stratified_split(labels, fraction, options["seed"])
     except ValueError as exc:
@@ -195,17 +232,18 @@ def _below_root(root: Path, path: Path, where: str, what: str, folder: bool = Fa
     return Path(inside)
 
 
-def _image_path(root: Path, images: Path, row: TableRow, suffix: str) -> str:
-    """The row's image file below `images`; a path that leads out of the root is an error.
-    Strings, not Paths: a table may list a million images."""
-    path = os.path.join(images, row.image + suffix)
-    if os.path.isabs(row.image) or ".." in path:
-        return str(_below_root(root, Path(path), row.where, f"image {row.image!r}"))
-    return path
+def _image_path(root: Path, prefix: str, row: TableRow, suffix: str) -> str:
+    """The row's image file below the folder `prefix` (which ends in a separator); a path
+    that leads out of the root is an error. Strings, not Paths: a table may list a
+    million images."""
+    if row.image.startswith(os.sep) or ".." in row.image:
+        return str(_below_root(root, Path(os.path.join(prefix, row.image + suffix)), row.where, f"image {row.image!r}"))
+    return prefix + row.image + suffix
 
 
-def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int]) -> list[TableRow]:
-    """The table's rows; `columns` maps each role (image, label, split) to its column."""
+def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int], labels: list[str | int]) -> list[TableRow]:
+    """The table's rows; `columns` maps the image (and split) role to its column, `labels`
+    lists the class's column or the 0/1 label columns."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -221,29 +259,61 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
             records = [(reader.line_num, fields) for fields in reader]
         except csv.Error as exc:
             raise DataFormatError(f"{path}: line {reader.line_num}: not a {delimiter!r}-separated table row: {exc}") from None
-    records = [(number, fields) for number, fields in records if any(field.strip() for field in fields)]
+    records = [(number, fields) for number, fields in records if "".join(fields).strip()]
+    roles = [(role, column) for role, column in columns.items()] + [("label", column) for column in labels]
     if options["header"]:
         if not records:
             raise DataFormatError(f"{path}: empty file (its first line names the columns)")
         names = [field.strip() for field in records[0][1]]
-        missing = [column for column in columns.values() if column not in names]
+        missing = [column for _, column in roles if column not in names]
         if missing:
             raise DataFormatError(
                 f"{path}: no column {', '.join(map(repr, missing))} in the header ({', '.join(names)}); "
-                "set options.image_column / label_column / split_column, or header: false"
+                "set options.image_column / label_column / label_columns / split_column, or header: false"
             )
-        positions = {role: names.index(str(column)) for role, column in columns.items()}
+        positions = [names.index(str(column)) for _, column in roles]
         records = records[1:]
     else:
-        positions = {role: int(column) for role, column in columns.items()}
-    width = max(positions.values()) + 1
+        positions = [int(column) for _, column in roles]
+    width, pick = max(positions) + 1, (lambda fields: [fields[position] for position in positions]) if len(positions) == 1 else operator.itemgetter(*positions)
+    image_at, split_at, first_label = list(columns).index("image"), list(columns).index("split") if "split" in columns else None, len(columns)
+    label_of = _one_hot if options["label_columns"] and not options["multi_label"] else _label_bits if options["multi_label"] else None
     rows = []
     for number, fields in records:
         if len(fields) < width:
             raise DataFormatError(f"{path}: line {number}: {len(fields)} field(s), the columns need {width}")
-        values = [fields[position].strip() for position in positions.values()]
+        values = list(map(str.strip, pick(fields)))
         if not all(values):
-            role = list(positions)[values.index("")]
-            raise DataFormatError(f"{path}: line {number}: empty {role} (column {columns[role]!r})")
-        rows.append(TableRow(path, number, *values, *([None] * (3 - len(values)))))
+            role, column = roles[values.index("")]
+            raise DataFormatError(f"{path}: line {number}: empty {role} (column {column!r})")
+        label = values[first_label] if label_of is None else label_of(f"{path}: line {number}", labels, values[first_label:])
+        rows.append(TableRow(path, number, values[image_at], label, None if split_at is None else values[split_at]))
     return rows
+
+
+def _label_bits(where: str, columns: list[str | int], values: list[str]) -> str:
+    """The row's 0/1 label columns as a string of "0" and "1" (1.0 and 0.0 are read too)."""
+    bits = []
+    for column, value in zip(columns, values):
+        if value not in ("0", "1"):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number not in (0.0, 1.0):
+                raise DataFormatError(f"{where}: label column {column!r} holds {value!r}; label columns hold 0 or 1")
+            value = str(int(number))
+        bits.append(value)
+    return "".join(bits)
+
+
+def _one_hot(where: str, columns: list[str | int], values: list[str]) -> str:
+    """The name of the one label column that holds 1."""
+    bits = _label_bits(where, columns, values)
+    if bits.count("1") != 1:
+        held = [str(column) for column, bit in zip(columns, bits) if bit == "1"]
+        raise DataFormatError(
+            f"{where}: {len(held)} label columns hold 1 ({', '.join(held) or 'none'}); each row needs exactly one "
+            "(multi_label: true reads rows with several labels)"
+        )
+    return str(columns[bits.index("1")])

@@ -1,7 +1,8 @@
 """MedMNIST classification through the visual memory (the paper's Table 3).
 
 Memory = the train split's embeddings, queries = the test split's (the `medmnist`
-dataset format). Class scores are the normalised vote mass of the k nearest memory
+dataset format, or any classification dataset: a `table` with 0/1 label columns gives a
+multi-label one). Class scores are the normalised vote mass of the k nearest memory
 rows: `VisualMemory.class_scores` (DINO's weighted vote, the sum of exp(sim / T) per
 class, or the majority count) with each row divided by its sum. ACC and AUC are then
 computed exactly as the `medmnist` package's Evaluator does:
