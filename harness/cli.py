@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import os
 import re
 import sys
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.version import __version__
 from harness.errors import HarnessError
@@ -64,7 +65,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if pattern in formats:  # a format's options are in its reader's docstring
         print("\n" + textwrap.indent(inspect.getdoc(formats[pattern].reader) or "", "  "))
     matched += _print_section("datasets", [
-        f"  dataset  {name:<22} {spec.format:<16} {dataset_status(name, spec)}"
+        f"  dataset  {name:<22} {spec.format:<16} {dataset_status(name, spec, formats)}"
         for name, spec in sorted(registry.config.datasets.items()) if fnmatch(name, pattern)
     ])
     matched += _print_section("profiles", [
@@ -89,17 +90,31 @@ def _print_section(title: str, lines: list[str]) -> int:
 
 
 def parameter_table(params: type, values: dict) -> str:
-    """A plugin's parameters: name, type, default, the instance's value, meaning."""
+    """A plugin's parameters: name, type, range, default, the instance's value, meaning."""
     from tabulate import tabulate
 
     rows = []
     for name, field in params.model_fields.items():
         default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
         value = repr(values[name]) if name in values else ""
-        rows.append((name, _type_name(field.annotation), default, value, field.description or ""))
+        rows.append((name, _type_name(field.annotation), _range(field), default, value, field.description or ""))
     if not rows:
         return "\n  parameters: none"
-    return "\n  parameters\n" + tabulate(rows, headers=["name", "type", "default", "set here", "meaning"], tablefmt="simple")
+    return "\n  parameters\n" + tabulate(rows, headers=["name", "type", "range", "default", "set here", "meaning"], tablefmt="simple")
+
+
+BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "length >="), ("max_length", "length <="))
+"""The constraints a parameter's range shows (pydantic's Field(ge=...) and the like), with their signs."""
+
+
+def _range(field: Any) -> str:
+    """The bounds a parameter's value must keep, e.g. ">= 8, <= 1024" (empty when none)."""
+    import typing
+
+    constraints = list(field.metadata)
+    if typing.get_origin(field.annotation) is typing.Annotated:  # PositiveInt and the like
+        constraints += typing.get_args(field.annotation)[1:]
+    return ", ".join(f"{sign} {getattr(c, attr)}" for c in constraints for attr, sign in BOUNDS if getattr(c, attr, None) is not None)
 
 
 def _type_name(annotation: object) -> str:
@@ -376,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished cells are saved in results.jsonl", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped early (`harness list | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush raises no second error
+        return 1
 
 
 if __name__ == "__main__":

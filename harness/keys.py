@@ -2,10 +2,14 @@
 the fingerprint of the code that computes a value.
 
 A key must change whenever what it stands for changes. Parameters and referred instances
-are hashed by `Plugin.describe`; the code is hashed here: a plugin's module and every
-module of the harness, or of the plugin's own package, that it imports (at the top or
-inside a function, transitively). Editing `sample()` of a generator therefore changes
-the keys of the encoders trained on it, while editing the leaderboard changes nothing.
+are hashed by `Plugin.describe`; the code is hashed here: the modules of a plugin's class
+and of every plugin class it inherits from, and every module of the harness, of the
+built-in plugins or of the module's own top-level package that they import (at the top
+or inside a function, transitively). Editing `sample()` of a generator therefore changes
+the keys of the encoders trained on it, and so does editing a built-in generator that a
+third party's generator subclasses, while editing the leaderboard changes nothing. Code
+reached otherwise (a module loaded by name with importlib, a top-level module beside the
+plugin's) is not seen: a plugin keeps its helpers in its own package.
 
 Code that only measures speed is not followed (`measurement_only`): `harness bench`'s
 package, and a plugin's modules named `*_bench`. A benchmark's timer can then change
@@ -25,6 +29,9 @@ from typing import Any
 
 # Plugin and instance names: letters, digits, '.', '_', '+', '-'; no path separators.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+
+CORE_PACKAGES = frozenset({"harness", "harness_plugins"})
+"""The harness and its built-in plugins: followed from any plugin, a third party's too."""
 
 # The public front end re-exports the core; it computes nothing a key stands for.
 FRONT_END = frozenset({"harness", "harness.api", "harness.cli", "harness.__main__"})
@@ -92,12 +99,13 @@ def _imports(module: str, path: Path) -> set[str]:
 
 
 def module_imports(module: str) -> set[str]:
-    """The modules of the harness and of `module`'s own top-level package that `module`
-    imports when it runs (the front end and `measurement_only` modules excluded)."""
+    """The modules of the harness, of the built-in plugins and of `module`'s own top-level
+    package that `module` imports when it runs (the front end and `measurement_only`
+    modules excluded)."""
     path = _source_file(module)
     if path is None:
         return set()
-    roots = {"harness", module.partition(".")[0]}
+    roots = CORE_PACKAGES | {module.partition(".")[0]}
     out = set()
     for name in _imports(module, path):
         if name.partition(".")[0] not in roots or name in FRONT_END or name == module or measurement_only(name):
@@ -107,11 +115,11 @@ def module_imports(module: str) -> set[str]:
     return out
 
 
-def code_closure(module: str) -> list[str]:
-    """`module` and every module it imports, transitively, within the harness and its own
-    package, sorted: what `code_fingerprint` hashes."""
+def code_closure(*modules: str) -> list[str]:
+    """`modules` and every module they import, transitively, within the harness, the
+    built-in plugins and each module's own package, sorted: what `code_fingerprint` hashes."""
     seen: set[str] = set()
-    todo = [module]
+    todo = list(modules)
     while todo:
         name = todo.pop()
         if name not in seen:
@@ -121,11 +129,11 @@ def code_closure(module: str) -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def code_fingerprint(module: str) -> str:
-    """A hash of the source of every module in `code_closure(module)`; computed once per
+def code_fingerprint(*modules: str) -> str:
+    """A hash of the source of every module in `code_closure(*modules)`; computed once per
     process (a run never sees its own code change)."""
     digest = hashlib.sha256()
-    for name in code_closure(module):
+    for name in code_closure(*modules):
         path = _source_file(name)
         if path is not None:
             digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())

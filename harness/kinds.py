@@ -29,6 +29,7 @@ from harness.keys import NAME_PATTERN, code_fingerprint, stable_hash
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import numpy as np
     import pandas
     import torch
 
@@ -154,11 +155,13 @@ class Plugin(ABC):
     def describe(self) -> dict[str, Any]:
         """Everything that determines this object's outputs (hashed into its key): the
         plugin, its version and code, its parameters with every reference replaced by
-        the referred instance's own description."""
+        the referred instance's own description. The code is that of the plugin's
+        class and of every plugin class it inherits from (a third party's subclass of a
+        built-in generator sees the built-in's code)."""
         return {
             "plugin": self.plugin_name,
             "version": self.version,
-            "code": code_fingerprint(type(self).__module__),
+            "code": code_fingerprint(*sorted({cls.__module__ for cls in type(self).__mro__ if issubclass(cls, Plugin)})),
             "params": self._describe_value(self.params),
         }
 
@@ -199,6 +202,8 @@ class Plugin(ABC):
         an `__init__` that names them would clash with the core's keyword call."""
         if not (isinstance(cls.Params, type) and issubclass(cls.Params, Params)):
             return "its `Params` must subclass harness.kinds.Params (pydantic, unknown fields refused)"
+        if inspect.isabstract(cls):
+            return f"it does not implement {', '.join(sorted(cls.__abstractmethods__))}"
         init = cls.__dict__.get("__init__")
         if init is not None:
             named = [
@@ -250,6 +255,17 @@ class Generator(Plugin):
         if not chunks:
             return torch.zeros((0, 3, size, size), dtype=torch.uint8)
         return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+
+    def checked(self, images: Any, n: int, size: int) -> torch.Tensor:
+        """`images` when they are what `sample` promises (a uint8 tensor [n, 3, size,
+        size]); otherwise an error naming this generator and what it returned, before
+        anything is trained on or written from them."""
+        import torch
+
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, size, size):
+            got = f"{getattr(images, 'dtype', type(images).__name__)} {list(getattr(images, 'shape', []))}"
+            raise HarnessError(f"generator {self.name!r} ({self.plugin_name}) returned {got}, expected a torch uint8 tensor [{n}, 3, {size}, {size}]")
+        return images
 
     def sample_on(self, seed: int, indices: Sequence[int], size: int, device: str | torch.device) -> torch.Tensor:
         """`sample_at`'s images, on `device`. A generator that renders on a GPU overrides
@@ -358,6 +374,17 @@ class Encoder(Plugin):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Global features [n, d] (float32, on the CPU)."""
 
+    def checked_features(self, features: Any, n: int) -> np.ndarray:
+        """`embed`'s output for n images as float32 [n, d] numpy; anything else (not a
+        floating-point torch tensor, not [n, d]) is an error naming this encoder, raised
+        before the features are cached."""
+        import torch
+
+        if not isinstance(features, torch.Tensor) or not features.is_floating_point() or features.ndim != 2 or len(features) != n:
+            got = f"{getattr(features, 'dtype', type(features).__name__)} {list(getattr(features, 'shape', []))}"
+            raise HarnessError(f"encoder {self.name!r} ({self.plugin_name}): embed returned {got} for {n} images, expected a floating-point torch tensor [{n}, d]")
+        return features.float().cpu().numpy()
+
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features [n, h, w, d]; only encoders with `supports_patches`."""
         raise TypeError(f"encoder {self.name!r} has no patch features (supports_patches=False)")
@@ -374,13 +401,16 @@ class Task(Plugin):
     """A benchmark. `run(encoder, ctx)` evaluates one encoder on `ctx.dataset`.
 
     `datasets` lists the dataset names the task runs on (its `datasets` parameter, else
-    `default_datasets`); tasks that build their own data use a single pseudo-dataset.
+    `default_datasets`), which the registry must define, except a task's own
+    `default_datasets` and any name of a task that `builds_own_data` (its datasets are
+    data it makes, named as it likes).
     `needs_patches` tasks are skipped for encoders without patch features. A task's
     `Params` subclass `TaskParams`.
     """
 
     kind: ClassVar[str] = "task"
     default_datasets: ClassVar[tuple[str, ...]] = ()
+    builds_own_data: ClassVar[bool] = False
     needs_patches: ClassVar[bool] = False
     title: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = TaskParams

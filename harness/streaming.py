@@ -125,7 +125,7 @@ class GeneratorStream(IterableDataset):
 
         generator = self._make()
         for first, count in self.batches():
-            images = generator.sample(self.seed, count, self.size, start=first)
+            images = generator.checked(generator.sample(self.seed, count, self.size, start=first), count, self.size)
             if self.with_indices:
                 yield images, torch.arange(first, first + count)
             else:
@@ -217,7 +217,7 @@ def write_imagefolder(
             j = i + 1
             while j < len(missing) and j - i < batch_size and missing[j] == missing[j - 1] + 1:
                 j += 1
-            images = gen.sample(seed, j - i, size, start=missing[i]).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            images = gen.checked(gen.sample(seed, j - i, size, start=missing[i]), j - i, size).permute(0, 2, 3, 1).contiguous().cpu().numpy()
             for k, index in enumerate(missing[i:j]):
                 pending.append(pool.submit(_save, images[k], image_path(out, index, image_format), image_format))
             if len(pending) > 4 * batch_size:
@@ -253,6 +253,6 @@ def write_grid(generator: str | Generator, path: str | os.PathLike, n: int = 64,
     gen = _generator(generator)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = gen.sample(seed, n, size)
-    _save(make_grid(images), path)
+    images = gen.checked(gen.sample(seed, n, size), n, size)
+    _save(make_grid(images.cpu()), path)
     return path

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness import Encoder, Task, hookimpl
+from harness import Encoder, Generator, Task, hookimpl
 from harness.errors import HarnessError
 
 
@@ -32,6 +32,17 @@ class RaisingTask(Task):
         if self.params.error == "input":
             raise HarnessError(f"{ctx.dataset}.txt: row 3: expected a number, got 'x'; fix the row and rerun")
         raise RuntimeError("the fake task has a bug")
+
+
+class ExitingTask(Task):
+    """Calls sys.exit, as a script turned into a plugin might."""
+
+    default_datasets = ("one",)
+
+    def run(self, encoder, ctx):
+        import sys
+
+        sys.exit("bye")
 
 
 class JunkTask(Task):
@@ -73,13 +84,60 @@ class NonFiniteEncoder(Encoder):
         return features
 
 
+class MisshapenEncoder(Encoder):
+    """Features that break `embed`'s contract (param `fault`): a row short, one dimension,
+    numpy instead of torch, or a width that changes between batches."""
+
+    class Params(Encoder.Params):
+        fault: Literal["row-short", "flat", "numpy", "ragged"] = Field("row-short", description="how the output is wrong")
+
+    def embed(self, images):
+        import torch
+
+        n = len(images)
+        if self.params.fault == "row-short":
+            return torch.ones(n - 1, 4)
+        if self.params.fault == "flat":
+            return torch.ones(n)
+        if self.params.fault == "numpy":
+            return torch.ones(n, 4).numpy()
+        return torch.ones(n, 4 + (n % 2))
+
+
+class MisshapenGenerator(Generator):
+    """Images that break `sample`'s contract (param `fault`): float, one image short,
+    one pixel too large, channels last, or numpy instead of torch."""
+
+    class Params(Generator.Params):
+        fault: Literal["float", "short", "larger", "channels-last", "numpy"] = Field("float", description="how the output is wrong")
+
+    def sample(self, seed, n, size, start=0):
+        import torch
+
+        images = torch.zeros(n, 3, size, size, dtype=torch.uint8)
+        return {
+            "float": lambda: images.float(),
+            "short": lambda: images[1:],
+            "larger": lambda: torch.zeros(n, 3, size + 1, size + 1, dtype=torch.uint8),
+            "channels-last": lambda: images.permute(0, 2, 3, 1),
+            "numpy": lambda: images.numpy(),
+        }[self.params.fault]()
+
+
+@hookimpl
+def register_generators(register):
+    register("misshapen", MisshapenGenerator)
+
+
 @hookimpl
 def register_tasks(register):
     register("raising", RaisingTask)
     register("junk", JunkTask)
+    register("exiting", ExitingTask)
     register("read-all", ReadAllTask)
 
 
 @hookimpl
 def register_encoders(register):
     register("non-finite", NonFiniteEncoder)
+    register("misshapen", MisshapenEncoder)

@@ -9,12 +9,15 @@ import warnings
 from pydantic import Field
 
 from harness import Encoder, Generator, Task, hookimpl
+from harness.errors import HarnessError
 
 
 class SleepyTask(Task):
-    """Sleeps, logs the call, and reports a value fixed by the dataset name."""
+    """Sleeps, logs the call, and reports a value fixed by the dataset name; fails on the
+    dataset that FAKE_FAIL_DATASET names."""
 
     default_datasets = ("a", "b", "c")
+    builds_own_data = True
 
     class Params(Task.Params):
         seconds: float = Field(0.0, ge=0, description="how long each cell sleeps")
@@ -25,6 +28,8 @@ class SleepyTask(Task):
             with open(log, "a") as handle:
                 handle.write(f"{encoder.name} {ctx.dataset}\n")
         time.sleep(self.params.seconds)
+        if os.environ.get("FAKE_FAIL_DATASET") == ctx.dataset:
+            raise HarnessError(f"dataset {ctx.dataset!r} failed on purpose")
         value = float(sum(map(ord, ctx.dataset)) % 97)
         return [ctx.result("score", value, n=1, headline=True)]
 

@@ -248,6 +248,13 @@ def test_instance_of_an_unknown_plugin_names_the_field(good_run, run):
     assert result.returncode == 2
     assert f"{registry}: tasks.typo.plugin: unknown task plugin 'sleppy'. Did you mean 'sleepy'" in result.stderr
     assert (out / "results.jsonl").read_bytes() == before
+    # an instance reached through a reference, or made by `generate`, is named at its own entry
+    write(registry, GOOD_REGISTRY.replace("encoders:\n", "encoders:\n  dino-gx: {plugin: dino, params: {data: gx}}\n") + "generators:\n  gx: {plugin: dead-leavs}\n")
+    for args in (("generate", "gx", "--n", "2", "--size", "8", "--out", str(out.parent / "grid")),
+                 ("run", "--encoders", "dino-gx", "--tasks", "quick", "--out", str(out), "--dry-run")):
+        result = run(registry, *args)
+        assert result.returncode == 2
+        assert f"{registry}: generators.gx.plugin: unknown generator plugin 'dead-leavs'. Did you mean 'dead-leaves'" in result.stderr
 
 
 # ------------------------------------------------------------------------ plugins
@@ -280,7 +287,7 @@ def test_plugin_that_raises_on_import_is_listed_as_broken(good_run, tmp_path, ru
         ("raising", "{error: input}", 2, "input", "HarnessError: one.txt: row 3: expected a number"),
         ("raising", "{error: internal}", 1, "internal", "RuntimeError: the fake task has a bug"),
         ("junk", "{}", 1, "internal", "TypeError: task plugin 'junk' returned [{'metric'"),
-        ("read-all", "{datasets: [no-such-data]}", 2, "input", "unknown dataset 'no-such-data'"),
+        ("exiting", "{}", 1, "internal", "SystemExit: bye"),
     ],
 )
 def test_plugin_that_raises_on_use(good_run, task, params, status, kind, fragment, run):
@@ -298,6 +305,33 @@ def test_plugin_that_raises_on_use(good_run, task, params, status, kind, fragmen
     assert bad.status == "error" and bad.error_kind == kind and fragment in bad.message
     assert (out / bad.message.split("(traceback: ")[1].rstrip(")")).is_file()
     assert [line for line in lines(log) if len(line.split()) == 2] == ["const-a a", "const-a b"]  # the good cells ran once
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_task_naming_a_dataset_the_registry_lacks_exits_2_before_any_work(good_run, run, dry_run):
+    registry, out, log = good_run
+    before, calls = (out / "results.jsonl").read_bytes(), lines(log)
+    write(registry, GOOD_REGISTRY + "  knn-typo: {plugin: knn, params: {datasets: [digitz]}}\n")
+    args = ("run", "--encoders", "const-a", "--tasks", "quick,knn-typo", "--out", str(out), *(["--dry-run"] if dry_run else []))
+    result = run(registry, *args, env={"FAKE_CALL_LOG": str(log)})
+    assert result.returncode == 2, result.stderr
+    assert f"{registry}: tasks.knn-typo.params.datasets: unknown dataset 'digitz'. Did you mean 'digits'" in result.stderr
+    assert (out / "results.jsonl").read_bytes() == before and lines(log) == calls  # nothing ran, nothing lost
+
+
+def test_a_cell_whose_newest_run_failed_is_computed_again(good_run, run, monkeypatch):
+    """After a `--force` rerun fails a cell, its older good records are not reused: the
+    next run computes it again, and the leaderboard and the run agree."""
+    registry, out, log = good_run
+    monkeypatch.setenv("FAKE_CALL_LOG", str(log))
+    monkeypatch.setenv("FAKE_FAIL_DATASET", "a")
+    failed = run(registry, "run", "--encoders", "const-a", "--tasks", "quick", "--out", str(out), "--force")
+    assert failed.returncode == 2 and "failed on purpose" in (out / "LEADERBOARD.md").read_text()
+    monkeypatch.delenv("FAKE_FAIL_DATASET")
+    again = run(registry, "run", "--encoders", "const-a", "--tasks", "quick", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert lines(log)[-3:] == ["const-a a", "const-a b", "const-a a"]  # the forced run, then only the failed cell
+    assert "1 reused" in again.stdout and "failed on purpose" not in (out / "LEADERBOARD.md").read_text()
 
 
 def test_exit_status_of_a_failing_plugin_in_a_subprocess(good_run):
@@ -676,3 +710,41 @@ def test_non_finite_encoder_output_fails_the_cell_as_bad_input(good_run, run):
     assert "features contain NaN or infinite values" in record.message and "check the encoder's output" in record.message
     assert by_encoder["const-a"] and all(r.status == "ok" for r in by_encoder["const-a"])
     assert sorted(lines(log)) == ["const-a a", "const-a b", "nan-enc a", "nan-enc b"]  # const-a's quick cells ran once
+
+
+@pytest.mark.parametrize("fault, got", [
+    ("row-short", "torch.float32 [255, 4] for 256 images"),
+    ("flat", "torch.float32 [256] for 256 images"),
+    ("numpy", "float32 [256, 4] for 256 images"),
+    ("ragged", "features of [4, 5] dimensions"),
+])
+def test_encoder_output_of_the_wrong_shape_fails_the_cell_naming_the_encoder_and_is_not_cached(good_run, run, fault, got):
+    registry, out, log = good_run
+    before = (out / "results.jsonl").read_bytes()
+    write(registry, GOOD_REGISTRY.replace("encoders:\n", f"encoders:\n  bad-enc: {{plugin: misshapen, params: {{fault: {fault}}}}}\n")
+          + "  knn-digits: {plugin: knn, params: {datasets: [digits], ks: [1]}}\n")
+    cache = out.parent / "cache"
+    args = ("run", "--encoders", "bad-enc", "--tasks", "knn-digits", "--out", str(out))
+    result = run(registry, *args, env={"FAKE_CALL_LOG": str(log), "HARNESS_CACHE": str(cache)})
+    assert result.returncode == 2, result.stderr
+    assert_kept(out, before)
+    (record,) = cell_records(out, "knn-digits", "digits")
+    assert record.status == "error" and record.error_kind == "input" and "encoder 'bad-enc'" in record.message and got in record.message
+    assert not list((cache / "embeddings").rglob("*.npz"))  # nothing malformed was cached
+
+
+@pytest.mark.parametrize("fault, got", [
+    ("float", "torch.float32 [4, 3, 16, 16]"),
+    ("short", "torch.uint8 [3, 3, 16, 16]"),
+    ("larger", "torch.uint8 [4, 3, 17, 17]"),
+    ("channels-last", "torch.uint8 [4, 16, 16, 3]"),
+    ("numpy", "uint8 [4, 3, 16, 16]"),
+])
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_generator_output_of_the_wrong_shape_is_refused_by_generate_naming_the_generator(tmp_path, run, fault, got, as_dataset):
+    registry = write(tmp_path / "registry.yaml", GOOD_REGISTRY + f"generators:\n  bad-gen: {{plugin: misshapen, params: {{fault: {fault}}}}}\n")
+    out = tmp_path / "generated"
+    result = run(registry, "generate", "bad-gen", "--n", "4", "--size", "16", "--out", str(out), *(["--dataset"] if as_dataset else []))
+    assert result.returncode == 2, result.stderr
+    assert f"generator 'bad-gen' (misshapen) returned {got}, expected a torch uint8 tensor [4, 3, 16, 16]" in result.stderr
+    assert not any(path.is_file() for path in out.rglob("*"))  # no image written

@@ -71,14 +71,21 @@ def test_list_shows_where_each_dataset_is_and_a_formats_options(tmp_path, monkey
     from harness.cli import main
 
     (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "breastmnist.npz").write_bytes(b"")  # a MedMNIST root holding the 28 px file only
     registry = tmp_path / "registry.yaml"
-    registry.write_text(f"datasets:\n  mine-here: {{format: table, root: {tmp_path / 'mine'}}}\n  mine-gone: {{format: imagefolder, root: {tmp_path / 'gone'}, env: MINE_ROOT}}\n")
+    registry.write_text(
+        f"datasets:\n  mine-here: {{format: table, root: {tmp_path / 'mine'}}}\n  mine-gone: {{format: imagefolder, root: {tmp_path / 'gone'}, env: MINE_ROOT}}\n"
+        f"  mine-28: {{format: medmnist, root: {tmp_path / 'mine'}, options: {{flag: breastmnist, size: 28}}}}\n"
+        f"  mine-224: {{format: medmnist, root: {tmp_path / 'mine'}, options: {{flag: breastmnist}}}}\n"
+    )
     monkeypatch.delenv("MINE_ROOT", raising=False)
     assert main(["--registry", str(registry), "list", "mine-*"]) == 0
     lines = {line.split()[1]: line.split(None, 3)[3] for line in capsys.readouterr().out.splitlines() if line.startswith("  dataset ")}
+    assert lines.pop("mine-224").startswith("MISSING: dataset 'mine-224': no breastmnist_224.npz (size 224); the root has sizes 28: set options: {size: 28}")
     assert lines == {
         "mine-gone": f"MISSING: dataset 'mine-gone': {tmp_path / 'gone'} does not exist; set datasets.mine-gone.root in registry.yaml or the environment variable MINE_ROOT",
         "mine-here": f"present at {tmp_path / 'mine'}",
+        "mine-28": f"present at {tmp_path / 'mine'}",
     }
     assert main(["--registry", str(registry), "list"]) == 0
     out = capsys.readouterr().out

@@ -147,9 +147,13 @@ def test_a_plugin_taking_parameters_in_init_is_reported_not_loaded(tmp_path):
             def sample(self, seed, n, size, start=0):
                 raise NotImplementedError
 
+        class Unfinished(Generator):
+            """Forgets to implement sample()."""
+
         @hookimpl
         def register_generators(register):
             register("old", Old)
+            register("unfinished", Unfinished)
     '''))
     registry = tmp_path / "registry.yaml"
     registry.write_text("plugins: [old_style]\n")
@@ -157,6 +161,7 @@ def test_a_plugin_taking_parameters_in_init_is_reported_not_loaded(tmp_path):
     assert done.returncode == 0, done.stderr
     broken = done.stdout.split("broken plugins")[1]
     assert "generator 'old'" in broken and "its __init__ takes level" in broken and "Params" in broken
+    assert "generator 'unfinished'" in broken and "it does not implement sample" in broken
 
 
 def test_list_an_instance_prints_its_parameters(toy):
@@ -257,6 +262,34 @@ def test_keys_see_a_plugin_package_helper_but_not_its_bench_module(tmp_path):
 
     (folder / "_levels.py").write_text(PACKAGED_PLUGIN["_levels.py"].replace("LEVEL = 10", "LEVEL = 11"))
     assert keys_in_subprocess(toy, "generator:flat-a") != first
+
+
+def test_keys_see_the_code_of_a_plugin_class_inherited_from_another_package(tmp_path):
+    """A generator that subclasses another package's generator (as a third party may
+    subclass a built-in one) is keyed by the base class's code too: its own package
+    imports the base, but the import leads out of that package."""
+    suffix = tmp_path.name.replace("-", "_")
+    base, derived = tmp_path / f"toy_base_{suffix}", tmp_path / f"toy_derived_{suffix}"
+    for folder in (base, derived):
+        folder.mkdir()
+        (folder / "__init__.py").write_text("")
+    base_source = (
+        "import torch\nfrom harness import Generator\n\n\nclass Grey(Generator):\n"
+        "    LEVEL = 10\n\n    def sample(self, seed, n, size, start=0):\n"
+        "        return torch.full((n, 3, size, size), self.LEVEL, dtype=torch.uint8)\n"
+    )
+    (base / "grey.py").write_text(base_source)
+    (derived / "plugin.py").write_text(
+        f"from harness import hookimpl\nfrom {base.name}.grey import Grey\n\n\nclass Brighter(Grey):\n"
+        "    def sample(self, seed, n, size, start=0):\n        return super().sample(seed, n, size, start) + 1\n\n\n"
+        "@hookimpl\ndef register_generators(register):\n    register('brighter', Brighter)\n"
+    )
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(f"plugins: [{derived.name}.plugin]\ngenerators:\n  brighter-a: {{plugin: brighter}}\n")
+    toy = {"registry": registry, "env": {"PYTHONPATH": str(tmp_path)}}
+    first = keys_in_subprocess(toy, "generator:brighter-a")
+    (base / "grey.py").write_text(base_source.replace("LEVEL = 10", "LEVEL = 11"))
+    assert keys_in_subprocess(toy, "generator:brighter-a") != first
 
 
 def test_the_dino_encoders_keys_leave_out_their_timing_code():

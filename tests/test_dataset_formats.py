@@ -272,6 +272,74 @@ def test_torchvision_imagefolder_missing_root_and_bad_item(tmp_path, digits):
         all_images(open_dataset("tv", spec("torchvision", tmp_path, **{"class": "ImageFolder"})).test)
 
 
+def test_torchvision_imagefolder_matches_split_classes_by_name(tmp_path, digits):
+    """Each ImageFolder numbers its own folders: with a class missing from the test split,
+    test labels still index the train split's classes, as the imagefolder format reads them."""
+    import shutil
+
+    write_folders(tmp_path, digits)
+    shutil.rmtree(tmp_path / "test" / "0")
+    data = open_dataset("tv", spec("torchvision", tmp_path, **{"class": "ImageFolder"}))
+    folder = open_dataset("folder", spec("imagefolder", tmp_path))
+    assert data.classes == folder.classes == [str(d) for d in range(10)]
+    for split in ("train", "test"):
+        assert getattr(data, split).labels.tolist() == getattr(folder, split).labels.tolist()
+        assert np.array_equal(all_images(getattr(data, split)), all_images(getattr(folder, split)))
+    assert 0 not in data.test.labels.tolist() and set(data.test.labels.tolist()) == set(range(1, 10))
+
+    (tmp_path / "test" / "extra").mkdir()
+    Image.fromarray(digits["test"][0][0]).save(tmp_path / "test" / "extra" / "000.png")
+    with pytest.raises(DataFormatError, match=r"dataset 'tv': split 'test': class 'extra' is not among the classes of the 'train' split"):
+        open_dataset("tv", spec("torchvision", tmp_path, **{"class": "ImageFolder"}))
+
+
+def test_torchvision_query_labels_must_be_carried_by_memory_items(tmp_path, digits, monkeypatch):
+    """CIFAR-10 names all ten classes in both splits; a test class no train item carries is an error."""
+    from torchvision.datasets import CIFAR10
+
+    for attribute in ("train_list", "test_list", "meta"):
+        monkeypatch.setattr(CIFAR10, attribute, getattr(CIFAR10, attribute))
+    images, labels = digits["train"]
+    without_four = labels != 4
+    write_cifar(tmp_path, {"train": (images[without_four], labels[without_four]), "test": digits["test"]})
+    with pytest.raises(DataFormatError, match=r"dataset 'tv': split 'test': class 'c4' is not among the classes of the 'train' split's items"):
+        open_dataset("tv", spec("torchvision", tmp_path, crop=32, resize=32, **{"class": "CIFAR10"}))
+
+
+def write_svhn(root, digits):
+    """SVHN's .mat files (X [32, 32, 3, n], y [n, 1] with 10 for the digit 0); returns its split_list."""
+    import hashlib
+
+    import scipy.io
+    from torchvision.datasets import SVHN
+
+    root.mkdir(parents=True, exist_ok=True)
+    listed = {}
+    for split, (images, labels) in digits.items():
+        tiles = np.repeat(np.repeat(images, 4, axis=1), 4, axis=2)
+        filename = SVHN.split_list[split][1]
+        scipy.io.savemat(root / filename, {"X": np.repeat(tiles[..., None], 3, axis=3).transpose(1, 2, 3, 0), "y": np.where(labels == 0, 10, labels)[:, None]})
+        listed[split] = [SVHN.split_list[split][0], filename, hashlib.md5((root / filename).read_bytes()).hexdigest()]
+    return listed
+
+
+def test_torchvision_without_class_names_keeps_its_numbers_and_checks_query_labels(tmp_path, digits, monkeypatch):
+    """SVHN names no classes: labels are its own numbers in every split, and a query label
+    no memory item carries is an error all the same."""
+    from torchvision.datasets import SVHN
+
+    monkeypatch.setattr(SVHN, "split_list", write_svhn(tmp_path, digits))
+    data = open_dataset("tv", spec("torchvision", tmp_path, crop=32, resize=32, **{"class": "SVHN"}))
+    assert data.classes == [str(d) for d in range(10)]
+    for split in ("train", "test"):
+        assert getattr(data, split).labels.tolist() == digits[split][1].tolist()
+    images, labels = digits["train"]
+    without_four = labels != 4
+    monkeypatch.setattr(SVHN, "split_list", write_svhn(tmp_path, {"train": (images[without_four], labels[without_four]), "test": digits["test"]}))
+    with pytest.raises(DataFormatError, match=r"dataset 'tv': split 'test': class '4' is not among the classes of the 'train' split's items"):
+        open_dataset("tv", spec("torchvision", tmp_path, crop=32, resize=32, **{"class": "SVHN"}))
+
+
 # ------------------------------------------------------------ unlabelled folders
 def write_folders(root, digits, labelled=True):
     for split, (images, labels) in digits.items():
@@ -495,3 +563,60 @@ def test_a_shard_pattern_root_is_fingerprinted_by_its_shards(tmp_path, digits):
         shard.write(b"\0" * 1024)  # a test shard changes: so must the fingerprint
     after = load_registry(registry_file).dataset_description("mine")["contents"]
     assert after["digest"] != before["digest"]
+
+
+# ------------------------------------------------- query classes the memory lacks
+def test_an_imagefolder_train_class_without_images_is_an_error(tmp_path, digits):
+    write_folders(tmp_path, digits)
+    for image in (tmp_path / "train" / "3").iterdir():
+        image.unlink()
+    (tmp_path / "train" / "3" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataFormatError, match=r"dataset 'folder': .*train/3: class directory holds no image files .*add some, or remove the directory"):
+        open_dataset("folder", spec("imagefolder", tmp_path))
+    (tmp_path / "train" / "3" / "notes.txt").unlink()
+    with pytest.raises(DataFormatError, match=r"train/3: class directory holds no image files"):
+        open_dataset("folder", spec("imagefolder", tmp_path))
+
+
+def test_webdataset_query_labels_must_be_carried_by_memory_samples(tmp_path, digits):
+    images, labels = digits["train"]
+    without_four = labels != 4
+    write_shards(tmp_path / "train", images[without_four], labels[without_four], shards=1)
+    test_images, test_labels = digits["test"]
+    write_shards(tmp_path / "test", test_images, test_labels, shards=1)
+    first_four = int(np.flatnonzero(test_labels == 4)[0])
+    with pytest.raises(DataFormatError, match=rf"dataset 'wds': split 'test': .*test/part-0\.tar: sample 's{first_four:05d}' \(sample {first_four} of the shard\): class '4' is not among the classes of the 'train' split's samples"):
+        open_dataset("wds", spec("webdataset", tmp_path))
+
+    strange = test_labels.copy()
+    strange[2] = 11
+    write_shards(tmp_path / "train", images, labels, shards=1)
+    write_shards(tmp_path / "test", test_images, strange, shards=1)
+    with pytest.raises(DataFormatError, match=r"sample 's00002' \(sample 2 of the shard\): class '11' is not among the classes"):
+        open_dataset("wds", spec("webdataset", tmp_path))
+
+    # classnames.txt may name a class neither split has: only query labels are checked
+    write_shards(tmp_path / "train", images[without_four], labels[without_four], shards=1)
+    write_shards(tmp_path / "test", test_images[test_labels != 4], test_labels[test_labels != 4], shards=1)
+    (tmp_path / "classnames.txt").write_text("\n".join(f"digit {d}" for d in range(10)) + "\n")
+    data = open_dataset("wds", spec("webdataset", tmp_path))
+    assert data.classes[4] == "digit 4" and 4 not in data.train.labels.tolist() + data.test.labels.tolist()
+
+
+def test_huggingface_query_labels_must_be_carried_by_memory_rows(tmp_path, digits):
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    images, labels = digits["train"]
+    test_images, test_labels = digits["test"]
+    keep, test_keep = labels != 4, test_labels != 4
+    hf_dataset(images[keep], labels[keep]).save_to_disk(str(tmp_path / "train"))
+    hf_dataset(test_images, test_labels).save_to_disk(str(tmp_path / "test"))
+    first_four = int(np.flatnonzero(test_labels == 4)[0])
+    with pytest.raises(DataFormatError, match=rf"dataset 'hf': split 'test': .*test/data-00000-of-00001\.arrow: row {first_four}: class 'd4' is not among the classes of the 'train' split's rows"):
+        open_dataset("hf", spec("huggingface", tmp_path))
+
+    # the ClassLabel may name a class without memory rows when no query has it
+    hf_dataset(test_images[test_keep], test_labels[test_keep]).save_to_disk(str(tmp_path / "test"))
+    data = open_dataset("hf", spec("huggingface", tmp_path))
+    assert data.classes == [f"d{i}" for i in range(10)]
+    assert data.test.labels.tolist() == test_labels[test_keep].tolist()

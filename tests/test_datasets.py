@@ -5,6 +5,8 @@ The builders here (`make_*`) are shared with tests/test_tasks.py.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -422,6 +424,22 @@ def test_unknown_option_is_named(tmp_path):
     make_imagefolder(tmp_path)
     with pytest.raises(HarnessError, match=r"datasets\.mine\.options: unknown option\(s\) \['crop_size'\]"):
         open_dataset("mine", spec("imagefolder", tmp_path, crop_size=8))
+
+
+@pytest.mark.parametrize("option, value", [("crop", "32px"), ("crop", 32.7), ("crop", 0), ("crop", True), ("crop", None), ("crop", float("nan")),
+                                           ("resize", "36"), ("resize", -1), ("workers", 1.5), ("workers", "two")])
+def test_image_options_must_be_positive_integers(tmp_path, option, value):
+    make_imagefolder(tmp_path)
+    with pytest.raises(HarnessError, match=rf"datasets\.mine\.options\.{option} must be a positive integer .*got {re.escape(repr(value))}"):
+        open_dataset("mine", spec("imagefolder", tmp_path, **{option: value}))
+
+
+def test_whole_numbers_written_as_floats_are_accepted_as_image_options(tmp_path):
+    make_imagefolder(tmp_path)
+    data = open_dataset("mine", spec("imagefolder", tmp_path, crop=16.0, resize=18.0, workers=2.0))
+    assert all_images(data.test).shape == (9, 3, 16, 16)
+    with pytest.raises(HarnessError, match=r"datasets\.mine\.options: need crop <= resize, got crop=16, resize=8"):
+        open_dataset("mine", spec("imagefolder", tmp_path, crop=16, resize=8))
 
 
 # ------------------------------------------------------------- format registration

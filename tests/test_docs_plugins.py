@@ -70,12 +70,13 @@ def test_list_prints_the_example_parameters(example: tuple[Path, str], tmp_path:
     assert listed.returncode == 0, listed.stderr
     assert f"registry module {module!r}" not in listed.stdout, "the example module failed to load:\n" + listed.stdout
     table = listed.stdout.split("parameters", 1)[1]
-    for field, default, value, meaning in [
-        ("max_rings", 8, 4, "most rings across the image side"),
-        ("softness", 0.0, 1.0, "0: hard edges; 1: a cosine blend"),
+    for field, bounds, default, value, meaning in [
+        ("max_rings", ">= 1, <= 64", 8, 4, "most rings across the image side"),
+        ("softness", ">= 0.0, <= 1.0", 0.0, 1.0, "0: hard edges; 1: a cosine blend"),
     ]:
         row = next(line for line in table.splitlines() if line.startswith(field))
-        assert [float(x) for x in row.split()[2:4]] == [default, value] and row.endswith(meaning), row
+        assert f"  {bounds}  " in row and row.endswith(meaning), row
+        assert [float(x) for x in row.split(bounds)[1].split()[:2]] == [default, value], row
     nothing = cli("--registry", str(registry), "list", "rings-nothing*", env={"PYTHONPATH": str(tmp_path)})
     assert nothing.returncode == 1 and "nothing matched" in nothing.stderr
 

@@ -99,7 +99,7 @@ def test_medmnist_released_chooses_k_on_val_as_brute_force(tmp_path):
         auc = np.mean([roc_auc_score(labels == c, scores[:, c]) for c in range(3)])
         assert pick(mine, "auc")["value"] == pytest.approx(100 * auc, abs=1e-9)
     assert 1 < pick(records, "acc", k_max=200)["params"]["k"] < 200  # the fixture makes the choice non-trivial
-    with np.load(out / "medmnist" / "toysmall__rgb.npz") as saved:
+    with np.load(out / "medmnist" / "medmnist-released__toysmall__rgb.npz") as saved:
         assert int(saved["k"]) == pick(records, "acc", k_max=25)["params"]["k"]
 
 

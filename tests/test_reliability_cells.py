@@ -31,6 +31,7 @@ class TwelveTask(Task):
     """Twelve records per cell, like a task that reports several metrics and variants."""
 
     default_datasets = ("a",)
+    builds_own_data = True
 
     def run(self, encoder, ctx):
         CALLS.append(f"{encoder.name} {ctx.dataset}")

@@ -273,7 +273,7 @@ def test_nights_2afc_equals_hand_computation(tmp_path):
         assert record["value"] == pytest.approx(hand_two_afc(d0, d1, p), abs=1e-12)
         assert record["n"] == len(chosen) and record["headline"] == (split == "val")
         scores[split] = np.where(d0 < d1, 1 - p, np.where(d1 < d0, p, 0.5))
-        saved = pandas.read_csv(out / "nights" / f"nights__rgb__{split}.csv")
+        saved = pandas.read_csv(out / "nights" / f"nights__nights__rgb__{split}.csv")
         assert saved.id.tolist() == [r["id"] for r in chosen] and np.allclose(saved.score, scores[split])
     total = np.concatenate([scores["test_imagenet"], scores["test_no_imagenet"]])
     assert pick(records, "2afc", split="test")["value"] == pytest.approx(total.mean())
@@ -340,7 +340,7 @@ def test_medmnist_multiclass_equals_evaluator_functions(tmp_path):
             scores = mass / mass.sum(axis=1, keepdims=True)
             assert pick(records, "acc", k=k, vote=vote)["value"] == pytest.approx(100 * getACC(arrays["test_labels"], scores, "multi-class"))
             assert pick(records, "auc", k=k, vote=vote)["value"] == pytest.approx(100 * getAUC(arrays["test_labels"], scores, "multi-class"))
-    with np.load(out / "medmnist" / "toymnist__rgb.npz") as saved:
+    with np.load(out / "medmnist" / "medmnist__toymnist__rgb.npz") as saved:
         mass = sklearn_knn_scores(train, arrays["train_labels"][:, 0], test, 20, "weighted", 4)
         assert np.allclose(saved["scores"], mass / mass.sum(axis=1, keepdims=True), atol=1e-9)
     assert pick(records, "acc", k=20, vote="weighted")["headline"]
@@ -389,6 +389,8 @@ def test_medmnist_over_a_multi_label_table_equals_the_same_images_as_npz(tmp_pat
         assert record["status"] == "ok", record["message"]
         values.setdefault(record["dataset"], {})[(record["task"], record["metric"], json.dumps(record["params"], sort_keys=True))] = record["value"]
     assert len(values["chestmnist"]) == 15 and values["chest-table"] == pytest.approx(values["chestmnist"], abs=1e-9)
+    saved = sorted(path.name for path in (tmp_path / "out" / "medmnist").iterdir())  # one file per task, dataset and encoder
+    assert saved == [f"{task}__{dataset}__rgb.npz" for task in ("medmnist-both", "medmnist-released-both") for dataset in ("chest-table", "chestmnist")]
 
 
 def test_medmnist_real_breastmnist_matches_the_evaluator(tmp_path, shared_data):
@@ -399,7 +401,7 @@ def test_medmnist_real_breastmnist_matches_the_evaluator(tmp_path, shared_data):
                               "  medmnist: {plugin: medmnist, params: {datasets: [breastmnist]}}")
     out = tmp_path / "out"
     records = run_cli(registry, "medmnist", out)
-    with np.load(out / "medmnist" / "breastmnist__rgb.npz") as saved:
+    with np.load(out / "medmnist" / "medmnist__breastmnist__rgb.npz") as saved:
         scores = saved["scores"]
     assert scores.shape == (156, 2) and np.allclose(scores.sum(axis=1), 1.0)
     auc, acc = Evaluator("breastmnist", "test", size=28, root=str(folder)).evaluate(scores)

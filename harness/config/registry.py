@@ -121,9 +121,14 @@ class Registry:
         """
         spec = self.spec(kind, name)
         if spec is not None:
-            cls = self.plugins.get(kind, spec.plugin)
-            params = {**spec.params, **overrides}
             where = f"{self.path}: {kind}s.{name}"
+            try:
+                cls = self.plugins.get(kind, spec.plugin)
+            except UnknownNameError as exc:
+                broken = "; ".join(f"{b.source}: {b.error}" for b in self.plugins.broken)
+                hint = f" Plugins that failed to load (see `harness list`): {broken}" if broken else ""
+                raise RegistryError(f"{where}.plugin: {exc}{hint}") from None
+            params = {**spec.params, **overrides}
         elif name in self.plugins.classes[kind]:
             cls = self.plugins.get(kind, name)
             params = overrides

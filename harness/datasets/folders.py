@@ -29,11 +29,23 @@ if TYPE_CHECKING:
 IMAGE_OPTIONS: dict[str, Any] = {"crop": 224, "resize": None, "workers": None, "max_pixels": DEFAULT_MAX_PIXELS}
 
 
+def _positive_integer(name: str, options: dict[str, Any], option: str, meaning: str) -> int:
+    """`options[option]` as an int; a string, a bool, a fraction or a value below 1 is an error."""
+    value = options[option]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(value, float) and not value.is_integer() or value < 1:
+        raise HarnessError(f"datasets.{name}.options.{option} must be a positive integer ({meaning}), got {value!r}")
+    return int(value)
+
+
 def _preprocess(name: str, options: dict[str, Any]) -> Preprocess:
-    crop = int(options["crop"])
-    resize = int(options["resize"]) if options["resize"] else int(round(crop * RESIZE_PER_CROP))
-    if crop < 1 or resize < crop:
-        raise HarnessError(f"datasets.{name}.options: need 1 <= crop <= resize, got crop={crop}, resize={resize}")
+    """The protocol's preprocessing from the image options; also checks `workers`, which
+    every reader taking these options hands to its splits unchanged."""
+    crop = _positive_integer(name, options, "crop", "pixels of the centre crop")
+    resize = _positive_integer(name, options, "resize", "pixels of the shorter side") if options["resize"] is not None else int(round(crop * RESIZE_PER_CROP))
+    if resize < crop:
+        raise HarnessError(f"datasets.{name}.options: need crop <= resize, got crop={crop}, resize={resize}")
+    if options.get("workers") is not None:
+        _positive_integer(name, options, "workers", "decoding threads")
     return Preprocess(crop=crop, resize=resize)
 
 
@@ -104,6 +116,19 @@ def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
     return paths, labels, classes
 
 
+def _require_memory_images(name: str, folder: Path, classes: list[str], labels: list[int]) -> None:
+    """Every class directory of the memory split holds an image: a class directory says the
+    class exists, and a class without memory images cannot be retrieved."""
+    held = set(labels)
+    empty = [cls for i, cls in enumerate(classes) if i not in held]
+    if empty:
+        more = f" (and {len(empty) - 1} more class directories)" if len(empty) > 1 else ""
+        raise DataFormatError(
+            f"dataset {name!r}: {folder / empty[0]}: class directory holds no image files ({', '.join(IMAGE_EXTENSIONS)}){more}; "
+            "every class needs images in the memory split: add some, or remove the directory"
+        )
+
+
 def _warn_skipped_link(path: Path, reason: str) -> None:
     warnings.warn(f"{path}: directory not scanned for images: {reason}", stacklevel=4)
 
@@ -114,6 +139,7 @@ def _read_folder_pair(name: str, spec: DatasetSpec, test_dir: str, what: str, ex
     preprocess = _preprocess(name, options)
     workers, limit = options["workers"], pixel_limit(name, options)
     train_paths, train_labels, classes = scan_image_folder(root / options["train_dir"])
+    _require_memory_images(name, root / options["train_dir"], classes, train_labels)
     test_paths, test_labels, _ = scan_image_folder(root / options["test_dir"], classes)
     return ClassificationData(
         name=name,

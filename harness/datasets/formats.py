@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from harness.datasets.bundled import read_digits, read_lfw_faces, read_textures
 from harness.datasets.folders import read_cub200, read_flowers102, read_food101, read_imagefolder, read_imagenet
 from harness.datasets.huggingface import read_huggingface
-from harness.datasets.medmnist import read_medmnist
+from harness.datasets.medmnist import medmnist_files, read_medmnist
 from harness.datasets.nights import read_nights
 from harness.datasets.segmentation import read_ade20k, read_coco, read_voc
 from harness.datasets.spec import Reader
@@ -39,7 +39,7 @@ def register_dataset_formats(register: RegisterFormat) -> None:
     register("flowers102", read_flowers102)
     register("cub200", read_cub200)
     register("food101", read_food101)
-    register("medmnist", read_medmnist)
+    register("medmnist", read_medmnist, files=medmnist_files)
     register("nights", read_nights)
     register("coco", read_coco)
     register("voc", read_voc)

@@ -252,11 +252,12 @@ def read_huggingface(name: str, spec: DatasetSpec) -> ClassificationData:
     preprocess, limit = _preprocess(name, options), pixel_limit(name, options)
     splits: dict[str, ItemSplit] = {}
     classes: list[str] | None = None
+    tables: dict[str, HFSplit] = {}
     for split in sorted(wanted | set(explicit), key=lambda s: (s != options["train_split"], s)):
         files = _explicit_files(root, explicit[split], name, split) if split in explicit else _split_files(root, split)
         if not files:
             raise DataFormatError(f"dataset {name!r}: no files of split {split!r} under {root} (expected a save_to_disk folder {split}/, or {split}-*.parquet / .arrow); name them in options.splits")
-        rows = HFSplit([TablePart(f, options["image_column"], options["label_column"]) for f in files], name, split)
+        rows = tables[split] = HFSplit([TablePart(f, options["image_column"], options["label_column"]) for f in files], name, split)
         if classes is None:
             classes = _class_names(rows.parts[0].features, options["label_column"]) or _info_class_names(files[0], options["label_column"])
         splits[split] = ItemSplit(
@@ -271,6 +272,7 @@ def read_huggingface(name: str, spec: DatasetSpec) -> ClassificationData:
     count = 1 + max(int(s.labels.max()) for s in splits.values())
     if classes is not None and len(classes) < count:
         raise DataFormatError(f"dataset {name!r}: column {options['label_column']!r} holds class {count - 1} but its ClassLabel names only {len(classes)} classes")
+    _require_memory_classes(name, options["train_split"], tables, classes)
     return ClassificationData(
         name=name,
         train=splits[options["train_split"]],
@@ -279,6 +281,21 @@ def read_huggingface(name: str, spec: DatasetSpec) -> ClassificationData:
         description=f"Hugging Face dataset: {options['train_split']} as memory, {options['test_split']} as queries",
         splits=splits,
     )
+
+
+def _require_memory_classes(name: str, memory: str, tables: dict[str, HFSplit], classes: list[str] | None) -> None:
+    """Every split's labels are among the memory split's: a ClassLabel may name classes
+    without memory rows, but a query of such a class cannot be retrieved."""
+    held = np.unique(tables[memory].labels)
+    for split, rows in tables.items():
+        strangers = np.flatnonzero(~np.isin(rows.labels, held))
+        if len(strangers):
+            label = int(rows.labels[strangers[0]])
+            class_name = classes[label] if classes else str(label)
+            raise DataFormatError(
+                f"dataset {name!r}: split {split!r}: {rows.where(int(strangers[0]))}: class {class_name!r} "
+                f"is not among the classes of the {memory!r} split's rows; every query class needs rows in the memory split"
+            )
 
 
 def _fetch(rows: HFSplit, index: int, root: Path, limit: PixelLimit) -> Image.Image:

@@ -194,6 +194,28 @@ def _missing_file_message(name: str, spec: DatasetSpec, root: Path, flag: str, s
     return f"dataset {name!r}: {root / wanted} does not exist (looked for {wanted}); {where} (a .npz file or a directory holding it)"
 
 
+MEDMNIST_OPTIONS: dict[str, Any] = {"flag": None, "size": 224, "label_type": None}
+
+
+def medmnist_files(name: str, spec: DatasetSpec) -> list[Path]:
+    """The one `.npz` the dataset reads: the root itself, or `<flag>_<size>.npz` in it (a
+    missing one makes the dataset unavailable, naming the sizes the root has)."""
+    options = dataset_options(name, spec, MEDMNIST_OPTIONS)
+    size = options["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise HarnessError(
+            f"datasets.{name}.options.size must be a positive integer (the image size in pixels: 28, 64, 128 or 224), got {size!r}"
+        )
+    root = spec.resolved_root(name)
+    if not root.is_dir():
+        return [root]
+    flag = options["flag"] or name
+    path = root / medmnist_file(flag, size)
+    if not path.is_file():
+        raise DatasetUnavailable(_missing_file_message(name, spec, root, flag, size))
+    return [path]
+
+
 def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
     """One MedMNIST `.npz` (keys train_images, train_labels, val_images, val_labels,
     test_images, test_labels; images uint8 N x S x S grey or N x S x S x 3; labels N x L).
@@ -205,21 +227,9 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
     resizes). Labels: [n] for multi-class / binary / ordinal datasets; the multi-label
     dataset (chestmnist) keeps its [n, 14] 0/1 matrix and `label_type` says so.
     """
-    options = dataset_options(name, spec, {"flag": None, "size": 224, "label_type": None})
-    size = options["size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise HarnessError(
-            f"datasets.{name}.options.size must be a positive integer (the image size in pixels: 28, 64, 128 or 224), got {size!r}"
-        )
-    root = spec.resolved_root(name)
-    flag = options["flag"] or name
-    if root.is_dir():
-        path = root / medmnist_file(flag, options["size"])
-        if not path.is_file():
-            raise DatasetUnavailable(_missing_file_message(name, spec, root, flag, size))
-    else:
-        path = root
-        flag = options["flag"] or path.stem.split("_")[0]
+    options = dataset_options(name, spec, MEDMNIST_OPTIONS)
+    (path,) = medmnist_files(name, spec)
+    flag = options["flag"] or (name if spec.resolved_root(name).is_dir() else path.stem.split("_")[0])
     try:
         archive = zipfile.ZipFile(path)
     except _NPZ_READ_ERRORS as exc:

@@ -148,6 +148,67 @@ def item_image(instance: Any, index: int, where: str, limit: PixelLimit) -> Imag
     return array_to_image(image, name, limit)
 
 
+def class_names(instance: Any, where: str) -> list[str] | None:
+    """The instance's class names in label order, from `classes` or `class_to_idx`; None
+    when it has neither."""
+    classes = getattr(instance, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes:
+        return [str(c) for c in classes]
+    class_to_idx = getattr(instance, "class_to_idx", None)
+    if isinstance(class_to_idx, dict) and class_to_idx:
+        by_index = {int(i): str(c) for c, i in class_to_idx.items()}
+        if sorted(by_index) != list(range(len(by_index))):
+            raise DataFormatError(f"{where}: class_to_idx does not number its classes 0..{len(by_index) - 1}")
+        return [by_index[i] for i in range(len(by_index))]
+    return None
+
+
+def matched_classes(name: str, memory: str, read: dict[str, tuple[Any, str, np.ndarray, list[str] | None]]) -> list[str]:
+    """The memory split's class names, every split's labels renumbered in place to index them.
+
+    Each torchvision instance numbers its own classes (ImageFolder: its sorted folders),
+    so splits are matched by class name where they have names; a label the memory's items
+    never carry (a class with no memory item) cannot be retrieved, and is an error naming
+    the dataset, split and class.
+    """
+    _, _, memory_labels, memory_names = read[memory]
+    count = 1 + int(memory_labels.max(initial=-1))
+    if memory_names is not None and len(memory_names) < count:
+        raise DataFormatError(f"{read[memory][1]}: label {count - 1} but only {len(memory_names)} classes named")
+    classes = memory_names if memory_names is not None else [str(i) for i in range(count)]
+    index = {c: i for i, c in enumerate(classes)}
+    held = set(memory_labels.tolist())
+    for split, (_, where, labels, names) in read.items():
+        if split == memory:
+            continue
+        if (names is None) != (memory_names is None):
+            raise DataFormatError(
+                f"dataset {name!r}: split {split!r} and the memory split {memory!r} cannot be matched: "
+                f"only one of them names its classes ({where})"
+            )
+        if names is not None:
+            if len(labels) and int(labels.max()) >= len(names):
+                raise DataFormatError(f"{where}: label {int(labels.max())} but only {len(names)} classes named")
+            renumber = np.array([index.get(c, -1) for c in names], np.int64)
+            found = sorted({names[label] for label in labels.tolist() if renumber[label] < 0})
+            if found:
+                raise DataFormatError(
+                    f"dataset {name!r}: split {split!r}: class {found[0]!r} is not among the classes of the {memory!r} split"
+                    + (f" ({len(found)} such classes)" if len(found) > 1 else "")
+                    + "; every query class needs items in the memory split"
+                )
+            labels[:] = renumber[labels]
+        unheld = sorted(set(labels.tolist()) - held)
+        if unheld:
+            label = classes[unheld[0]] if unheld[0] < len(classes) else str(unheld[0])
+            raise DataFormatError(
+                f"dataset {name!r}: split {split!r}: class {label!r} is not among the classes of the {memory!r} split's items"
+                + (f" ({len(unheld)} such classes)" if len(unheld) > 1 else "")
+                + "; every query class needs items in the memory split"
+            )
+    return classes
+
+
 def read_torchvision(name: str, spec: DatasetSpec) -> ClassificationData:
     """A `torchvision.datasets` class over the dataset's root (see the module's docstring).
 
@@ -170,13 +231,15 @@ def read_torchvision(name: str, spec: DatasetSpec) -> ClassificationData:
         if split not in wanted:
             raise HarnessError(f"datasets.{name}.options.splits has no split {split!r} (it names {', '.join(wanted)})")
     preprocess, limit = _preprocess(name, options), pixel_limit(name, options)
-    splits, classes = {}, None
+    memory = options["train_split"]
+    read = {}
     for split, own in wanted.items():
         instance = instantiate(name, cls, split_arguments(name, cls, root, options["args"], own, split), split)
         where = f"torchvision.datasets.{cls.__name__}({getattr(instance, 'root', root)}) split {split!r}"
-        labels = dataset_labels(name, instance, where)
-        if classes is None and isinstance(getattr(instance, "classes", None), (list, tuple)):
-            classes = [str(c) for c in instance.classes]
+        read[split] = (instance, where, dataset_labels(name, instance, where), class_names(instance, where))
+    classes = matched_classes(name, memory, read)
+    splits = {}
+    for split, (instance, where, labels, _) in read.items():
         splits[split] = ItemSplit(
             fetch=(lambda instance, where: lambda i: item_image(instance, i, where, limit))(instance, where),
             labels=labels,
@@ -186,9 +249,6 @@ def read_torchvision(name: str, spec: DatasetSpec) -> ClassificationData:
             limit=limit,
             description=f"{name} {split}",
         )
-    count = 1 + max(int(s.labels.max(initial=-1)) for s in splits.values())
-    if classes is None or len(classes) < count:
-        classes = [str(i) for i in range(count)]
     return ClassificationData(
         name=name,
         train=splits[options["train_split"]],

@@ -252,10 +252,21 @@ def read_webdataset(name: str, spec: DatasetSpec) -> ClassificationData:
     indexed = {split: [s for shard in paths for s in index_shard(shard, options["label_key"])] for split, paths in shards.items()}
     count = 1 + max((s.label for samples in indexed.values() for s in samples), default=-1)
     classes = read_classnames(folder, options["classnames"], count)
+    memory = options["train_split"]
+    if not indexed[memory]:
+        raise DataFormatError(f"dataset {name!r}: the shards of split {memory!r} hold no samples")
+    held = {s.label for s in indexed[memory]}
     splits = {}
     for split, samples in indexed.items():
         if not samples:
             raise DataFormatError(f"dataset {name!r}: the shards of split {split!r} hold no samples")
+        stranger = next((s for s in samples if s.label not in held), None)
+        if stranger is not None:
+            raise DataFormatError(
+                f"dataset {name!r}: split {split!r}: {stranger.shard}: sample {stranger.key!r} (sample {stranger.index} of the shard): "
+                f"class {classes[stranger.label]!r} is not among the classes of the {memory!r} split's samples; "
+                "every query class needs samples in the memory split"
+            )
         splits[split] = ItemSplit(
             fetch=(lambda samples: lambda i: read_member(samples[i], limit))(samples),
             labels=[s.label for s in samples],

@@ -95,7 +95,8 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ids", required=True, help="file of ids to remove, one decimal integer per line (`#` comments allowed)")
     p.add_argument(
         "--out", required=True,
-        help="the reduced memory file to write; it may be the memory file itself only with --verify",
+        help="the reduced memory file to write; it may be the memory file itself (or a symlink to it) only with "
+        "--verify, and not while other hard links to it exist",
     )
     p.add_argument(
         "--verify", action="store_true",

@@ -18,6 +18,7 @@ The ids, query and output files themselves are read and checked by
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.memory.index import VisualMemory
+from harness.memory.inputs import int64_values
 from harness.memory.user_files import (
     cannot_write,
     output_file,
@@ -167,12 +169,20 @@ def remove_ids(
     `queries` (see `load_queries`) is compared with that of a memory rebuilt from the
     original rows without the ids (the result is under "verification"); when any answer
     differs nothing is written and "path" is None. `out_path` may be `memory_path` itself
-    (or a link to it) only with `verify`: once the file is replaced, the original rows
-    that a check needs are gone."""
+    (or a symlink to it) only with `verify`: once the file is replaced, the original rows
+    that a check needs are gone. A symlink is written through: its target file is replaced.
+    A file with other hard links is refused as `out_path` of an in-place removal: the
+    rename replaces one name, and the other names would keep every row."""
     if same_file(memory_path, out_path) and not verify:
         raise HarnessError(
             f"{out_path}: --out is the memory file being reduced, so its original rows would be gone before "
             "anything checked the removal; write to a new file, or add --verify to check before it is replaced"
+        )
+    if same_file(memory_path, out_path) and _has_other_hard_links(out_path):
+        raise HarnessError(
+            f"{out_path}: other names (hard links) link to this memory file, and replacing it under one name "
+            "would leave them holding the rows being removed; delete the other links first "
+            f"(`find / -samefile {out_path}` lists them), or write to a new file"
         )
     out_path = output_file(out_path, "--out")
     memory = VisualMemory.load(memory_path, device=device if verify else "cpu")
@@ -211,6 +221,14 @@ def remove_ids(
     except OSError as exc:
         raise cannot_write(out_path, "the reduced memory", exc) from None
     return summary
+
+
+def _has_other_hard_links(path: str | Path) -> bool:
+    """Whether the file at `path` (after symlinks) has names other than this one."""
+    try:
+        return os.stat(path).st_nlink > 1
+    except OSError:
+        return False
 
 
 def load_queries(
@@ -301,7 +319,7 @@ def verify_unlearning(
     The rebuild starts from the stored embeddings of the remaining rows (re-embedding the
     images would give the same rows: encoders are deterministic and embeddings cached)."""
     original = memory if isinstance(memory, VisualMemory) else VisualMemory.load(memory, device=device)
-    ids = read_ids(ids, original) if isinstance(ids, (str, Path)) else np.asarray(ids, dtype=np.int64).reshape(-1)
+    ids = read_ids(ids, original) if isinstance(ids, (str, Path)) else int64_values(ids, "verify_unlearning: ids").reshape(-1)
     features, _, described = load_queries(queries, original, registry, device)
     rows = (original.features, original.labels, original.ids)
     unlearned = VisualMemory.from_arrays(*rows, device=original.device, backend=original.backend)

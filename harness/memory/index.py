@@ -26,27 +26,12 @@ from harness.device import default_device
 from harness.errors import HarnessError
 from harness.memory.engines import Engine, automatic_backend, make_engine
 from harness.memory.exact import exact_neighbours
+from harness.memory.inputs import INT64, as_unit_rows, checked_rows, int64_values, positive_int
 from harness.memory.privacy import FlipCounts, PrivacyReport, count_flips
 from harness.memory.voting import Vote, check_vote, vote_mass
 
 _CLASSIFY_BLOCK = 8192  # queries per classification block (bounds the [q, classes] scores)
 _AUDIT_ELEMENTS = 1 << 20  # (query, neighbour) pairs per privacy-audit block
-
-
-def _as_unit_rows(values: object, dim: int, what: str) -> np.ndarray:
-    """`values` ([n, dim] or [dim], numpy or torch) as contiguous L2-normalised float32 rows."""
-    array = values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim == 1:
-        array = array[None]
-    if array.ndim != 2 or array.shape[1] != dim:
-        raise HarnessError(f"{what} must have shape [n, {dim}], got {list(array.shape)}")
-    bad = ~np.isfinite(array).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)[:5].tolist()
-        raise HarnessError(f"{what} contain NaN or infinite values (rows {rows}); check the encoder's output")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return np.ascontiguousarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 class _Rows:
@@ -141,35 +126,35 @@ class VisualMemory:
     ) -> VisualMemory:
         """A memory holding exactly these stored rows (another memory's `features`, already
         L2-normalised, kept bit for bit: `add` would normalise them once more, and a second
-        normalisation can move a row by a rounding step)."""
-        rows = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
-        if rows.ndim != 2:
-            raise HarnessError(f"from_arrays: features must have shape [n, dim], got {list(rows.shape)}")
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if not len(rows) == len(labels) == len(ids):
-            raise HarnessError(f"from_arrays: {len(rows)} rows, {len(labels)} labels and {len(ids)} ids")
-        if not np.isfinite(rows).all():
-            raise HarnessError("from_arrays: features contain NaN or infinite values")
-        norms = np.linalg.norm(rows.astype(np.float64), axis=1)
-        if not ((np.abs(norms - 1.0) < 1e-4) | (norms == 0)).all():
-            raise HarnessError("from_arrays: features must be L2-normalised rows (use add() for raw features)")
-        if (labels < 0).any():
-            raise HarnessError("from_arrays: labels must be non-negative integers (class indices)")
-        if len(np.unique(ids)) != len(ids):
-            raise HarnessError("from_arrays: ids must be unique")
+        normalisation can move a row by a rounding step). The arrays are copied: changing
+        them afterwards does not change the memory. `next_id` (default: just above the
+        largest id) must be above every id."""
+        rows, labels, ids, next_id = checked_rows(features, labels, ids, next_id, "from_arrays")
+        return cls._holding(rows, labels, ids, next_id, device, backend, metadata)
+
+    @classmethod
+    def _holding(
+        cls,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        ids: np.ndarray,
+        next_id: int,
+        device: str | None,
+        backend: Literal["auto", "faiss", "torch"],
+        metadata: dict | None,
+    ) -> VisualMemory:
+        """A memory that takes over rows already checked by `_checked_rows`."""
         memory = cls(rows.shape[1], device=device, backend=backend)
         memory._rows.replace(rows, labels, ids)
-        floor = int(ids.max(initial=-1)) + 1
-        memory._next_id = floor if next_id is None else max(int(next_id), floor)
+        memory._next_id = next_id
         memory.metadata = dict(metadata or {})
         return memory
 
     # ----------------------------------------------------------------- learning
     def add(self, features: object, labels: object, ids: object | None = None) -> np.ndarray:
         """Add rows; returns their ids (a running counter unless given)."""
-        rows = _as_unit_rows(features, self.dim, "features")
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        rows = as_unit_rows(features, self.dim, "features")
+        labels = int64_values(labels, "add: labels").reshape(-1)
         if len(labels) != len(rows):
             raise HarnessError(f"add: {len(rows)} feature rows but {len(labels)} labels")
         if (labels < 0).any():
@@ -177,11 +162,13 @@ class VisualMemory:
         if ids is None:
             new_ids = np.arange(self._next_id, self._next_id + len(rows), dtype=np.int64)
         else:
-            new_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            new_ids = int64_values(ids, "add: ids").reshape(-1)
             if len(new_ids) != len(rows):
                 raise HarnessError(f"add: {len(rows)} feature rows but {len(new_ids)} ids")
             if len(np.unique(new_ids)) != len(new_ids) or np.isin(new_ids, self._rows.ids).any():
                 raise HarnessError("add: ids must be unique and not already in the memory")
+            if (new_ids == INT64.max).any():
+                raise HarnessError(f"add: ids must be below {INT64.max}, so that the next id to hand out fits in int64")
         self._rows.extend(rows, labels, new_ids)
         self._next_id = max(self._next_id, int(new_ids.max(initial=-1)) + 1)
         if self._engine is not None:
@@ -190,7 +177,7 @@ class VisualMemory:
 
     def remove(self, ids: object) -> int:
         """Forget the rows with these ids (exact unlearning); returns how many were removed."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = int64_values(ids, "remove: ids").reshape(-1)
         keep = ~np.isin(self._rows.ids, ids)
         removed = int((~keep).sum())
         if removed:
@@ -207,7 +194,7 @@ class VisualMemory:
     def search(self, queries: object, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k most similar rows per query: (similarities [q, k], ids [q, k]), best first."""
         k = self._check_k(k, clip=False)
-        sims, positions = self._search_positions(_as_unit_rows(queries, self.dim, "queries"), k)
+        sims, positions = self._search_positions(as_unit_rows(queries, self.dim, "queries"), k)
         return sims.astype(np.float32), self._rows.ids[positions]
 
     def class_scores(
@@ -222,7 +209,7 @@ class VisualMemory:
         over the min(k, len) nearest rows."""
         check_vote(vote, temperature)
         k = self._check_k(k, clip=True)
-        sims, positions = self._search_positions(_as_unit_rows(queries, self.dim, "queries"), k)
+        sims, positions = self._search_positions(as_unit_rows(queries, self.dim, "queries"), k)
         return vote_mass(sims, self._rows.labels[positions], vote, temperature, num_classes or self.num_classes)
 
     def classify(
@@ -231,7 +218,7 @@ class VisualMemory:
         """Predicted label per query: the class with the most vote mass (lowest label on ties)."""
         check_vote(vote, temperature)
         k = self._check_k(k, clip=True)
-        queries = _as_unit_rows(queries, self.dim, "queries")
+        queries = as_unit_rows(queries, self.dim, "queries")
         predictions = np.empty(len(queries), np.int64)
         for start in range(0, len(queries), _CLASSIFY_BLOCK):
             block = slice(start, start + _CLASSIFY_BLOCK)
@@ -270,11 +257,11 @@ class VisualMemory:
         handled at once (default: about a million (query, neighbour) pairs).
         """
         check_vote(vote, temperature)
-        queries = _as_unit_rows(queries, self.dim, "queries")
+        queries = as_unit_rows(queries, self.dim, "queries")
         used = self._check_k(k, clip=True)
         n = len(self)
         width = min(used + 1, n)  # the k nearest, plus the row that enters after a removal
-        block = int(block) if block else max(1, _AUDIT_ELEMENTS // width)
+        block = max(1, _AUDIT_ELEMENTS // width) if block is None else positive_int(block, "privacy_report: block")
         counts = FlipCounts(per_position=np.zeros(n, np.int64))
         for start in range(0, len(queries), block):
             sims, positions = self._search_positions(queries[start : start + block], width)
@@ -295,7 +282,7 @@ class VisualMemory:
 
     def labels_of(self, ids: object) -> np.ndarray:
         """The labels of rows given by id (any shape)."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = int64_values(ids, "labels_of: ids")
         if len(self) == 0:
             if ids.size:
                 raise HarnessError("labels_of: the memory is empty")
@@ -313,7 +300,10 @@ class VisualMemory:
 
     # -------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the memory to a .npz file (atomically; no pickled objects)."""
+        """Write the memory to a .npz file (atomically; no pickled objects).
+
+        A symlink at `path` keeps pointing at its file, which is replaced. Other hard links
+        to a replaced file keep its old contents (the rename gives `path` a new file)."""
         path = Path(path)
 
         def write(tmp: Path) -> None:
@@ -327,7 +317,7 @@ class VisualMemory:
                     metadata=np.array(json.dumps(self.metadata, sort_keys=True, default=str)),
                 )
 
-        return atomic_write(path, write)
+        return atomic_write(path, write, through_symlinks=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, backend: Literal["auto", "faiss", "torch"] = "auto") -> VisualMemory:
@@ -342,28 +332,19 @@ class VisualMemory:
             raise HarnessError(f"{path}: not a saved VisualMemory (missing key {exc})") from None
         except Exception as exc:
             raise HarnessError(f"{path}: cannot read memory file ({exc})") from None
-        features = arrays["features"]
-        if features.ndim != 2 or features.shape[1] == 0:
-            raise HarnessError(f"{path}: features must have shape [n, dim], got {list(features.shape)}")
-        if not len(features) == len(arrays["labels"]) == len(arrays["ids"]):
-            raise HarnessError(
-                f"{path}: {len(features)} feature rows, {len(arrays['labels'])} labels and {len(arrays['ids'])} ids"
+        try:
+            rows, labels, ids, next_id = checked_rows(
+                arrays["features"], arrays["labels"], arrays["ids"], arrays["next_id"], str(path)
             )
-        memory = cls(features.shape[1], device=device, backend=backend)
-        memory._rows.replace(
-            np.ascontiguousarray(features, dtype=np.float32), arrays["labels"].astype(np.int64), arrays["ids"].astype(np.int64)
-        )
-        memory._next_id = int(arrays["next_id"])
-        memory.metadata = metadata if isinstance(metadata, dict) else {}
-        return memory
+        except HarnessError as exc:
+            raise HarnessError(f"{exc}; the file is damaged or was not written by VisualMemory.save") from None
+        return cls._holding(rows, labels, ids, next_id, device, backend, metadata if isinstance(metadata, dict) else {})
 
     # ---------------------------------------------------------------- internals
     def _check_k(self, k: int, clip: bool) -> int:
         if len(self) == 0:
             raise HarnessError("the visual memory is empty: add features before searching")
-        k = int(k)
-        if k < 1:
-            raise HarnessError(f"k must be at least 1, got {k}")
+        k = positive_int(k, "k")
         if k > len(self):
             if clip:
                 return len(self)

@@ -310,9 +310,15 @@ def _truncate_quietly(descriptor: int, size: int) -> None:
 
 
 def latest(records: list[Result]) -> list[Result]:
-    """The newest record for each (task, dataset, encoder, metric, params)."""
+    """The newest record for each (task, dataset, encoder, metric, params), `records` in
+    the order they were written. A cell whose newest record is an error shows that error
+    alone; one whose newest record is not shows no error records (an older failure was
+    computed again since), as the runner decides what to reuse."""
+    failed = {(r.task, r.dataset, r.encoder): r.status == "error" for r in records}
     newest: dict[str, Result] = {}
     for record in records:
+        if (record.status == "error") != failed[(record.task, record.dataset, record.encoder)]:
+            continue
         key = json.dumps([record.task, record.dataset, record.encoder, record.metric, record.params], sort_keys=True)
         newest[key] = record
     return list(newest.values())

@@ -178,7 +178,7 @@ class Runner:
         """The object a plan entry stands for: made by the registry from a name, or the
         object itself (encoders and tasks made in Python)."""
         if isinstance(item, str):
-            return self.create(kind, item)
+            return self.registry.create(kind, item)
         wanted = {"encoder": Encoder, "task": Task}.get(kind)
         if wanted is None or not isinstance(item, wanted):
             what = f"an instance name or a harness.{wanted.__name__}" if wanted else "an instance name"
@@ -199,27 +199,13 @@ class Runner:
             if obj.name not in keys:
                 kept.append(item)
             if not isinstance(item, str) and obj.name in self.registry.instance_names(kind) and obj.name not in keys:
-                keys[obj.name] = self.create(kind, obj.name).key
+                keys[obj.name] = self.registry.create(kind, obj.name).key
             if keys.setdefault(obj.name, key) != key:
                 raise HarnessError(
                     f"{kind} {obj.name!r}: two different {kind}s of this name (a registry instance or another entry "
                     f"differs in parameters or weights); give the one made in Python its own name (obj.name = '...')"
                 )
         return kept
-
-    def create(self, kind: str, name: str) -> Any:
-        """`registry.create`, with the registry field at fault named when an instance's plugin
-        is not loaded (and the plugins that failed to load)."""
-        try:
-            plugin = self.registry.create(kind, name)
-        except UnknownNameError as exc:
-            spec = self.registry.spec(kind, name)
-            if spec is None or spec.plugin in self.registry.plugins.classes[kind]:
-                raise
-            broken = "; ".join(f"{b.source}: {b.error}" for b in self.registry.plugins.broken)
-            hint = f" Plugins that failed to load (see `harness list`): {broken}" if broken else ""
-            raise RegistryError(f"{self.registry.path}: {kind}s.{name}.plugin: {exc}{hint}") from None
-        return plugin
 
     def cell_key(self, encoder: Encoder, task: Task, dataset: str) -> str:
         subset = [] if self.ctx.limit is None else [{"limit": self.ctx.limit, "seed": self.ctx.seed}]
@@ -231,7 +217,18 @@ class Runner:
         recipe on a CPU) then holds back none of the cells that need none."""
         encoders = sorted((self.instance("encoder", item) for item in plan.encoders), key=lambda e: e.trainable)
         tasks = [self.instance("task", item) for item in plan.tasks]
+        for task in tasks:
+            self.check_datasets(task)
         return [Cell(e, t, d, self.cell_key(e, t, d)) for e in encoders for t in tasks for d in t.datasets]
+
+    def check_datasets(self, task: Task) -> None:
+        """Refuse, before any work, a dataset that a task's `datasets` parameter names but
+        the registry lacks. A task's own `default_datasets`, and every name a task that
+        `builds_own_data` is given, may be data the task makes itself."""
+        known = self.registry.config.datasets
+        for dataset in [] if task.builds_own_data else task.datasets:
+            if dataset not in known and dataset not in task.default_datasets:
+                raise RegistryError(f"{self.registry.path}: tasks.{task.name}.params.datasets: {UnknownNameError('dataset', dataset, sorted(known))}")
 
     def pending(self, plan: Plan) -> tuple[list[Cell], list[Result]]:
         """Cells still to compute, and the records of the plan's cells that results.jsonl
@@ -243,7 +240,8 @@ class Runner:
         contents = self.store.scan()
         for damage in contents.damaged:
             print(f"warning: {damage}", file=sys.stderr)
-        reused = [r for r in contents.records if r.cell_key in keys and r.status != "error"]
+        newest = {r.cell_key: r.status for r in contents.records if r.cell_key in keys}  # the file is in the order cells ended
+        reused = [r for r in contents.records if r.cell_key in keys and newest[r.cell_key] != "error" and r.status != "error"]
         done = {r.cell_key for r in reused}
         return [c for c in cells if c.key not in done], latest(reused)
 
@@ -326,7 +324,7 @@ def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | No
         record = cell_ctx.result("skipped", None)
         record.status, record.message = "skipped", str(exc)
         return [record]
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin's sys.exit fails its own cell, not the run
         trace_path = ctx.out_dir / "errors" / f"{task.name}__{cell.dataset}__{encoder.name}.txt"
         with output_errors(trace_path):
             trace_path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import numpy as np
 
 from harness.version import __version__
 from harness.cache import cache_root, cached_arrays, save_arrays
+from harness.errors import HarnessError
 from harness.keys import stable_hash
 from harness.kinds import Encoder, Task
 
@@ -100,7 +101,10 @@ class CellContext:
             total = (len(split) + batch_size - 1) // batch_size
             desc = f"embed {self.encoder.name} {self.dataset}/{split_name}"
             for batch in tqdm(split.batches(batch_size), total=total, desc=desc, leave=False, disable=not self.run.progress):
-                chunks.append(self.encoder.embed(batch).float().cpu().numpy())
+                chunks.append(self.encoder.checked_features(self.encoder.embed(batch), len(batch)))
+            widths = sorted({chunk.shape[1] for chunk in chunks})
+            if len(widths) > 1:
+                raise HarnessError(f"encoder {self.encoder.name!r}: embed returned features of {widths} dimensions for batches of {self.dataset}/{split_name}; every image needs the same d")
             return {"features": np.concatenate(chunks).astype(np.float32)}
 
         if self.run.force and path not in self.run.recomputed:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from harness.bench.targets import GPU_SUFFIX
-from harness.errors import DatasetUnavailable
+from harness.errors import DatasetUnavailable, HarnessError
 from harness.kinds import Encoder
 from harness.runner.cells import Plan, Runner
 
 if TYPE_CHECKING:
+    from harness.config.loading import RegisteredFormat
     from harness.config.schema import DatasetSpec
 
 # Images embedded per dataset (memory + queries) at the published split sizes.
@@ -101,9 +102,11 @@ def _hub_dataset_status(name: str, options: dict[str, Any]) -> str:
     return f"{where}, in the local hub cache: {snapshot}"
 
 
-def dataset_status(name: str, spec: DatasetSpec) -> str:
+def dataset_status(name: str, spec: DatasetSpec, formats: Mapping[str, RegisteredFormat] | None = None) -> str:
     """Where dataset `name` is read from, or why it cannot be: its root, the package that
-    ships it, or the hub revision in the local cache (nothing is fetched)."""
+    ships it, or the hub revision in the local cache (nothing is fetched). With the
+    registry's `formats`, a format that lists the files a dataset reads (`files`) is
+    asked whether those are in the root (a MedMNIST root may hold other sizes only)."""
     if spec.format == "huggingface" and spec.options.get("hub"):
         return _hub_dataset_status(name, spec.options)
     if not (spec.root or spec.env):
@@ -111,9 +114,15 @@ def dataset_status(name: str, spec: DatasetSpec) -> str:
 
         return f"bundled ({spec.format})" if spec.format in BUNDLED_PACKAGES else f"made by its reader ({spec.format}), no files"
     try:
-        return f"present at {spec.resolved_root(name)}"
+        root = spec.resolved_root(name)
+        registered = (formats or {}).get(spec.format)
+        if registered is not None and registered.files is not None:
+            registered.files(name, spec)
+        return f"present at {root}"
     except DatasetUnavailable as exc:
         return f"MISSING: {exc}"
+    except HarnessError as exc:
+        return f"MISCONFIGURED: {exc}"
 
 
 def describe_plan(
@@ -135,7 +144,7 @@ def describe_plan(
     datasets: dict[str, str] = {}
     for cell in todo:
         spec = registry.config.datasets.get(cell.dataset)
-        datasets[cell.dataset] = "built by the task" if spec is None else dataset_status(cell.dataset, spec)
+        datasets[cell.dataset] = "built by the task" if spec is None else dataset_status(cell.dataset, spec, registry.plugins.formats)
     lines += ["datasets:"] + [f"  {name}: {status}" for name, status in sorted(datasets.items())] + [""]
 
     rows: list[list[Any]] = []

@@ -56,10 +56,7 @@ class GeneratorSource:
         return self._cache is not None
 
     def check(self, images: Any, n: int) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, self.size, self.size):
-            got = f"{getattr(images, 'dtype', type(images).__name__)} {list(getattr(images, 'shape', []))}"
-            raise HarnessError(f"generator {self.name!r} returned {got}, expected uint8 [{n}, 3, {self.size}, {self.size}]")
-        return images
+        return self.generator.checked(images, n, self.size)
 
     def _render(self, indices: Sequence[int]) -> torch.Tensor:
         """The images of these stream indices in one `sample_at` call (a shuffled epoch's

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# The paper: DINO's ImageNet defaults for ViT-S/16 at 224 px (REFERENCE.md, "Training").
+# The paper: DINO's ImageNet defaults for ViT-S/16 at 224 px (the paper's training section).
 PAPER: dict[str, Any] = {
     "arch": "vit_small_patch16_224",
     "img_size": 224,

@@ -31,7 +31,7 @@ Two protocols (`protocol`):
 The paper's Table 3 numbers sit beside the `released` rows only: the records of the
 `fixed` protocol carry no `paper_row` (they are not the paper's protocol), so the
 leaderboard's paper column stays empty for them. The headline cell's scores are saved
-to `<out>/medmnist/<dataset>__<encoder>.npz` (`scores`, `labels`, `k`) so that any
+to `<out>/medmnist/<task>__<dataset>__<encoder>.npz` (`scores`, `labels`, `k`) so that any
 evaluator can be run on them.
 """
 
@@ -238,7 +238,7 @@ class MedMNISTTask(Task):
     def _save_scores(self, ctx: Any, encoder: Any, scores: np.ndarray, labels: np.ndarray, k: int) -> None:
         from harness.cache import save_arrays
 
-        out = Path(ctx.run.out_dir) / "medmnist" / f"{ctx.dataset}__{encoder.name}.npz"
+        out = Path(ctx.run.out_dir) / "medmnist" / f"{self.name}__{ctx.dataset}__{encoder.name}.npz"
         save_arrays(out, scores=scores, labels=labels, k=np.int64(k), temperature=np.float64(self.params.temperature))
 
     @classmethod

@@ -11,7 +11,7 @@ Records, all with metric `2afc` (and `2afc_sem`, the standard error of the mean 
 per-triplet scores) and the param `split`:
   val               the paper's number (NIGHTS-Val, 1720 triplets): the headline;
   test_imagenet, test_no_imagenet, and test (their length-weighted total).
-Per-triplet outcomes are written to `<out>/nights/<dataset>__<encoder>__<split>.csv`
+Per-triplet outcomes are written to `<out>/nights/<task>__<dataset>__<encoder>__<split>.csv`
 (id, data.csv row, is_imagenet, p, d0, d1, score) for inspection.
 """
 
@@ -106,7 +106,7 @@ class NightsTask(Task):
             pandas.DataFrame(
                 {"id": triplets.ids, "csv_row": triplets.rows, "is_imagenet": triplets.is_imagenet,
                  "p": triplets.p, "d0": d0, "d1": d1, "score": scores}
-            ).to_csv(out_dir / f"{ctx.dataset}__{encoder.name}__{split}.csv", index=False)
+            ).to_csv(out_dir / f"{self.name}__{ctx.dataset}__{encoder.name}__{split}.csv", index=False)
             value = two_afc(d0, d1, triplets.p)
             records.append(ctx.result("2afc", value, n=len(scores), headline=split == "val", split=split, distance=method))
             records.append(ctx.result("2afc_sem", _sem(scores), n=len(scores), split=split, distance=method))
