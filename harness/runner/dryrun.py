@@ -102,10 +102,10 @@ def _hub_dataset_status(name: str, options: dict[str, Any]) -> str:
     return f"{where}, in the local hub cache: {snapshot}"
 
 
-def dataset_status(name: str, spec: DatasetSpec, formats: Mapping[str, RegisteredFormat] | None = None) -> str:
+def dataset_status(name: str, spec: DatasetSpec, formats: Mapping[str, RegisteredFormat]) -> str:
     """Where dataset `name` is read from, or why it cannot be: its root, the package that
-    ships it, or the hub revision in the local cache (nothing is fetched). With the
-    registry's `formats`, a format that lists the files a dataset reads (`files`) is
+    ships it, or the hub revision in the local cache (nothing is fetched). A format
+    among the registry's `formats` that lists the files a dataset reads (`files`) is
     asked whether those are in the root (a MedMNIST root may hold other sizes only)."""
     if spec.format == "huggingface" and spec.options.get("hub"):
         return _hub_dataset_status(name, spec.options)
@@ -115,7 +115,7 @@ def dataset_status(name: str, spec: DatasetSpec, formats: Mapping[str, Registere
         return f"bundled ({spec.format})" if spec.format in BUNDLED_PACKAGES else f"made by its reader ({spec.format}), no files"
     try:
         root = spec.resolved_root(name)
-        registered = (formats or {}).get(spec.format)
+        registered = formats.get(spec.format)
         if registered is not None and registered.files is not None:
             registered.files(name, spec)
         return f"present at {root}"
