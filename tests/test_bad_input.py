@@ -692,7 +692,9 @@ def test_memory_commands_exit_2_on_empty_memory_and_bad_queries(tmp_path, capsys
         assert status == 2, memory_file
         assert fragment in capsys.readouterr().err, memory_file
     status = main(["memory", "audit", str(tmp_path / "mem.npz"), "--queries", str(tmp_path / "queries.npy"), "--k", "50", "--device", "cpu"])
-    assert status == 0  # k above the memory size votes over every row
+    assert status == 0  # k above the memory size votes over every row, and says so
+    printed = capsys.readouterr().out
+    assert "\nk: 50\n" in printed and f"\nk_used: {len(memory)} (the whole memory" in printed, printed
 
 
 def test_non_finite_encoder_output_fails_the_cell_as_bad_input(good_run, run):

@@ -83,7 +83,7 @@ def test_list_shows_where_each_dataset_is_and_a_formats_options(tmp_path, monkey
     lines = {line.split()[1]: line.split(None, 3)[3] for line in capsys.readouterr().out.splitlines() if line.startswith("  dataset ")}
     assert lines.pop("mine-224").startswith("MISSING: dataset 'mine-224': no breastmnist_224.npz (size 224); the root has sizes 28: set options: {size: 28}")
     assert lines == {
-        "mine-gone": f"MISSING: dataset 'mine-gone': {tmp_path / 'gone'} does not exist; set datasets.mine-gone.root in registry.yaml or the environment variable MINE_ROOT",
+        "mine-gone": f"MISSING: dataset 'mine-gone': {tmp_path / 'gone'} does not exist; set datasets.mine-gone.root in {registry} or the environment variable MINE_ROOT",
         "mine-here": f"present at {tmp_path / 'mine'}",
         "mine-28": f"present at {tmp_path / 'mine'}",
     }

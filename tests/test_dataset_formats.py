@@ -510,6 +510,54 @@ def test_table_with_one_hot_or_multi_label_columns(tmp_path, digits):
     assert headerless.classes == [str(column) for column in range(2, 12)]
 
 
+def test_chexpert_uncertain_and_blank_findings_read_as_the_policy_says(tmp_path, digits):
+    """CheXpert's label cells: 1.0, 0.0, -1.0 (uncertain) and empty (not mentioned).
+    `uncertain_as` and `blank_as` give each a 0/1 reading (the U-Ones / U-Zeros policies);
+    the expected labels are written out here cell by cell."""
+    write_folders(tmp_path, digits)
+    rows = [row for row in folder_rows(digits) if row[2] == "train"][:4] + [row for row in folder_rows(digits) if row[2] == "test"][:4]
+    cells = [["1.0", "-1.0"], ["", "0.0"], ["-1.0", ""], ["0.0", "1.0"], ["", ""], ["-1", "-1"], ["1", "0"], ["0", "-1.0"]]
+    (tmp_path / "chexpert.csv").write_text(
+        "Path,Split,Edema,Pleural Effusion\n" + "".join(f"{path}.png,{split},{a},{b}\n" for (path, _, split), (a, b) in zip(rows, cells))
+    )
+
+    def read(uncertain, blank):
+        table = spec("table", tmp_path, file="chexpert.csv", image_column="Path", split_column="Split",
+                     label_columns=["Edema", "Pleural Effusion"], multi_label=True, uncertain_as=uncertain, blank_as=blank)
+        data = open_dataset("t", table)
+        reading = {"1.0": 1, "1": 1, "0.0": 0, "0": 0, "-1.0": uncertain, "-1": uncertain, "": blank}
+        for split in ("train", "test"):
+            expected = [[reading[a], reading[b]] for (_, _, row_split), (a, b) in zip(rows, cells) if row_split == split]
+            assert data.splits[split].labels.tolist() == expected, (uncertain, blank, split)
+
+    for uncertain in (0, 1):
+        for blank in (0, 1):
+            read(uncertain, blank)
+    with pytest.raises(DataFormatError, match=r"chexpert\.csv: line 2: label column 'Pleural Effusion' holds '-1\.0'; label columns hold 0 or 1 \(set options\.uncertain_as: 0 or 1"):
+        read(None, 0)
+    with pytest.raises(DataFormatError, match=r"chexpert\.csv: line 3: empty label \(column 'Edema'\) \(set options\.blank_as: 0 or 1"):
+        read(1, None)
+    with pytest.raises(HarnessError, match=r"datasets\.t\.options\.uncertain_as must be 0 or 1"):
+        read(-1, 0)
+    with pytest.raises(HarnessError, match=r"datasets\.t\.options\.blank_as must be 0 or 1"):
+        read(1, True)
+    with pytest.raises(HarnessError, match=r"datasets\.t\.options\.blank_as reads values of label_columns"):
+        open_dataset("t", spec("table", tmp_path, file="chexpert.csv", image_column="Path", split_column="Split", label_column="Edema", blank_as=0))
+    # an empty image field stays an error whatever blank_as says
+    (tmp_path / "chexpert.csv").write_text("Path,Split,Edema\n,train,1\n")
+    with pytest.raises(DataFormatError, match=r"line 2: empty image \(column 'Path'\)"):
+        open_dataset("t", spec("table", tmp_path, file="chexpert.csv", image_column="Path", split_column="Split",
+                               label_columns=["Edema"], multi_label=True, blank_as=0))
+
+
+def test_a_table_without_its_split_column_points_at_test_fraction(tmp_path, digits):
+    write_folders(tmp_path, digits)
+    (tmp_path / "labels.csv").write_text("image,label\n" + "".join(f"{path}.png,{label}\n" for path, label, _ in folder_rows(digits)))
+    with pytest.raises(DataFormatError, match=r"no column 'split' in the header \(image, label\).*split at random with options\.test_fraction"):
+        open_dataset("t", spec("table", tmp_path))
+    assert len(open_dataset("t", spec("table", tmp_path, test_fraction=0.5)).test.labels) == len(folder_rows(digits)) // 2
+
+
 # ------------------------------------------------------------ registry and CLI
 def test_knn_through_the_cli_matches_the_same_images_as_an_imagefolder(tmp_path, digits, capsys):
     """kNN with the rgb encoder over webdataset shards and over a table gives the accuracy

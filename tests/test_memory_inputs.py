@@ -121,6 +121,52 @@ def test_rows_in_any_memory_layout_are_stored_as_the_same_bits():
         np.testing.assert_array_equal(ids, brute_force_search(normalised(values), memory.ids, queries, 5), err_msg=name)
 
 
+@pytest.mark.parametrize("scale", [1e30, 1e20, 1e-20, 1e-30])
+def test_rows_of_any_scale_are_stored_unit_length_like_the_same_rows_at_scale_one(scale):
+    """float32 squares overflow beyond about 1e19 and underflow below about 1e-19: the
+    reference here is the float64 norm of the unscaled rows."""
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((20, 16))
+    memory = VisualMemory(16, device="cpu")
+    memory.add((values * scale).astype(np.float32), np.zeros(20, np.int64))
+    reference = values / np.linalg.norm(values, axis=1, keepdims=True)
+    np.testing.assert_allclose(memory.features, reference, atol=2e-7)
+    np.testing.assert_allclose(np.linalg.norm(memory.features.astype(np.float64), axis=1), 1.0, atol=1e-6)
+    memory.add(np.zeros((1, 16), np.float32), [0])  # an all-zero row stays zero
+    assert not memory.features[-1].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_tensors_of_any_float_dtype_are_accepted_as_their_float32_values(dtype):
+    rng = np.random.default_rng(4)
+    tensor = torch.from_numpy(rng.standard_normal((6, 8))).to(dtype)
+    memory = VisualMemory(8, device="cpu")
+    memory.add(tensor, np.arange(6))
+    widened = tensor.double().numpy()
+    np.testing.assert_allclose(memory.features, widened / np.linalg.norm(widened, axis=1, keepdims=True), atol=1e-6)
+    assert memory.classify(tensor, k=1).tolist() == list(range(6))
+
+
+def test_classify_with_labels_up_to_the_int64_limit_equals_the_same_memory_with_small_labels():
+    """The vote's scores take one column per class present, not per label value up to the
+    largest: labels near 2**63 classify as their ranks 0..4 do, ties included."""
+    rng = np.random.default_rng(5)
+    features, queries = rng.standard_normal((200, 8)), rng.standard_normal((50, 8))
+    ranks = rng.integers(0, 5, 200)
+    huge = np.array([0, 7, 10**12, 2**62, 2**63 - 1])
+    small, large = VisualMemory(8, device="cpu"), VisualMemory(8, device="cpu")
+    small.add(features, ranks)
+    large.add(features, huge[ranks])
+    duplicate = features[:1]  # two equal rows of different labels: a tie between classes
+    small.add(np.repeat(duplicate, 2, axis=0), [4, 3])
+    large.add(np.repeat(duplicate, 2, axis=0), huge[[4, 3]])
+    for vote in ("weighted", "majority"):
+        for k in (1, 2, 7):
+            expected = small.classify(np.vstack([queries, duplicate]), k=k, vote=vote)
+            got = large.classify(np.vstack([queries, duplicate]), k=k, vote=vote)
+            np.testing.assert_array_equal(got, huge[expected], err_msg=f"{vote} k={k}")
+
+
 def test_duplicates_added_in_different_layouts_tie_and_go_to_the_lower_id():
     rng = np.random.default_rng(2)
     values = rng.standard_normal((32, 384)).astype(np.float32)

@@ -77,6 +77,8 @@ class Registry:
         self.config = config
         self.plugins = plugins
         self.path = path
+        for spec in config.datasets.values():
+            spec._registry_file = None if path.resolve() == INSTALLED_REGISTRY.resolve() else path
         self._check_profiles()
 
     def _check_profiles(self) -> None:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 from harness.errors import DatasetUnavailable
 from harness.keys import NAME_PATTERN
@@ -43,12 +43,14 @@ class DatasetSpec(_Strict):
     root: str | None = None
     env: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    _registry_file: Path | None = PrivateAttr(None)  # the user's registry file, for messages (None: none is in use)
 
     def resolved_root(self, name: str) -> Path:
         """The dataset's root on this machine, or DatasetUnavailable naming what to set."""
         raw = os.environ.get(self.env) if self.env else None
         raw = raw or self.root
-        where = f"set datasets.{name}.root in registry.yaml" + (f" or the environment variable {self.env}" if self.env else "")
+        file = self._registry_file or "a registry.yaml in the working directory (or a file given with --registry)"
+        where = f"set datasets.{name}.root in {file}" + (f" or the environment variable {self.env}" if self.env else "")
         if not raw:
             raise DatasetUnavailable(f"dataset {name!r} has no root: {where}")
         path = Path(raw).expanduser()

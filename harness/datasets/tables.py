@@ -41,6 +41,8 @@ TABLE_OPTIONS: dict[str, Any] = {
     "label_column": None,
     "label_columns": None,
     "multi_label": False,
+    "uncertain_as": None,
+    "blank_as": None,
     "split_column": None,
     "train_split": "train",
     "test_split": "test",
@@ -79,7 +81,9 @@ def read_table(name: str, spec: DatasetSpec) -> ClassificationData:
     by the header (`image_column` "image", `label_column` "label"), or numbered from 0 with
     `header: false` (defaults 0, 1 and 2). `label_columns` (a list) instead takes the class
     from 0/1 columns, one per class: exactly one 1 per row, or with `multi_label: true`
-    any number (labels [n, L], label type "multi-label, binary-class"). Other options:
+    any number (labels [n, L], label type "multi-label, binary-class"); `uncertain_as` and
+    `blank_as` (0 or 1) read a label column's -1 and empty field, CheXpert's "uncertain"
+    and "not mentioned", which are otherwise errors. Other options:
     train_split ("train"), test_split ("test"), images_dir (".", below the root), suffix
     (added to each path, e.g. ".jpg" when the table holds ids), delimiter ("," for .csv,
     tab for .tsv, whitespace for other files), and the image options (crop, resize,
@@ -153,6 +157,12 @@ def _checked_options(name: str, spec: DatasetSpec) -> dict[str, Any]:
     fraction = options["test_fraction"]
     if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1):
         refuse("test_fraction", "a number between 0 and 1")
+    for option in ("uncertain_as", "blank_as"):
+        if options[option] is not None:
+            if isinstance(options[option], bool) or options[option] not in (0, 1):
+                refuse(option, "0 or 1 (what the label column's value reads as)")
+            if options["label_columns"] is None:
+                raise HarnessError(f"datasets.{name}.options.{option} reads values of label_columns (0/1 columns); set label_columns, or leave {option} out")
     delimiter = options["delimiter"]
     if delimiter is not None and not (isinstance(delimiter, str) and len(delimiter) == 1 and delimiter not in "\r\n\"'"):
         refuse("delimiter", "one character (not a quote or line break)")
@@ -265,11 +275,14 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
         if not records:
             raise DataFormatError(f"{path}: empty file (its first line names the columns)")
         names = [field.strip() for field in records[0][1]]
-        missing = [column for _, column in roles if column not in names]
+        missing = [(role, column) for role, column in roles if column not in names]
         if missing:
+            unsplit = any(role == "split" for role, _ in missing)
             raise DataFormatError(
-                f"{path}: no column {', '.join(map(repr, missing))} in the header ({', '.join(names)}); "
+                f"{path}: no column {', '.join(repr(column) for _, column in missing)} in the header ({', '.join(names)}); "
                 "set options.image_column / label_column / label_columns / split_column, or header: false"
+                + ("; a table without a split column is split at random with options.test_fraction (e.g. 0.2), "
+                   "or comes as one table per split with options.files" if unsplit else "")
             )
         positions = [names.index(str(column)) for _, column in roles]
         records = records[1:]
@@ -278,38 +291,45 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
     width, pick = max(positions) + 1, (lambda fields: [fields[position] for position in positions]) if len(positions) == 1 else operator.itemgetter(*positions)
     image_at, split_at, first_label = list(columns).index("image"), list(columns).index("split") if "split" in columns else None, len(columns)
     label_of = _one_hot if options["label_columns"] and not options["multi_label"] else _label_bits if options["multi_label"] else None
+    readings = {"-1": options["uncertain_as"], "": options["blank_as"]}
+    must_fill = first_label if options["blank_as"] is not None else len(roles)  # fields that may not be empty
     rows = []
     for number, fields in records:
         if len(fields) < width:
             raise DataFormatError(f"{path}: line {number}: {len(fields)} field(s), the columns need {width}")
         values = list(map(str.strip, pick(fields)))
-        if not all(values):
+        if not all(values[:must_fill]):
             role, column = roles[values.index("")]
-            raise DataFormatError(f"{path}: line {number}: empty {role} (column {column!r})")
-        label = values[first_label] if label_of is None else label_of(f"{path}: line {number}", labels, values[first_label:])
+            hint = " (set options.blank_as: 0 or 1 to read an empty label column as 0 or 1)" if role == "label" and label_of else ""
+            raise DataFormatError(f"{path}: line {number}: empty {role} (column {column!r}){hint}")
+        label = values[first_label] if label_of is None else label_of(f"{path}: line {number}", labels, values[first_label:], readings)
         rows.append(TableRow(path, number, values[image_at], label, None if split_at is None else values[split_at]))
     return rows
 
 
-def _label_bits(where: str, columns: list[str | int], values: list[str]) -> str:
-    """The row's 0/1 label columns as a string of "0" and "1" (1.0 and 0.0 are read too)."""
+def _label_bits(where: str, columns: list[str | int], values: list[str], readings: dict[str, int | None]) -> str:
+    """The row's 0/1 label columns as a string of "0" and "1" (1.0 and 0.0 are read too;
+    -1 and an empty field as `readings` says, the options uncertain_as and blank_as)."""
     bits = []
     for column, value in zip(columns, values):
         if value not in ("0", "1"):
             try:
-                number = float(value)
+                number = float(value) if value else readings[""]  # an empty field is there only with blank_as
             except ValueError:
                 number = None
+            if number == -1.0 and readings["-1"] is not None:
+                number = readings["-1"]
             if number not in (0.0, 1.0):
-                raise DataFormatError(f"{where}: label column {column!r} holds {value!r}; label columns hold 0 or 1")
+                hint = " (set options.uncertain_as: 0 or 1 to read -1 as 0 or 1)" if number == -1.0 else ""
+                raise DataFormatError(f"{where}: label column {column!r} holds {value!r}; label columns hold 0 or 1{hint}")
             value = str(int(number))
         bits.append(value)
     return "".join(bits)
 
 
-def _one_hot(where: str, columns: list[str | int], values: list[str]) -> str:
+def _one_hot(where: str, columns: list[str | int], values: list[str], readings: dict[str, int | None]) -> str:
     """The name of the one label column that holds 1."""
-    bits = _label_bits(where, columns, values)
+    bits = _label_bits(where, columns, values, readings)
     if bits.count("1") != 1:
         held = [str(column) for column, bit in zip(columns, bits) if bit == "1"]
         raise DataFormatError(

@@ -10,7 +10,7 @@ from harness.memory.files import audit, build_memory, remove_ids
 
 UNITS = {
     "top1": "%", "non_private_fraction": "% of the memory",
-    "seconds": "s", "seconds_to_unlearn": "s", "seconds_to_rebuild": "s",
+    "seconds": "s", "seconds_to_unlearn": "s", "seconds_to_rebuild": "s", "k_used": "(the whole memory: k is above its size)",
 }
 
 
@@ -62,7 +62,7 @@ def cmd_memory_audit(args: argparse.Namespace) -> int:
     )
     _print_summary(
         summary,
-        ["queries", "num_queries", "memory_size", "k", "vote", "top1", "non_private_count", "non_private_fraction",
+        ["queries", "num_queries", "memory_size", "k", "k_used", "vote", "top1", "non_private_count", "non_private_fraction",
          "changed_queries", "seconds", "path"],
     )
     return 0

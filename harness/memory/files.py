@@ -285,6 +285,7 @@ def audit(
         "num_queries": report.num_queries,
         "memory_size": report.memory_size,
         "k": k,
+        **({"k_used": report.memory_size} if k > report.memory_size else {}),
         "vote": vote,
         "temperature": temperature,
         "non_private_count": report.count,

@@ -30,7 +30,7 @@ from harness.memory.inputs import INT64, as_unit_rows, checked_rows, int64_value
 from harness.memory.privacy import FlipCounts, PrivacyReport, count_flips
 from harness.memory.voting import Vote, check_vote, vote_mass
 
-_CLASSIFY_BLOCK = 8192  # queries per classification block (bounds the [q, classes] scores)
+_CLASSIFY_BLOCK = 8192  # queries per classification block (bounds the [q, classes present] scores)
 _AUDIT_ELEMENTS = 1 << 20  # (query, neighbour) pairs per privacy-audit block
 
 
@@ -223,8 +223,12 @@ class VisualMemory:
         for start in range(0, len(queries), _CLASSIFY_BLOCK):
             block = slice(start, start + _CLASSIFY_BLOCK)
             sims, positions = self._search_positions(queries[block], k)
-            scores = vote_mass(sims, self._rows.labels[positions], vote, temperature, self.num_classes)
-            predictions[block] = scores.argmax(axis=1)
+            # the block's labels renumbered 0..c-1 in order, so the scores take [q, c], not
+            # [q, largest label]; the order keeps the tie rule (lowest label wins)
+            present, compact = np.unique(self._rows.labels[positions], return_inverse=True)
+            scores = vote_mass(sims, compact.reshape(positions.shape), vote, temperature, len(present))
+            winners = scores.argmax(axis=1)
+            predictions[block] = np.where(scores[np.arange(len(winners)), winners] > 0, present[winners], 0)
         return predictions
 
     def privacy_audit(

@@ -12,16 +12,23 @@ import numpy as np
 from harness.errors import HarnessError
 
 INT64 = np.iinfo(np.int64)
+TINY_NORM = 1e-12
+"""Below this a row's float32 norm is unreliable (its squares underflow) and, from beyond
+about 1e19, infinite: such rows are first divided by their largest value. All-zero rows
+stay zero."""
 
 
 def as_unit_rows(values: object, dim: int, what: str) -> np.ndarray:
-    """`values` ([n, dim] or [dim], numpy or torch) as contiguous L2-normalised float32 rows.
+    """`values` ([n, dim] or [dim], numpy or torch, any float dtype) as contiguous
+    L2-normalised float32 rows, whatever the rows' scale.
 
     The rows are made C-contiguous before the norms are taken: numpy sums a strided axis
     (an F-ordered array, a transposed tensor) in another order, so the same values would
     otherwise be stored as different bits and break ties differently."""
-    array = values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    if hasattr(values, "detach"):  # a tensor; bfloat16 and half have no numpy dtype, so widen them first
+        values = values.detach().cpu()
+        values = (values.float() if values.is_floating_point() and values.element_size() < 4 else values).numpy()
+    array = np.ascontiguousarray(values, dtype=np.float32)
     if array.ndim == 1:
         array = array[None]
     if array.ndim != 2 or array.shape[1] != dim:
@@ -30,8 +37,14 @@ def as_unit_rows(values: object, dim: int, what: str) -> np.ndarray:
     if bad.any():
         rows = np.flatnonzero(bad)[:5].tolist()
         raise HarnessError(f"{what} contain NaN or infinite values (rows {rows}); check the encoder's output")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return np.ascontiguousarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+    extreme = ~np.isfinite(norms[:, 0]) | ((norms[:, 0] < TINY_NORM) & (array != 0).any(axis=1))
+    if extreme.any():
+        array = array.copy()
+        array[extreme] /= np.abs(array[extreme]).max(axis=1, keepdims=True)
+        norms[extreme] = np.linalg.norm(array[extreme], axis=1, keepdims=True)
+    return np.ascontiguousarray(array / np.maximum(norms, TINY_NORM), dtype=np.float32)
 
 
 def int64_values(values: object, what: str) -> np.ndarray:
