@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished cells are saved in results.jsonl", file=sys.stderr)
+        done = "; the cells that finished are in results.jsonl and the leaderboard, and the same command computes the rest"
+        print("interrupted" + (done if args.command == "run" else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader stopped early (`harness list | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush raises no second error

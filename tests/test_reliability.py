@@ -68,6 +68,44 @@ def test_random_sigkills_lose_nothing(tmp_path):
     assert comparable(out) == comparable(reference)  # same cells, same values, nothing twice
 
 
+def test_ctrl_c_keeps_the_finished_cells_in_a_manifest_and_the_leaderboard_and_the_rerun_computes_the_rest(tmp_path):
+    import time
+
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        "plugins: [fake_plugins]\nencoders:\n  const-a: {plugin: constant}\n"
+        "tasks:\n  sleepy: {plugin: sleepy, params: {datasets: [a, b, c, d], seconds: 1.0}}\n"
+    )
+    out, log = tmp_path / "out", tmp_path / "calls.log"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "HARNESS_CACHE": str(tmp_path / "cache"), "FAKE_CALL_LOG": str(log)}
+    command = [sys.executable, "-m", "harness", "--registry", str(registry), "run", "--encoders", "const-a", "--tasks", "sleepy", "--out", str(out)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(log.read_text().splitlines() if log.exists() else []) < 2:  # cell a ended, cell b is sleeping
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted; the cells that finished are in results.jsonl and the leaderboard" in stderr
+    assert "Traceback" not in stderr
+    assert {r.dataset for r in ResultStore(out).read()} == {"a"}
+    (manifest,) = (out / "runs").glob("*.json")
+    written = json.loads(manifest.read_text())
+    assert written["interrupted"] is True and [cell["dataset"] for cell in written["computed"]] == ["a"]
+    board = (out / "LEADERBOARD.md").read_text()
+    assert "It was interrupted: rerun the command" in board, board
+    assert "| white-box | const-a   |   0 |" in board  # the finished cell's value
+
+    rerun = cli("--registry", str(registry), "run", "--encoders", "const-a", "--tasks", "sleepy", "--out", str(out),
+                env={"HARNESS_CACHE": str(tmp_path / "cache"), "FAKE_CALL_LOG": str(log)})
+    assert rerun.returncode == 0, rerun.stderr
+    assert log.read_text().split() == ["const-a", "a", "const-a", "b", "const-a", "b", "const-a", "c", "const-a", "d"]
+    newest = json.loads(max((out / "runs").glob("*.json")).read_text())
+    assert "interrupted" not in newest and len(newest["reused"]) == 1 and len(newest["computed"]) == 3
+    assert "It was interrupted" not in (out / "LEADERBOARD.md").read_text()
+
+
 def test_torn_cache_file_is_recomputed(tmp_path):
     path = tmp_path / "features.npz"
     save_arrays(path, features=np.arange(6.0).reshape(2, 3))

@@ -21,7 +21,7 @@ from harness.version import __version__
 from harness.cache import atomic_write
 from harness.config.schema import GROUPS
 from harness.results.depth import depth_section
-from harness.results.manifest import newest_manifest
+from harness.results.manifest import manifest_says_interrupted, newest_manifest
 from harness.results.paths import FIGURES
 from harness.results.ranking import generator_ranking_section, recorded_specs, seed_groups
 from harness.results.stats import bootstrap_interval, format_value, overlap, seed_interval
@@ -213,8 +213,10 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
     lines = ["# Leaderboard", "", f"_{provenance(frame)}_" if not frame.empty else "_no results yet_", ""]
     manifest = newest_manifest(out_dir)
     if manifest is not None:
-        lines += [f"Last run: [{manifest.relative_to(out_dir).as_posix()}]({manifest.relative_to(out_dir).as_posix()}) "
-                  "(command, code revision, library versions, machine, thread counts, cells computed and reused).", ""]
+        link = manifest.relative_to(out_dir).as_posix()
+        stopped = " It was interrupted: rerun the command to compute the cells it did not reach." if manifest_says_interrupted(manifest) else ""
+        lines += [f"Last run: [{link}]({link}) "
+                  f"(command, code revision, library versions, machine, thread counts, cells computed and reused).{stopped}", ""]
     lines += [
         "`group` is the encoder's training data: target (the benchmark's own domain), "
         "realistic (other real images), procedural, white-box; tables without intervals list "

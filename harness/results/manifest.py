@@ -111,9 +111,10 @@ def command_line(argv: list[str]) -> list[str]:
 
 def write_manifest(
     out_dir: Path, device: str, computed: list[Result], reused: list[Result], argv: list[str] | None = None,
-    limit: int | float | None = None, seed: int = 0,
+    limit: int | float | None = None, seed: int = 0, interrupted: bool = False,
 ) -> Path:
-    """Write `<out>/runs/<UTC timestamp>.json` and return its path."""
+    """Write `<out>/runs/<UTC timestamp>.json` and return its path. An `interrupted` run
+    (Ctrl-C) says so; its `computed` cells are those that ended before it stopped."""
     now = _dt.datetime.now(_dt.timezone.utc)
     manifest = {
         "written": now.isoformat(timespec="seconds"),
@@ -124,12 +125,21 @@ def write_manifest(
         "machine": machine(device),
         "seed": seed,
         "limit": limit,
+        **({"interrupted": True} if interrupted else {}),
         "computed": _cells(computed),
         "reused": _cells(reused),
     }
     path = Path(out_dir) / RUNS / f"{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
     text = json.dumps(manifest, indent=1, default=str)
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def manifest_says_interrupted(path: Path) -> bool:
+    """Whether the run that wrote this manifest was interrupted (an unreadable one: no)."""
+    try:
+        return json.loads(path.read_text()).get("interrupted", False) is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def newest_manifest(out_dir: Path) -> Path | None:

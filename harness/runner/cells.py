@@ -43,6 +43,15 @@ class Plan:
     generators: list[str]
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `Runner.compute`, carrying the records computed and reused by then
+    (every computed cell is already in results.jsonl)."""
+
+    def __init__(self, produced: list[Result], reused: list[Result]) -> None:
+        super().__init__()
+        self.produced, self.reused = produced, reused
+
+
 @dataclass
 class Cell:
     encoder: Encoder
@@ -248,13 +257,18 @@ class Runner:
     def run(self, plan: Plan) -> list[Result]:
         check_device(self.ctx.device)
         with exclusive_run(self.store.out_dir):
-            produced, reused = self.compute(plan)
+            try:
+                produced, reused = self.compute(plan)
+            except RunInterrupted as stop:  # what finished is saved: say so in a manifest and the leaderboard
+                self.finish(plan, stop.produced, stop.reused, interrupted=True)
+                raise
             self.finish(plan, produced, reused)
         return produced
 
     def compute(self, plan: Plan) -> tuple[list[Result], list[Result]]:
         """The plan's cells not yet in the results file, each appended to it as it ends;
-        the records computed and those reused. `run` adds the manifest and the leaderboard."""
+        the records computed and those reused. `run` adds the manifest and the leaderboard.
+        Ctrl-C raises `RunInterrupted` with the records up to the cell it stopped."""
         from tqdm import tqdm
 
         from harness.runner.determinism import pin_threads
@@ -264,22 +278,30 @@ class Runner:
         produced: list[Result] = []
         prepared: dict[str, BaseException | None] = {}
         bar = tqdm(todo, desc="cells", unit="cell", disable=not self.ctx.progress)
-        for cell in bar:
-            bar.set_postfix_str(cell.label)
-            records = run_cell(self.ctx, cell, prepared)
-            self.store.append(records)
-            produced.extend(records)
+        try:
+            for cell in bar:
+                bar.set_postfix_str(cell.label)
+                records = run_cell(self.ctx, cell, prepared)
+                self.store.append(records)
+                produced.extend(records)
+        except KeyboardInterrupt:
+            bar.close()
+            raise RunInterrupted(produced, reused) from None
         return produced, reused
 
-    def finish(self, plan: Plan, produced: list[Result], reused: list[Result]) -> None:
-        """The run manifest, generator grids, the leaderboard and the summary table."""
+    def finish(self, plan: Plan, produced: list[Result], reused: list[Result], interrupted: bool = False) -> None:
+        """The run manifest, generator grids, the leaderboard and the summary table; an
+        interrupted run gets all but the grids, its manifest marked `interrupted`."""
         from harness.results.leaderboard import render_leaderboard, write_generator_grids
         from harness.results.manifest import RUNS, write_manifest
 
         out_dir = self.store.out_dir
         with output_errors(out_dir / RUNS):
-            write_manifest(out_dir, self.ctx.device, produced, reused, limit=self.ctx.limit, seed=self.ctx.seed)
-        write_generator_grids(self.registry, plan.generators, out_dir, self.ctx.seed)
+            write_manifest(
+                out_dir, self.ctx.device, produced, reused, limit=self.ctx.limit, seed=self.ctx.seed, interrupted=interrupted
+            )
+        if not interrupted:
+            write_generator_grids(self.registry, plan.generators, out_dir, self.ctx.seed)
         with output_errors(out_dir / "LEADERBOARD.md"):
             render_leaderboard(out_dir, registry=self.registry)
         if self.ctx.progress:
