@@ -377,6 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _what_an_interrupted_run_kept(stop: KeyboardInterrupt, args: argparse.Namespace) -> str:
+    """After Ctrl-C: what `harness run` saved and how to go on (nothing to say elsewhere)."""
+    from harness.runner.cells import RunInterrupted
+
+    if not isinstance(stop, RunInterrupted):
+        return ""
+    if stop.cells_done:
+        return (f"; every cell had ended and is in results.jsonl, but LEADERBOARD.md may be out of date: "
+                f"`harness leaderboard --out {args.out}` renders it")
+    rerun = "the same command without --force" if args.force else "the same command"
+    return f"; the cells that finished are in results.jsonl and the leaderboard, and {rerun} computes the rest"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -388,9 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        done = "; the cells that finished are in results.jsonl and the leaderboard, and the same command computes the rest"
-        print("interrupted" + (done if args.command == "run" else ""), file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print("interrupted" + _what_an_interrupted_run_kept(stop, args), file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader stopped early (`harness list | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush raises no second error

@@ -121,14 +121,18 @@ def test_rows_in_any_memory_layout_are_stored_as_the_same_bits():
         np.testing.assert_array_equal(ids, brute_force_search(normalised(values), memory.ids, queries, 5), err_msg=name)
 
 
-@pytest.mark.parametrize("scale", [1e30, 1e20, 1e-20, 1e-30])
-def test_rows_of_any_scale_are_stored_unit_length_like_the_same_rows_at_scale_one(scale):
-    """float32 squares overflow beyond about 1e19 and underflow below about 1e-19: the
-    reference here is the float64 norm of the unscaled rows."""
+@pytest.mark.parametrize(
+    "scale, dtype", [(1e30, np.float32), (1e20, np.float32), (1e-20, np.float32), (1e-30, np.float32),
+                     (1e300, np.float64), (1e39, np.float64), (1e-50, np.float64), (1e-300, np.float64)]
+)
+def test_rows_of_any_scale_are_stored_unit_length_like_the_same_rows_at_scale_one(scale, dtype):
+    """float32 squares overflow beyond about 1e19 and underflow below about 1e-19, and
+    float64 values beyond float32's range overflow or vanish when cast: the reference here
+    is the float64 norm of the unscaled rows."""
     rng = np.random.default_rng(3)
     values = rng.standard_normal((20, 16))
     memory = VisualMemory(16, device="cpu")
-    memory.add((values * scale).astype(np.float32), np.zeros(20, np.int64))
+    memory.add((values * scale).astype(dtype), np.zeros(20, np.int64))
     reference = values / np.linalg.norm(values, axis=1, keepdims=True)
     np.testing.assert_allclose(memory.features, reference, atol=2e-7)
     np.testing.assert_allclose(np.linalg.norm(memory.features.astype(np.float64), axis=1), 1.0, atol=1e-6)
@@ -145,6 +149,12 @@ def test_tensors_of_any_float_dtype_are_accepted_as_their_float32_values(dtype):
     widened = tensor.double().numpy()
     np.testing.assert_allclose(memory.features, widened / np.linalg.norm(widened, axis=1, keepdims=True), atol=1e-6)
     assert memory.classify(tensor, k=1).tolist() == list(range(6))
+    from harness.memory.files import audit
+
+    summary = audit(memory, queries=tensor, k=2)  # the file-level audit takes the tensor as the memory does
+    assert summary["num_queries"] == 6 and summary["non_private_count"] == len(memory.privacy_audit(tensor, k=2))
+    with pytest.raises(HarnessError, match=r"queries must be real numbers, got complex"):
+        memory.classify(tensor.to(torch.complex64), k=1)
 
 
 def test_classify_with_labels_up_to_the_int64_limit_equals_the_same_memory_with_small_labels():

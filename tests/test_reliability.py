@@ -94,7 +94,7 @@ def test_ctrl_c_keeps_the_finished_cells_in_a_manifest_and_the_leaderboard_and_t
     written = json.loads(manifest.read_text())
     assert written["interrupted"] is True and [cell["dataset"] for cell in written["computed"]] == ["a"]
     board = (out / "LEADERBOARD.md").read_text()
-    assert "It was interrupted: rerun the command" in board, board
+    assert "It was interrupted: the same command (without --force) computes the cells it did not reach" in board, board
     assert "| white-box | const-a   |   0 |" in board  # the finished cell's value
 
     rerun = cli("--registry", str(registry), "run", "--encoders", "const-a", "--tasks", "sleepy", "--out", str(out),
@@ -104,6 +104,43 @@ def test_ctrl_c_keeps_the_finished_cells_in_a_manifest_and_the_leaderboard_and_t
     newest = json.loads(max((out / "runs").glob("*.json")).read_text())
     assert "interrupted" not in newest and len(newest["reused"]) == 1 and len(newest["computed"]) == 3
     assert "It was interrupted" not in (out / "LEADERBOARD.md").read_text()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_the_message_after_ctrl_c_says_how_to_go_on(tmp_path, monkeypatch, capsys, force):
+    """Ctrl-C in the second cell (with or without --force), or after every cell while the
+    leaderboard is drawn: each message is true of what was saved."""
+    from harness.cli import main
+    from harness.runner import cells
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    registry = tmp_path / "registry.yaml"
+    registry.write_text("plugins: [fake_plugins]\nencoders:\n  const-a: {plugin: constant}\ntasks:\n  sleepy: {plugin: sleepy, params: {datasets: [a, b, c]}}\n")
+    command = ["--registry", str(registry), "run", "--encoders", "const-a", "--tasks", "sleepy", "--out", str(tmp_path / "out")]
+    command += ["--force"] if force else []
+    real_run_cell, started = cells.run_cell, []
+
+    def stopped_at_b(ctx, cell, prepared=None):
+        started.append(cell.dataset)
+        if cell.dataset == "b":
+            raise KeyboardInterrupt
+        return real_run_cell(ctx, cell, prepared)
+
+    monkeypatch.setattr(cells, "run_cell", stopped_at_b)
+    assert main(command) == 130
+    rerun = "the same command without --force" if force else "the same command"
+    assert capsys.readouterr().err.endswith(f"interrupted; the cells that finished are in results.jsonl and the leaderboard, and {rerun} computes the rest\n")
+    monkeypatch.setattr(cells, "run_cell", real_run_cell)
+
+    def interrupted_drawing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("harness.results.leaderboard.render_leaderboard", interrupted_drawing)
+    assert main(command) == 130
+    err = capsys.readouterr().err
+    assert err.endswith(f"interrupted; every cell had ended and is in results.jsonl, but LEADERBOARD.md may be out of date: "
+                        f"`harness leaderboard --out {tmp_path / 'out'}` renders it\n"), err
+    assert {r.dataset for r in ResultStore(tmp_path / "out").read()} == {"a", "b", "c"}
 
 
 def test_torn_cache_file_is_recomputed(tmp_path):

@@ -245,7 +245,8 @@ def load_queries(
     if queries is None:
         queries = "test"
     if not isinstance(queries, (str, Path)):
-        return np.asarray(queries, dtype=np.float32), None, f"{len(queries)} given queries"  # type: ignore[arg-type]
+        given = queries if hasattr(queries, "detach") else np.asarray(queries)  # the memory reads any float dtype
+        return given, None, f"{len(given)} given queries"  # type: ignore[arg-type,return-value]
     path = Path(queries)
     if path.suffix in (".npy", ".npz"):
         if not path.is_file():

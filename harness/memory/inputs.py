@@ -19,30 +19,37 @@ stay zero."""
 
 
 def as_unit_rows(values: object, dim: int, what: str) -> np.ndarray:
-    """`values` ([n, dim] or [dim], numpy or torch, any float dtype) as contiguous
+    """`values` ([n, dim] or [dim], numpy or torch, any real dtype) as contiguous
     L2-normalised float32 rows, whatever the rows' scale.
 
-    The rows are made C-contiguous before the norms are taken: numpy sums a strided axis
-    (an F-ordered array, a transposed tensor) in another order, so the same values would
-    otherwise be stored as different bits and break ties differently."""
+    The rows are made C-contiguous float32 before the norms are taken: numpy sums a
+    strided axis (an F-ordered array, a transposed tensor) in another order, so the same
+    values would otherwise be stored as different bits and break ties differently. A row
+    whose float32 values or norm overflow or underflow is first divided by its largest
+    value, in the precision it was given in."""
     if hasattr(values, "detach"):  # a tensor; bfloat16 and half have no numpy dtype, so widen them first
-        values = values.detach().cpu()
+        values = values.detach().cpu().resolve_conj().resolve_neg()
         values = (values.float() if values.is_floating_point() and values.element_size() < 4 else values).numpy()
-    array = np.ascontiguousarray(values, dtype=np.float32)
+    given = np.asarray(values)
+    if given.dtype.kind == "c":
+        raise HarnessError(f"{what} must be real numbers, got {given.dtype}")
+    with np.errstate(over="ignore"):
+        array = np.ascontiguousarray(given, dtype=np.float32)
     if array.ndim == 1:
-        array = array[None]
+        array, given = array[None], given[None]
     if array.ndim != 2 or array.shape[1] != dim:
         raise HarnessError(f"{what} must have shape [n, {dim}], got {list(array.shape)}")
-    bad = ~np.isfinite(array).all(axis=1)
+    bad = ~np.isfinite(given).all(axis=1) if given.dtype.kind == "f" else np.zeros(len(given), bool)
     if bad.any():
         rows = np.flatnonzero(bad)[:5].tolist()
         raise HarnessError(f"{what} contain NaN or infinite values (rows {rows}); check the encoder's output")
     with np.errstate(over="ignore", under="ignore"):
         norms = np.linalg.norm(array, axis=1, keepdims=True)
-    extreme = ~np.isfinite(norms[:, 0]) | ((norms[:, 0] < TINY_NORM) & (array != 0).any(axis=1))
+    extreme = ~np.isfinite(norms[:, 0]) | ((norms[:, 0] < TINY_NORM) & (given != 0).any(axis=1))
     if extreme.any():
+        rows = given[extreme]
         array = array.copy()
-        array[extreme] /= np.abs(array[extreme]).max(axis=1, keepdims=True)
+        array[extreme] = rows / np.abs(rows).max(axis=1, keepdims=True)
         norms[extreme] = np.linalg.norm(array[extreme], axis=1, keepdims=True)
     return np.ascontiguousarray(array / np.maximum(norms, TINY_NORM), dtype=np.float32)
 

@@ -214,7 +214,7 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
     manifest = newest_manifest(out_dir)
     if manifest is not None:
         link = manifest.relative_to(out_dir).as_posix()
-        stopped = " It was interrupted: rerun the command to compute the cells it did not reach." if manifest_says_interrupted(manifest) else ""
+        stopped = " It was interrupted: the same command (without --force) computes the cells it did not reach." if manifest_says_interrupted(manifest) else ""
         lines += [f"Last run: [{link}]({link}) "
                   f"(command, code revision, library versions, machine, thread counts, cells computed and reused).{stopped}", ""]
     lines += [

@@ -44,12 +44,13 @@ class Plan:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `Runner.compute`, carrying the records computed and reused by then
-    (every computed cell is already in results.jsonl)."""
+    """Ctrl-C during `Runner.run`, carrying the records computed and reused by then (every
+    computed cell is already in results.jsonl). `cells_done`: it came after the last cell,
+    while the manifest and leaderboard were being written."""
 
-    def __init__(self, produced: list[Result], reused: list[Result]) -> None:
+    def __init__(self, produced: list[Result], reused: list[Result], cells_done: bool = False) -> None:
         super().__init__()
-        self.produced, self.reused = produced, reused
+        self.produced, self.reused, self.cells_done = produced, reused, cells_done
 
 
 @dataclass
@@ -262,7 +263,10 @@ class Runner:
             except RunInterrupted as stop:  # what finished is saved: say so in a manifest and the leaderboard
                 self.finish(plan, stop.produced, stop.reused, interrupted=True)
                 raise
-            self.finish(plan, produced, reused)
+            try:
+                self.finish(plan, produced, reused)
+            except KeyboardInterrupt:
+                raise RunInterrupted(produced, reused, cells_done=True) from None
         return produced
 
     def compute(self, plan: Plan) -> tuple[list[Result], list[Result]]:
@@ -273,19 +277,22 @@ class Runner:
 
         from harness.runner.determinism import pin_threads
 
-        pin_threads(self.threads)
-        todo, reused = self.pending(plan)
         produced: list[Result] = []
+        reused: list[Result] = []
         prepared: dict[str, BaseException | None] = {}
-        bar = tqdm(todo, desc="cells", unit="cell", disable=not self.ctx.progress)
+        bar = None
         try:
+            pin_threads(self.threads)
+            todo, reused = self.pending(plan)
+            bar = tqdm(todo, desc="cells", unit="cell", disable=not self.ctx.progress)
             for cell in bar:
                 bar.set_postfix_str(cell.label)
                 records = run_cell(self.ctx, cell, prepared)
                 self.store.append(records)
                 produced.extend(records)
         except KeyboardInterrupt:
-            bar.close()
+            if bar is not None:
+                bar.close()
             raise RunInterrupted(produced, reused) from None
         return produced, reused
 
