@@ -556,6 +556,12 @@ def test_a_table_without_its_split_column_points_at_test_fraction(tmp_path, digi
     with pytest.raises(DataFormatError, match=r"no column 'split' in the header \(image, label\).*split at random with options\.test_fraction"):
         open_dataset("t", spec("table", tmp_path))
     assert len(open_dataset("t", spec("table", tmp_path, test_fraction=0.5)).test.labels) == len(folder_rows(digits)) // 2
+    # DomainNet's `path class` lines, without a split column
+    (tmp_path / "pool.txt").write_text("".join(f"{path}.png {label}\n" for path, label, _ in folder_rows(digits)))
+    with pytest.raises(DataFormatError, match=r"pool\.txt: line 1: 2 field\(s\), the columns need 3; a table without a split column is split at random with options\.test_fraction"):
+        open_dataset("t", spec("table", tmp_path, file="pool.txt", header=False))
+    with pytest.raises(DataFormatError, match=r"line 1: 2 field\(s\), the columns need 4$"):  # short of a label column: no such hint
+        open_dataset("t", spec("table", tmp_path, file="pool.txt", header=False, label_column=3))
 
 
 # ------------------------------------------------------------ registry and CLI

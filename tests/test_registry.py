@@ -118,5 +118,12 @@ def test_dataset_env_overrides_root(tmp_path, monkeypatch):
     with pytest.raises(DatasetUnavailable) as info:
         spec.resolved_root("mine")
     assert "datasets.mine.root" in str(info.value) and "MINE_ROOT" in str(info.value)
+    monkeypatch.setenv("MINE_ROOT", str(tmp_path / "elsewhere"))
+    with pytest.raises(DatasetUnavailable) as info:
+        spec.resolved_root("mine")
+    assert str(info.value) == (
+        f"dataset 'mine': {tmp_path / 'elsewhere'} does not exist; the environment variable MINE_ROOT names it "
+        "(and overrides datasets.mine.root): point it at the dataset, or unset it"
+    )
     monkeypatch.setenv("MINE_ROOT", str(tmp_path))
     assert spec.resolved_root("mine") == tmp_path

@@ -47,10 +47,13 @@ class DatasetSpec(_Strict):
 
     def resolved_root(self, name: str) -> Path:
         """The dataset's root on this machine, or DatasetUnavailable naming what to set."""
-        raw = os.environ.get(self.env) if self.env else None
-        raw = raw or self.root
+        from_env = os.environ.get(self.env) if self.env else None
+        raw = from_env or self.root
         file = self._registry_file or "a registry.yaml in the working directory (or a file given with --registry)"
-        where = f"set datasets.{name}.root in {file}" + (f" or the environment variable {self.env}" if self.env else "")
+        if from_env:  # the variable overrides root: setting root would not help
+            where = f"the environment variable {self.env} names it (and overrides datasets.{name}.root): point it at the dataset, or unset it"
+        else:
+            where = f"set datasets.{name}.root in {file}" + (f" or the environment variable {self.env}" if self.env else "")
         if not raw:
             raise DatasetUnavailable(f"dataset {name!r} has no root: {where}")
         path = Path(raw).expanduser()

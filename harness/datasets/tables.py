@@ -53,6 +53,10 @@ TABLE_OPTIONS: dict[str, Any] = {
     "test_fraction": None,
     "seed": 0,
 }
+UNSPLIT_HINT = (
+    "; a table without a split column is split at random with options.test_fraction (e.g. 0.2), "
+    "or comes as one table per split with options.files"
+)
 DELIMITERS = {".csv": ",", ".tsv": "\t"}
 """The delimiter a table's file name implies; any other file splits its lines at whitespace."""
 
@@ -281,8 +285,7 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
             raise DataFormatError(
                 f"{path}: no column {', '.join(repr(column) for _, column in missing)} in the header ({', '.join(names)}); "
                 "set options.image_column / label_column / label_columns / split_column, or header: false"
-                + ("; a table without a split column is split at random with options.test_fraction (e.g. 0.2), "
-                   "or comes as one table per split with options.files" if unsplit else "")
+                + (UNSPLIT_HINT if unsplit else "")
             )
         positions = [names.index(str(column)) for _, column in roles]
         records = records[1:]
@@ -296,7 +299,10 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
     rows = []
     for number, fields in records:
         if len(fields) < width:
-            raise DataFormatError(f"{path}: line {number}: {len(fields)} field(s), the columns need {width}")
+            unsplit = split_at is not None and all(len(fields) > position for role, position in zip(roles, positions) if role[0] != "split")
+            raise DataFormatError(
+                f"{path}: line {number}: {len(fields)} field(s), the columns need {width}" + (UNSPLIT_HINT if unsplit else "")
+            )
         values = list(map(str.strip, pick(fields)))
         if not all(values[:must_fill]):
             role, column = roles[values.index("")]
