@@ -498,7 +498,8 @@ def test_dataset_root_that_does_not_exist(tmp_path, monkeypatch, fmt):
         open_dataset("mydata", missing)
     message = str(info.value)
     assert str(tmp_path / "nowhere") in message
-    assert "set datasets.mydata.root in registry.yaml or the environment variable HARNESS_TEST_ROOT" in message
+    assert ("set datasets.mydata.root in a registry.yaml in the working directory (or a file given with --registry) "
+            "or the environment variable HARNESS_TEST_ROOT") in message  # a spec outside a registry file
     monkeypatch.setenv("HARNESS_TEST_ROOT", str(tmp_path / "elsewhere"))
     with pytest.raises(DatasetUnavailable, match="elsewhere does not exist.*HARNESS_TEST_ROOT"):
         open_dataset("mydata", missing)
@@ -567,7 +568,8 @@ tasks:
     bad = harness("--tasks", "knn-good,nights-good,knn-bad,nights-bad,read-bad")
     after_bad = (out / "results.jsonl").read_bytes()
     missing = harness("--tasks", "missing")
-    return {"base": base, "out": out, "first": first, "snapshot": snapshot, "bad": bad, "after_bad": after_bad, "missing": missing}
+    return {"base": base, "out": out, "first": first, "snapshot": snapshot, "bad": bad, "after_bad": after_bad, "missing": missing,
+            "registry": registry}
 
 
 def cell_records(out, task, dataset):
@@ -613,7 +615,9 @@ def test_missing_dataset_root_is_skipped_naming_key_and_env(dataset_runs):
     for dataset, env in (("nights-missing", "HARNESS_TEST_NIGHTS"), ("med-missing", "HARNESS_TEST_MEDMNIST")):
         (record,) = cell_records(out, "missing", dataset)
         assert record.status == "skipped"
-        assert f"set datasets.{dataset}.root in registry.yaml or the environment variable {env}" in record.message
+        assert f"set datasets.{dataset}.root in " in record.message and f"or the environment variable {env}" in record.message
+    (nights,) = cell_records(out, "missing", "nights-missing")
+    assert f"set datasets.nights-missing.root in {dataset_runs['registry']} or" in nights.message  # the user's file, by name
     assert "organmnist_64.npz does not exist" in cell_records(out, "missing", "med-missing")[0].message
     assert (out / "results.jsonl").read_bytes().startswith(dataset_runs["after_bad"])
 

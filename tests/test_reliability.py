@@ -79,7 +79,9 @@ def test_ctrl_c_keeps_the_finished_cells_in_a_manifest_and_the_leaderboard_and_t
     out, log = tmp_path / "out", tmp_path / "calls.log"
     env = {**os.environ, "PYTHONPATH": str(TESTS), "HARNESS_CACHE": str(tmp_path / "cache"), "FAKE_CALL_LOG": str(log)}
     command = [sys.executable, "-m", "harness", "--registry", str(registry), "run", "--encoders", "const-a", "--tasks", "sleepy", "--out", str(out)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it: restore the default
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(log.read_text().splitlines() if log.exists() else []) < 2:  # cell a ended, cell b is sleeping
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
