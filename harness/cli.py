@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import os
 import re
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -173,7 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         produced = SlurmLauncher(runner, registry.config.slurm, cluster=args.cluster).run(plan)
     else:
-        produced = runner.run(plan)
+        with _sigterm_as_interrupt():
+            produced = runner.run(plan)
     from harness.runner.cells import exit_status
 
     return exit_status(produced)
@@ -377,6 +379,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler's time limit), raised where Ctrl-C would be."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """Within the block, SIGTERM stops a local run as Ctrl-C does: the cells that ended are
+    kept, and the manifest and leaderboard say the run was interrupted."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: SIGTERM keeps its handler
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _what_an_interrupted_run_kept(stop: KeyboardInterrupt, args: argparse.Namespace) -> str:
     """After Ctrl-C: what `harness run` saved and how to go on (nothing to say elsewhere)."""
     from harness.runner.cells import RunInterrupted
@@ -402,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
-        print("interrupted" + _what_an_interrupted_run_kept(stop, args), file=sys.stderr)
-        return 130
+        terminated = isinstance(stop, Terminated) or isinstance(stop.__cause__, Terminated)
+        print(("terminated (SIGTERM)" if terminated else "interrupted") + _what_an_interrupted_run_kept(stop, args), file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # the reader stopped early (`harness list | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush raises no second error
         return 1

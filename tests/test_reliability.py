@@ -68,7 +68,11 @@ def test_random_sigkills_lose_nothing(tmp_path):
     assert comparable(out) == comparable(reference)  # same cells, same values, nothing twice
 
 
-def test_ctrl_c_keeps_the_finished_cells_in_a_manifest_and_the_leaderboard_and_the_rerun_computes_the_rest(tmp_path):
+@pytest.mark.parametrize(
+    "stop, status, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["SIGINT", "SIGTERM"]
+)
+def test_ctrl_c_keeps_the_finished_cells_in_a_manifest_and_the_leaderboard_and_the_rerun_computes_the_rest(tmp_path, stop, status, said):
+    """Ctrl-C, or SIGTERM (`kill`, `timeout`, a scheduler's time limit), while the second cell runs."""
     import time
 
     registry = tmp_path / "registry.yaml"
@@ -86,10 +90,10 @@ def test_ctrl_c_keeps_the_finished_cells_in_a_manifest_and_the_leaderboard_and_t
     while len(log.read_text().splitlines() if log.exists() else []) < 2:  # cell a ended, cell b is sleeping
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "interrupted; the cells that finished are in results.jsonl and the leaderboard" in stderr
+    assert process.returncode == status, stderr
+    assert f"{said}; the cells that finished are in results.jsonl and the leaderboard" in stderr
     assert "Traceback" not in stderr
     assert {r.dataset for r in ResultStore(out).read()} == {"a"}
     (manifest,) = (out / "runs").glob("*.json")
@@ -133,6 +137,8 @@ def test_the_message_after_ctrl_c_says_how_to_go_on(tmp_path, monkeypatch, capsy
     rerun = "the same command without --force" if force else "the same command"
     assert capsys.readouterr().err.endswith(f"interrupted; the cells that finished are in results.jsonl and the leaderboard, and {rerun} computes the rest\n")
     monkeypatch.setattr(cells, "run_cell", real_run_cell)
+    if force:
+        return
 
     def interrupted_drawing(*args, **kwargs):
         raise KeyboardInterrupt

@@ -265,8 +265,8 @@ class Runner:
                 raise
             try:
                 self.finish(plan, produced, reused)
-            except KeyboardInterrupt:
-                raise RunInterrupted(produced, reused, cells_done=True) from None
+            except KeyboardInterrupt as stop:
+                raise RunInterrupted(produced, reused, cells_done=True) from stop
         return produced
 
     def compute(self, plan: Plan) -> tuple[list[Result], list[Result]]:
@@ -290,10 +290,10 @@ class Runner:
                 records = run_cell(self.ctx, cell, prepared)
                 self.store.append(records)
                 produced.extend(records)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             if bar is not None:
                 bar.close()
-            raise RunInterrupted(produced, reused) from None
+            raise RunInterrupted(produced, reused) from stop
         return produced, reused
 
     def finish(self, plan: Plan, produced: list[Result], reused: list[Result], interrupted: bool = False) -> None:
