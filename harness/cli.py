@@ -403,7 +403,8 @@ def _sigterm_as_interrupt() -> Any:
 
 
 def _what_an_interrupted_run_kept(stop: KeyboardInterrupt, args: argparse.Namespace) -> str:
-    """After Ctrl-C: what `harness run` saved and how to go on (nothing to say elsewhere)."""
+    """After Ctrl-C or SIGTERM: what `harness run` saved and how to go on (nothing to say
+    elsewhere)."""
     from harness.runner.cells import RunInterrupted
 
     if not isinstance(stop, RunInterrupted):

@@ -114,7 +114,7 @@ def write_manifest(
     limit: int | float | None = None, seed: int = 0, interrupted: bool = False,
 ) -> Path:
     """Write `<out>/runs/<UTC timestamp>.json` and return its path. An `interrupted` run
-    (Ctrl-C) says so; its `computed` cells are those that ended before it stopped."""
+    (Ctrl-C, or SIGTERM to `harness run`) says so; its `computed` cells are those that ended before it stopped."""
     now = _dt.datetime.now(_dt.timezone.utc)
     manifest = {
         "written": now.isoformat(timespec="seconds"),

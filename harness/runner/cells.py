@@ -44,9 +44,10 @@ class Plan:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `Runner.run`, carrying the records computed and reused by then (every
-    computed cell is already in results.jsonl). `cells_done`: it came after the last cell,
-    while the manifest and leaderboard were being written."""
+    """Ctrl-C (or SIGTERM, which `harness run` raises as one) during `Runner.run`, carrying
+    the records computed and reused by then (every computed cell is already in
+    results.jsonl). `cells_done`: it came after the last cell, while the manifest and
+    leaderboard were being written."""
 
     def __init__(self, produced: list[Result], reused: list[Result], cells_done: bool = False) -> None:
         super().__init__()
@@ -272,7 +273,8 @@ class Runner:
     def compute(self, plan: Plan) -> tuple[list[Result], list[Result]]:
         """The plan's cells not yet in the results file, each appended to it as it ends;
         the records computed and those reused. `run` adds the manifest and the leaderboard.
-        Ctrl-C raises `RunInterrupted` with the records up to the cell it stopped."""
+        Ctrl-C (or `harness run`'s SIGTERM) raises `RunInterrupted` with the records up to
+        the cell it stopped."""
         from tqdm import tqdm
 
         from harness.runner.determinism import pin_threads
