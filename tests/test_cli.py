@@ -77,11 +77,18 @@ def test_list_shows_where_each_dataset_is_and_a_formats_options(tmp_path, monkey
         f"datasets:\n  mine-here: {{format: table, root: {tmp_path / 'mine'}}}\n  mine-gone: {{format: imagefolder, root: {tmp_path / 'gone'}, env: MINE_ROOT}}\n"
         f"  mine-28: {{format: medmnist, root: {tmp_path / 'mine'}, options: {{flag: breastmnist, size: 28}}}}\n"
         f"  mine-224: {{format: medmnist, root: {tmp_path / 'mine'}, options: {{flag: breastmnist}}}}\n"
+        f"  mine-none: {{format: medmnist, root: {tmp_path / 'mine'}, options: {{flag: pathmnist}}}}\n"
     )
     monkeypatch.delenv("MINE_ROOT", raising=False)
     assert main(["--registry", str(registry), "list", "mine-*"]) == 0
     lines = {line.split()[1]: line.split(None, 3)[3] for line in capsys.readouterr().out.splitlines() if line.startswith("  dataset ")}
-    assert lines.pop("mine-224").startswith("MISSING: dataset 'mine-224': no breastmnist_224.npz (size 224); the root has sizes 28: set options: {size: 28}")
+    assert lines.pop("mine-224").startswith(
+        f"MISSING: dataset 'mine-224': no breastmnist_224.npz (size 224); the root has sizes 28: set options: {{size: 28}} under datasets.mine-224 in {registry}"
+    )
+    assert lines.pop("mine-none") == (
+        f"MISSING: dataset 'mine-none': {tmp_path / 'mine' / 'pathmnist_224.npz'} does not exist (looked for pathmnist_224.npz); "
+        f"set datasets.mine-none.root in {registry} (a .npz file or a directory holding it)"
+    )
     assert lines == {
         "mine-gone": f"MISSING: dataset 'mine-gone': {tmp_path / 'gone'} does not exist; set datasets.mine-gone.root in {registry} or the environment variable MINE_ROOT",
         "mine-here": f"present at {tmp_path / 'mine'}",

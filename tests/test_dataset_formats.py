@@ -260,6 +260,8 @@ def test_torchvision_cifar10_pickles(tmp_path, digits, monkeypatch):
 def test_torchvision_imagefolder_missing_root_and_bad_item(tmp_path, digits):
     with pytest.raises(DatasetUnavailable, match=r"torchvision.datasets.ImageFolder: dataset 'tv': .*nowhere does not exist"):
         open_dataset("tv", spec("torchvision", tmp_path / "nowhere", **{"class": "ImageFolder"}))
+    with pytest.raises(DatasetUnavailable, match=r"ImageFolder\(root='.*train'\) for split 'train': .*train does not exist; a split's root is datasets.tv.root joined .*options.splits.train"):
+        open_dataset("tv", spec("torchvision", tmp_path, **{"class": "ImageFolder"}))  # the root exists, its train/ does not
     with pytest.raises(UnknownNameError, match="'CIFAR11'.*CIFAR10"):
         open_dataset("tv", spec("torchvision", tmp_path, **{"class": "CIFAR11"}))
     with pytest.raises(HarnessError, match="download is not allowed"):

@@ -45,20 +45,24 @@ class DatasetSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     _registry_file: Path | None = PrivateAttr(None)  # the user's registry file, for messages (None: none is in use)
 
+    def registry_file(self) -> str:
+        """The file a user edits to configure this dataset, as messages name it."""
+        return str(self._registry_file or "a registry.yaml in the working directory (or a file given with --registry)")
+
+    def where_to_set_root(self, name: str) -> str:
+        """What to set so that the dataset's root is found: the registry entry or the environment variable."""
+        if self.env and os.environ.get(self.env):  # the variable overrides root: setting root would not help
+            return f"the environment variable {self.env} names it (and overrides datasets.{name}.root): point it at the dataset, or unset it"
+        return f"set datasets.{name}.root in {self.registry_file()}" + (f" or the environment variable {self.env}" if self.env else "")
+
     def resolved_root(self, name: str) -> Path:
         """The dataset's root on this machine, or DatasetUnavailable naming what to set."""
-        from_env = os.environ.get(self.env) if self.env else None
-        raw = from_env or self.root
-        file = self._registry_file or "a registry.yaml in the working directory (or a file given with --registry)"
-        if from_env:  # the variable overrides root: setting root would not help
-            where = f"the environment variable {self.env} names it (and overrides datasets.{name}.root): point it at the dataset, or unset it"
-        else:
-            where = f"set datasets.{name}.root in {file}" + (f" or the environment variable {self.env}" if self.env else "")
+        raw = (os.environ.get(self.env) if self.env else None) or self.root
         if not raw:
-            raise DatasetUnavailable(f"dataset {name!r} has no root: {where}")
+            raise DatasetUnavailable(f"dataset {name!r} has no root: {self.where_to_set_root(name)}")
         path = Path(raw).expanduser()
         if not path.exists():
-            raise DatasetUnavailable(f"dataset {name!r}: {path} does not exist; {where}")
+            raise DatasetUnavailable(f"dataset {name!r}: {path} does not exist; {self.where_to_set_root(name)}")
         return path
 
 

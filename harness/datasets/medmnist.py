@@ -188,10 +188,12 @@ def _missing_file_message(name: str, spec: DatasetSpec, root: Path, flag: str, s
         choices = " or ".join(f"options: {{size: {n}}}" for n in sorted(present))
         return (  # what to do first: the summary table shows only the start of the message
             f"dataset {name!r}: no {wanted} (size {size}); the root has sizes {sizes}: set {choices} "
-            f"under datasets.{name} in registry.yaml, or add {wanted} (root {root}, holding {files})"
+            f"under datasets.{name} in {spec.registry_file()}, or add {wanted} (root {root}, holding {files})"
         )
-    where = f"set datasets.{name}.root in registry.yaml" + (f" or the environment variable {spec.env}" if spec.env else "")
-    return f"dataset {name!r}: {root / wanted} does not exist (looked for {wanted}); {where} (a .npz file or a directory holding it)"
+    return (
+        f"dataset {name!r}: {root / wanted} does not exist (looked for {wanted}); "
+        f"{spec.where_to_set_root(name)} (a .npz file or a directory holding it)"
+    )
 
 
 MEDMNIST_OPTIONS: dict[str, Any] = {"flag": None, "size": 224, "label_type": None}

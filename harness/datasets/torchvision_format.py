@@ -86,11 +86,14 @@ def split_arguments(name: str, cls: type, root: Path, common: dict[str, Any], ow
     return arguments
 
 
-def instantiate(name: str, cls: type, arguments: dict[str, Any], split: str) -> Any:
+def instantiate(name: str, spec: DatasetSpec, cls: type, arguments: dict[str, Any], split: str) -> Any:
     """`cls(**arguments)`; missing files are DatasetUnavailable naming the class and root."""
     where = f"dataset {name!r}: torchvision.datasets.{cls.__name__}(root={arguments['root']!r}) for split {split!r}"
     if not Path(arguments["root"]).exists():
-        raise DatasetUnavailable(f"{where}: {arguments['root']} does not exist; set datasets.{name}.root in registry.yaml")
+        raise DatasetUnavailable(
+            f"{where}: {arguments['root']} does not exist; a split's root is datasets.{name}.root joined with its root "
+            f"argument (in options.args or options.splits.{split}), both set in {spec.registry_file()}"
+        )
     try:
         return cls(**arguments)
     except TypeError as exc:
@@ -234,7 +237,7 @@ def read_torchvision(name: str, spec: DatasetSpec) -> ClassificationData:
     memory = options["train_split"]
     read = {}
     for split, own in wanted.items():
-        instance = instantiate(name, cls, split_arguments(name, cls, root, options["args"], own, split), split)
+        instance = instantiate(name, spec, cls, split_arguments(name, cls, root, options["args"], own, split), split)
         where = f"torchvision.datasets.{cls.__name__}({getattr(instance, 'root', root)}) split {split!r}"
         read[split] = (instance, where, dataset_labels(name, instance, where), class_names(instance, where))
     classes = matched_classes(name, memory, read)
