@@ -457,6 +457,8 @@ WRONG_SHAPES = {
     "label-nan": ("train_labels", np.full((6, 1), np.nan), "must hold non-negative integer labels"),
     "label-huge": ("test_labels", np.full((3, 1), 2_000_000), "key 'test_labels' holds label 2000000; class indices must be below"),
     "label-columns": ("val_labels", np.zeros((3, 2), np.uint8), "disagree on the number of label columns"),
+    "label-not-in-memory": ("test_labels", np.array([[0], [5], [1]]), "key 'test_labels' row 1 holds class 5, which no row of 'train_labels' holds"),
+    "val-label-not-in-memory": ("val_labels", np.array([[3], [0], [1]]), "key 'val_labels' row 0 holds class 3, which no row of"),
 }
 
 
@@ -469,6 +471,15 @@ def test_medmnist_npz_with_wrong_shapes(tmp_path, case):
     with pytest.raises(DataFormatError) as info:
         open_dataset("toy", spec("medmnist", path))
     assert str(info.value).startswith(f"{path}: ") and fragment in str(info.value)
+
+
+def test_medmnist_label_type_is_one_of_medmnists(tmp_path):
+    path = tmp_path / "toymnist.npz"
+    np.savez(path, **make_medmnist(tmp_path / "full.npz", n=(6, 3, 3)))
+    for typo in ("binary", "multiclass", "multi-label"):
+        with pytest.raises(HarnessError, match=rf"datasets\.toy\.options\.label_type must be one of 'multi-class', .* got '{typo}'"):
+            open_dataset("toy", spec("medmnist", path, label_type=typo))
+    assert open_dataset("toy", spec("medmnist", path, label_type="ordinal-regression")).label_type == "multi-class"  # scored as classes
 
 
 def test_medmnist_npz_cut_short_or_damaged(tmp_path):

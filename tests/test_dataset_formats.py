@@ -122,6 +122,12 @@ def test_webdataset_bad_rows_name_shard_and_index(tmp_path, digits):
     data = open_dataset("wds", spec("webdataset", tmp_path))
     with pytest.raises(DataFormatError, match=r"test/part-0\.tar:s00005\.png: cannot decode image.*sample 5 of the shard"):
         all_images(data.test)
+    shard = tmp_path / "train" / "part-0.tar"
+    with tarfile.open(shard) as archive:
+        cut_at = archive.getmembers()[-2].offset  # a copy that stopped between two members: the last sample's image
+    shard.write_bytes(shard.read_bytes()[:cut_at])
+    with pytest.raises(DataFormatError, match=rf"part-0\.tar: the shard ends after {2 * len(labels) - 2} members without the tar's end-of-archive blocks: it was cut off"):
+        open_dataset("wds", spec("webdataset", tmp_path))
 
 
 # ------------------------------------------------------------------- huggingface
@@ -155,6 +161,27 @@ def test_huggingface_parquet_with_array_column_and_split_names(tmp_path, digits)
     assert data.classes[9] == "d9"
     with pytest.raises(DataFormatError, match=r"train-00000-of-00001\.parquet: no column 'image', 'label' \(columns: pixels, digit\)"):
         open_dataset("hf", spec("huggingface", tmp_path, test_split="validation"))
+
+
+def test_huggingface_split_files_are_the_splits_own(tmp_path, digits):
+    """`test_ood-*` beside `test-*` is another split; `train_0.parquet` and a folder `test/`
+    are the split's; one split's files in two configurations' folders are an error."""
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    (tmp_path / "one" / "data").mkdir(parents=True)
+    hf_dataset(*digits["train"]).to_parquet(str(tmp_path / "one" / "data" / "train_0.parquet"))
+    hf_dataset(*digits["test"]).to_parquet(str(tmp_path / "one" / "data" / "test-00000-of-00001.parquet"))
+    hf_dataset(*digits["train"]).to_parquet(str(tmp_path / "one" / "data" / "test_ood-00000-of-00001.parquet"))
+    hf_dataset(*digits["train"]).to_parquet(str(tmp_path / "one" / "data" / "training_extra.parquet"))
+    assert_digits(open_dataset("hf", spec("huggingface", tmp_path / "one")), digits)
+    for config in ("160px", "320px"):
+        for split in digits:
+            (tmp_path / "two" / config / split).mkdir(parents=True)
+            hf_dataset(*digits[split]).to_parquet(str(tmp_path / "two" / config / split / "0.parquet"))
+    with pytest.raises(DataFormatError, match=r"split 'train' lie in 2 folders .*\(160px/train, 320px/train\).*options.splits.train"):
+        open_dataset("hf", spec("huggingface", tmp_path / "two"))
+    chosen = open_dataset("hf", spec("huggingface", tmp_path / "two", splits={"train": "160px/train/*.parquet", "test": "160px/test"}))
+    assert_digits(chosen, digits)
 
 
 def test_huggingface_bad_rows_name_file_and_row(tmp_path, digits):
@@ -564,6 +591,25 @@ def test_a_table_without_its_split_column_points_at_test_fraction(tmp_path, digi
         open_dataset("t", spec("table", tmp_path, file="pool.txt", header=False))
     with pytest.raises(DataFormatError, match=r"line 1: 2 field\(s\), the columns need 4$"):  # short of a label column: no such hint
         open_dataset("t", spec("table", tmp_path, file="pool.txt", header=False, label_column=3))
+
+
+def test_a_whitespace_table_line_with_a_space_in_its_path_is_refused(tmp_path, digits):
+    """`sub dir/003.png 0 train` splits into four fields: its image would be `sub`, its class
+    `dir/003.png`. A line wider than the rest is named, pointing at CSV/TSV; the same
+    table as TSV reads the path whole."""
+    write_folders(tmp_path, digits)
+    listed = [(f"{path}.png", label, split) for path, label, split in folder_rows(digits)]
+    (tmp_path / "sub dir").mkdir()
+    (tmp_path / listed[3][0]).rename(tmp_path / "sub dir" / "003.png")
+    listed[3] = ("sub dir/003.png", *listed[3][1:])
+    (tmp_path / "list.txt").write_text("".join(f"{path} {label} {split}\n" for path, label, split in listed))
+    for options in ({}, {"test_fraction": 0.5, "split_column": None}):
+        with pytest.raises(DataFormatError, match=rf"list\.txt: line 4: 4 whitespace-separated fields where {len(listed) - 1} of its {len(listed)} lines have 3; .*use a CSV or TSV"):
+            open_dataset("t", spec("table", tmp_path, file="list.txt", header=False, **options))
+    (tmp_path / "list.tsv").write_text("".join(f"{path}\t{label}\t{split}\n" for path, label, split in listed))
+    data = open_dataset("t", spec("table", tmp_path, file="list.tsv", header=False))
+    assert data.train.paths[3] == tmp_path / "sub dir" / "003.png"
+    assert data.classes[data.train.labels[3]] == str(listed[3][1])
 
 
 # ------------------------------------------------------------ registry and CLI

@@ -45,6 +45,28 @@ def test_subset_split_serves_the_chosen_images() -> None:
     assert [int(i) for i in split.map_raw([1], lambda image, index: image.sum() * 0 + index)] == [1]
 
 
+def test_limit_cuts_the_memory_and_query_splits_whatever_their_names() -> None:
+    """A query split named "val" beside a split named "test" (Flowers-102's protocol, a
+    Hugging Face `test_split: validation`): --limit queries a subset of "val"."""
+    from harness.datasets.splits import ArraySplit, ClassificationData
+    from harness.datasets.subsets import limit_dataset
+
+    def split(first: int) -> ArraySplit:
+        return ArraySplit(np.full((40, 3, 2, 2), 0, dtype=np.uint8) + np.arange(first, first + 40, dtype=np.uint8)[:, None, None, None], np.arange(40) % 4)
+
+    first = {"train": 0, "val": 40, "test": 80}
+    named = {name: split(start) for name, start in first.items()}
+    data = ClassificationData("d", train=named["train"], test=named["val"], classes=list("abcd"), splits=named)
+    limited = limit_dataset(data, 8, seed=0)
+    for role, name in (("train", "train"), ("test", "val")):
+        cut = getattr(limited, role)
+        assert cut is limited.splits[name] and cut.split is named[name]
+        served = np.concatenate([b.numpy() for b in cut.batches(8)])[:, 0, 0, 0]
+        assert len(served) == 8 and set(served.tolist()) <= set(range(first[name], first[name] + 40))
+    outside = ClassificationData("d", train=named["train"], test=named["val"], classes=list("abcd"), splits={})
+    assert limit_dataset(outside, 8, seed=0).test.split is named["val"]
+
+
 def test_limit_through_the_cli_is_in_the_keys_and_the_manifest(tmp_path: Path) -> None:
     out = tmp_path / "out"
     limited = cli("run", "--encoders", "rgb", "--tasks", "knn-digits", "--limit", "100", "--out", str(out))

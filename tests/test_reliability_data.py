@@ -153,6 +153,20 @@ def test_link_into_another_class_is_not_listed_twice(tmp_path):
     assert list(data.train.labels) == [0] * 4 + [1] * 4
 
 
+def test_links_to_nothing_in_an_image_folder_are_named_not_dropped(tmp_path):
+    """A link whose target is gone (an unmounted disk): inside a class it is named in a
+    warning; as a class directory it is an error, since the class would vanish."""
+    root = write_pets(tmp_path / "pets")
+    (root / "train" / "dog" / "batch2").symlink_to(tmp_path / "not-mounted" / "batch2", target_is_directory=True)
+    (root / "train" / "dog" / ".#notes").symlink_to("user@host.1234")  # an editor's lock file: no warning
+    with pytest.warns(UserWarning, match=r"batch2: not scanned for images: it links to .*not-mounted/batch2, which does not exist") as caught:
+        data = open_dataset("pets", DatasetSpec(format="imagefolder", root=str(root)))
+    assert len(caught) == 1 and list(data.train.labels) == [0] * 4 + [1] * 4
+    (root / "train" / "eel").symlink_to(tmp_path / "not-mounted" / "eel", target_is_directory=True)
+    with pytest.raises(DataFormatError, match=r"train/eel: a class directory's link to .*not-mounted/eel, which does not exist"):
+        open_dataset("pets", DatasetSpec(format="imagefolder", root=str(root)))
+
+
 # ------------------------------------------------------------------ 16-bit images
 def write_png16(path, values):
     """A 16-bit PNG (grey [H, W] or RGB [H, W, 3]) written by hand: PIL writes no 16-bit RGB."""

@@ -95,7 +95,14 @@ def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
     """
     if not folder.is_dir():
         raise DataFormatError(f"{folder}: directory not found (expected <split>/<class>/<image> files)")
-    found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    entries = list(os.scandir(folder))
+    for entry in entries:
+        if entry.is_symlink() and not entry.is_dir() and not os.path.exists(entry.path) and not entry.name.startswith("."):
+            raise DataFormatError(
+                f"{entry.path}: a class directory's link to {os.readlink(entry.path)}, which does not exist "
+                "(an unmounted disk?): make its target reachable, or remove the link"
+            )
+    found = sorted(entry.name for entry in entries if entry.is_dir())
     if classes is None:
         classes = found
     else:
@@ -107,10 +114,9 @@ def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
     labels: list[int] = []
     visited: set[str] = set()
     for cls in found:
-        for path in list_tree(folder / cls, visited, fence=folder, on_skip=_warn_skipped_link):
-            if path.name.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(path)
-                labels.append(index[cls])
+        for path in _image_files(list_tree(folder / cls, visited, fence=folder, on_skip=_warn_skipped_link)):
+            paths.append(path)
+            labels.append(index[cls])
     if not paths:
         raise DataFormatError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under <class>/ directories")
     return paths, labels, classes
@@ -131,6 +137,19 @@ def _require_memory_images(name: str, folder: Path, classes: list[str], labels: 
 
 def _warn_skipped_link(path: Path, reason: str) -> None:
     warnings.warn(f"{path}: directory not scanned for images: {reason}", stacklevel=4)
+
+
+def _image_files(listed: list[Path]) -> list[Path]:
+    """The image files of a listing. A link to nothing (an unmounted disk) without an image
+    extension may have been a directory of images: it is named in a warning, not dropped
+    unseen. A link to nothing with an image extension is kept, to fail when read."""
+    images = []
+    for path in listed:
+        if path.name.lower().endswith(IMAGE_EXTENSIONS):
+            images.append(path)
+        elif path.is_symlink() and not path.exists() and not path.name.startswith("."):
+            warnings.warn(f"{path}: not scanned for images: it links to {os.readlink(path)}, which does not exist (an unmounted disk?)", stacklevel=4)
+    return images
 
 
 def _read_folder_pair(name: str, spec: DatasetSpec, test_dir: str, what: str, extra: dict[str, Any] | None = None) -> ClassificationData:
@@ -154,7 +173,7 @@ def scan_unlabelled(folder: Path) -> list[Path]:
     """Every image file under `folder` (recursively, sorted), whatever sub-folders hold them."""
     if not folder.is_dir():
         raise DataFormatError(f"{folder}: directory not found (expected image files under it)")
-    paths = [p for p in list_tree(folder, set(), fence=folder, on_skip=_warn_skipped_link) if p.name.lower().endswith(IMAGE_EXTENSIONS)]
+    paths = _image_files(list_tree(folder, set(), fence=folder, on_skip=_warn_skipped_link))
     if not paths:
         raise DataFormatError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return sorted(paths)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,29 +141,42 @@ def _saved_files(folder: Path) -> list[Path]:
     return files
 
 
-def _split_files(root: Path, split: str) -> list[Path]:
+def _split_files(root: Path, split: str, name: str) -> list[Path]:
     """The table files of `split` below `root`: a save_to_disk folder `root/split`, or
-    parquet/Arrow files named `split-*`/`split_*`/`split.*` or lying in a folder `split`."""
+    parquet/Arrow files named `split.*`, `split-*` (the hub's shards) or `split_<digits>*`,
+    or lying in a folder named `split`. Another split whose name starts with this one's
+    (`test_ood` beside `test`) is not taken; files found in more than one folder (a
+    repository's configurations, `160px/` and `320px/`) are an error naming them."""
     if (root / split / "state.json").is_file():
         return _saved_files(root / split)
-    found = []
+    found: dict[Path, list[Path]] = {}  # the folder holding the split's files -> the files
     for path in sorted(root.rglob("*")):
         if path.suffix not in TABLE_SUFFIXES or not path.is_file():
             continue
-        stem = path.name.split(".", 1)[0]
-        if stem == split or stem.startswith((f"{split}-", f"{split}_")) or split in path.relative_to(root).parts[:-1]:
-            found.append(path)
-    return found
+        stem, folders = path.name.split(".", 1)[0], path.relative_to(root).parts[:-1]
+        if split in folders:
+            found.setdefault(root.joinpath(*folders[: folders.index(split) + 1]), []).append(path)
+        elif stem == split or stem.startswith(f"{split}-") or re.match(rf"{re.escape(split)}_\d", stem):
+            found.setdefault(path.parent, []).append(path)
+    if len(found) > 1:
+        folders = ", ".join(str(folder.relative_to(root)) or "." for folder in found)
+        raise DataFormatError(
+            f"dataset {name!r}: the files of split {split!r} lie in {len(found)} folders under {root} ({folders}), "
+            f"e.g. one per configuration; name the files to read in options.splits.{split} (a folder or a glob)"
+        )
+    return [path for files in found.values() for path in files]
 
 
 def _explicit_files(root: Path, pattern: str, name: str, split: str) -> list[Path]:
-    """options.splits entry: a save_to_disk folder, a table file or a glob below the root."""
+    """options.splits entry: a save_to_disk folder, a folder of table files, a table file
+    or a glob below the root."""
     target = root / pattern
     if (target / "state.json").is_file():
         return _saved_files(target)
     if target.is_file():
         return [target]
-    files = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix in TABLE_SUFFIXES)
+    candidates = target.rglob("*") if target.is_dir() else root.glob(pattern)
+    files = sorted(p for p in candidates if p.is_file() and p.suffix in TABLE_SUFFIXES)
     if not files:
         raise DataFormatError(f"dataset {name!r}: options.splits.{split} = {pattern!r} matches no save_to_disk folder, .parquet or .arrow file under {root}")
     return files
@@ -254,7 +268,7 @@ def read_huggingface(name: str, spec: DatasetSpec) -> ClassificationData:
     classes: list[str] | None = None
     tables: dict[str, HFSplit] = {}
     for split in sorted(wanted | set(explicit), key=lambda s: (s != options["train_split"], s)):
-        files = _explicit_files(root, explicit[split], name, split) if split in explicit else _split_files(root, split)
+        files = _explicit_files(root, explicit[split], name, split) if split in explicit else _split_files(root, split, name)
         if not files:
             raise DataFormatError(f"dataset {name!r}: no files of split {split!r} under {root} (expected a save_to_disk folder {split}/, or {split}-*.parquet / .arrow); name them in options.splits")
         rows = tables[split] = HFSplit([TablePart(f, options["image_column"], options["label_column"]) for f in files], name, split)

@@ -144,6 +144,7 @@ MEDMNIST_LABEL_TYPES = {
     "breastmnist": "binary-class", "bloodmnist": "multi-class", "tissuemnist": "multi-class",
     "organamnist": "multi-class", "organcmnist": "multi-class", "organsmnist": "multi-class",
 }
+LABEL_TYPES = ("multi-class", "binary-class", "ordinal-regression", "multi-label, binary-class")
 MEDMNIST_MAX_CLASSES = 100_000
 """Labels at or above this are refused as corrupt (MedMNIST has at most 14 label columns
 or 11 classes); one class name is made per index, so a stray huge label would exhaust memory."""
@@ -285,6 +286,10 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
     if len(widths) != 1:
         raise DataFormatError(f"{path}: the label keys disagree on the number of label columns ({sorted(widths)})")
     label_type = options["label_type"] or MEDMNIST_LABEL_TYPES.get(flag)
+    if label_type is not None and label_type not in LABEL_TYPES:
+        raise HarnessError(
+            f"datasets.{name}.options.label_type must be one of {', '.join(map(repr, LABEL_TYPES))} (MedMNIST's names), got {label_type!r}"
+        )
     if label_type is None:
         top = max(int(v.max(initial=0)) for v in labels.values())
         label_type = "multi-label, binary-class" if widths.pop() > 1 else ("binary-class" if top <= 1 else "multi-class")
@@ -301,6 +306,14 @@ def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:
                 if (values > 1).any():
                     raise DataFormatError(f"{path}: key '{split}_labels' must hold 0/1 values (a binary-class dataset), found {values.max()}")
         count = 2 if label_type == "binary-class" else max(int(v.max(initial=0)) for v in labels.values()) + 1
+        held = np.unique(labels["train"])
+        for split in ("val", "test"):
+            strangers = np.flatnonzero(~np.isin(labels[split], held))
+            if len(strangers):
+                raise DataFormatError(
+                    f"{path}: key '{split}_labels' row {strangers[0]} holds class {labels[split][strangers[0]]}, which no row of "
+                    "'train_labels' holds; every query class needs images in the memory split (train)"
+                )
     splits = {}
     for split in ("train", "val", "test"):
         shape, fortran, dtype = headers[f"{split}_images"]

@@ -93,6 +93,13 @@ def limit_dataset(data: Any, limit: Limit, seed: int) -> Any:
         return SubsetSplit(split, subset_indices(np.asarray(split.labels), limit, split_seed))
 
     splits = {name: cut(split, name) for name, split in data.splits.items()}
-    train = splits["train"] if "train" in splits else cut(data.train, "train")
-    test = splits["test"] if "test" in splits else cut(data.test, "test")
-    return dataclasses.replace(data, train=train, test=test, splits=splits)
+
+    def cut_role(split: Any, default_name: str) -> Any:
+        """The memory or query split's subset: the one cut under its own name when it is
+        among `splits` (a query split named "val" is cut as "val"), else cut under the role's name."""
+        for name, whole in data.splits.items():
+            if whole is split:
+                return splits[name]
+        return cut(split, default_name)
+
+    return dataclasses.replace(data, train=cut_role(data.train, "train"), test=cut_role(data.test, "test"), splits=splits)

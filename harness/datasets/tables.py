@@ -18,7 +18,7 @@ import csv
 import io
 import operator
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -274,6 +274,8 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
         except csv.Error as exc:
             raise DataFormatError(f"{path}: line {reader.line_num}: not a {delimiter!r}-separated table row: {exc}") from None
     records = [(number, fields) for number, fields in records if "".join(fields).strip()]
+    if delimiter is None:
+        _require_one_width(path, records)
     roles = [(role, column) for role, column in columns.items()] + [("label", column) for column in labels]
     if options["header"]:
         if not records:
@@ -311,6 +313,20 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
         label = values[first_label] if label_of is None else label_of(f"{path}: line {number}", labels, values[first_label:], readings)
         rows.append(TableRow(path, number, values[image_at], label, None if split_at is None else values[split_at]))
     return rows
+
+
+def _require_one_width(path: Path, records: list[tuple[int, list[str]]]) -> None:
+    """A whitespace-separated table has as many fields on every line: a line with one
+    more holds a path or class with a space, which would shift the columns after it."""
+    widths = Counter(len(fields) for _, fields in records)
+    if len(widths) < 2:
+        return
+    usual = widths.most_common(1)[0][0]
+    number, fields = next((number, fields) for number, fields in records if len(fields) != usual)
+    raise DataFormatError(
+        f"{path}: line {number}: {len(fields)} whitespace-separated fields where {widths[usual]} of its {len(records)} lines have {usual}; "
+        "a path or class holding a space splits in two there: use a CSV or TSV table (.csv, .tsv) or set options.delimiter"
+    )
 
 
 def _label_bits(where: str, columns: list[str | int], values: list[str], readings: dict[str, int | None]) -> str:

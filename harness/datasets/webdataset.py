@@ -125,6 +125,12 @@ def index_shard(path: Path, label_key: str = "cls") -> list[Sample]:
             members = archive.getmembers()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise DataFormatError(f"{path}: damaged tar shard ({exc})") from None
+        raw.seek(archive.offset)  # where reading stopped: a tar ends with zero blocks, a shard cut between members does not
+        if raw.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+            raise DataFormatError(
+                f"{path}: the shard ends after {len(members)} members without the tar's end-of-archive blocks: it was cut off "
+                "(an interrupted copy or write); copy or write it again"
+            )
         for member in members:
             if not member.isfile():
                 continue
