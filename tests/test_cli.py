@@ -82,9 +82,17 @@ def test_list_shows_where_each_dataset_is_and_a_formats_options(tmp_path, monkey
     monkeypatch.delenv("MINE_ROOT", raising=False)
     assert main(["--registry", str(registry), "list", "mine-*"]) == 0
     lines = {line.split()[1]: line.split(None, 3)[3] for line in capsys.readouterr().out.splitlines() if line.startswith("  dataset ")}
-    assert lines.pop("mine-224").startswith(
+    size_hint = lines.pop("mine-224")
+    assert size_hint.startswith(
         f"MISSING: dataset 'mine-224': no breastmnist_224.npz (size 224); the root has sizes 28: set options: {{size: 28}} under datasets.mine-224 in {registry}"
     )
+    entry = size_hint.split("`")[1]  # the whole entry to write, which a user's file takes as it stands
+    assert entry == f"mine-224: {{format: medmnist, root: {tmp_path / 'mine'}, options: {{flag: breastmnist, size: 28}}}}"
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(f"datasets:\n  {entry}\n")
+    assert main(["--registry", str(fixed), "list", "mine-224"]) == 0
+    listed = capsys.readouterr().out
+    assert f"present at {tmp_path / 'mine'}" in listed and "MISSING" not in listed
     assert lines.pop("mine-none") == (
         f"MISSING: dataset 'mine-none': {tmp_path / 'mine' / 'pathmnist_224.npz'} does not exist (looked for pathmnist_224.npz); "
         f"set datasets.mine-none.root in {registry} (a .npz file or a directory holding it)"

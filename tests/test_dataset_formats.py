@@ -614,8 +614,9 @@ def test_a_whitespace_table_line_with_a_space_in_its_path_is_refused(tmp_path, d
 
 # ------------------------------------------------------------ registry and CLI
 def test_knn_through_the_cli_matches_the_same_images_as_an_imagefolder(tmp_path, digits, capsys):
-    """kNN with the rgb encoder over webdataset shards and over a table gives the accuracy
-    it gives over the same images as an image folder (an independent reader)."""
+    """kNN with the rgb encoder over webdataset shards (a root folder, and a root that is a
+    `{split}` pattern) and over a table gives the accuracy it gives over the same images
+    as an image folder (an independent reader)."""
     for split, (images, labels) in digits.items():
         write_shards(tmp_path / "wds" / split, images, labels)
     write_folders(tmp_path / "folder", digits)
@@ -625,11 +626,14 @@ def test_knn_through_the_cli_matches_the_same_images_as_an_imagefolder(tmp_path,
     registry.write_text(
         "datasets:\n"
         f"  digits-wds: {{format: webdataset, root: {tmp_path / 'wds'}, options: {json.dumps(options)}}}\n"
+        f"  digits-wds-pattern: {{format: webdataset, root: '{tmp_path / 'wds'}/{{split}}/part-{{0..1}}.tar', options: {json.dumps(options)}}}\n"
         f"  digits-folder: {{format: imagefolder, root: {tmp_path / 'folder'}, options: {json.dumps(options)}}}\n"
         f"  digits-table: {{format: table, root: {tmp_path / 'folder'}, options: {json.dumps(options)}}}\n"
-        "tasks:\n  knn-formats: {plugin: knn, params: {datasets: [digits-wds, digits-folder, digits-table], ks: [1, 3]}}\n"
+        "tasks:\n  knn-formats: {plugin: knn, params: {datasets: [digits-wds, digits-wds-pattern, digits-folder, digits-table], ks: [1, 3]}}\n"
     )
     assert load_registry(registry).dataset("digits-wds").format == "webdataset"
+    assert main(["--registry", str(registry), "list", "digits-wds-pattern"]) == 0
+    assert f"present at {tmp_path / 'wds'}" in capsys.readouterr().out
     out = tmp_path / "out"
     code = main(["--registry", str(registry), "run", "--encoders", "rgb", "--tasks", "knn-formats", "--out", str(out), "--device", "cpu", "--threads", "2"])
     assert code == 0, capsys.readouterr().err
@@ -637,8 +641,8 @@ def test_knn_through_the_cli_matches_the_same_images_as_an_imagefolder(tmp_path,
     for record in ResultStore(out).read():
         assert record.status == "ok", record.message
         rows.setdefault(record.dataset, {})[(record.metric, json.dumps(record.params, sort_keys=True))] = record.value
-    assert set(rows) == {"digits-wds", "digits-folder", "digits-table"}
-    assert rows["digits-wds"] == rows["digits-folder"] == rows["digits-table"]
+    assert set(rows) == {"digits-wds", "digits-wds-pattern", "digits-folder", "digits-table"}
+    assert rows["digits-wds"] == rows["digits-wds-pattern"] == rows["digits-folder"] == rows["digits-table"]
     # rgb's features are the pixels (area-resized 8 -> 16 repeats each) minus 0.5: 1-NN by cosine
     from sklearn.neighbors import KNeighborsClassifier
 

@@ -15,6 +15,7 @@ Plugin modules keep heavy imports (torch, timm, moderngl) inside functions, so t
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import pluggy
 import harness.hookspecs as hookspecs
 from harness.datasets import formats as core_formats
 from harness.datasets.spec import Reader
-from harness.errors import PluginError, UnknownNameError
+from harness.errors import DatasetUnavailable, PluginError, UnknownNameError
 from harness.keys import NAME_PATTERN
 from harness.kinds import KINDS, Plugin
 
@@ -53,6 +54,19 @@ class RegisteredFormat:
     reader: Reader
     source: str
     files: Callable[[str, Any], list[Path]] | None = None  # the files a dataset reads, when its root does not say
+
+    def locate(self, name: str, spec: Any) -> Path:
+        """Where dataset `name` lies: its root, or for a root that is a pattern (a
+        webdataset's `{split}` shards) the folder holding its files. DatasetUnavailable
+        when the files `files` lists are missing (a MedMNIST root without the file of
+        its size) or the root is."""
+        listed = self.files(name, spec) if self.files is not None else []
+        try:
+            return spec.resolved_root(name)
+        except DatasetUnavailable:
+            if not listed:
+                raise
+            return Path(os.path.commonpath([str(path.parent) for path in listed]))
 
 
 @dataclass

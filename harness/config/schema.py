@@ -49,6 +49,15 @@ class DatasetSpec(_Strict):
         """The file a user edits to configure this dataset, as messages name it."""
         return str(self._registry_file or "a registry.yaml in the working directory (or a file given with --registry)")
 
+    def entry_with_options(self, name: str, **options: Any) -> str:
+        """This entry as one line of registry YAML with `options` laid over its own: what a
+        message tells a user to write, whole, since a user's entry replaces the installed one."""
+        import yaml
+
+        fields = {"format": self.format, "root": self.root, "env": self.env, "options": {**self.options, **options}}
+        entry = {key: value for key, value in fields.items() if value is not None}
+        return f"{name}: " + yaml.safe_dump(entry, default_flow_style=True, sort_keys=False, width=10**6).strip()
+
     def where_to_set_root(self, name: str) -> str:
         """What to set so that the dataset's root is found: the registry entry or the environment variable."""
         if self.env and os.environ.get(self.env):  # the variable overrides root: setting root would not help

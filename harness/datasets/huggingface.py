@@ -96,10 +96,34 @@ class TablePart:
             raise DataFormatError(f"{self.path}: cannot read column(s) {columns} ({exc})") from None
 
     def image(self, row: int) -> Any:
+        """Row `row`'s image cell; a cell of numbers as an array of the column's own dtype
+        (a uint16 image stays uint16, to be scaled as 16-bit files are)."""
         with self._lock:
             if self._images is None:
                 self._images = self._read([self.image_column]).column(self.image_column)
-        return self._images[row].as_py()
+        value = self._images[row].as_py()
+        dtype = _number_dtype(self._images.type)
+        if dtype is None or not isinstance(value, list):
+            return value
+        try:
+            return np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError):  # a ragged or null-holding cell: array_to_image names it
+            return value
+
+
+def _number_dtype(arrow_type: pa.DataType) -> np.dtype | None:
+    """The numpy dtype of a column of (nested lists of) numbers, e.g. an `Array2D`; None for others."""
+    pa = _pyarrow()
+    while True:
+        if isinstance(arrow_type, pa.ExtensionType):
+            arrow_type = arrow_type.storage_type
+        elif pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+            arrow_type = arrow_type.value_type
+        else:
+            break
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type):
+        return np.dtype(arrow_type.to_pandas_dtype())
+    return None
 
 
 def _read_arrow(path: Path) -> pa.Table:

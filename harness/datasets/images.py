@@ -25,7 +25,13 @@ DEFAULT_MAX_PIXELS = 89_478_485
 says otherwise: PIL's own decompression-bomb threshold, about 9500 x 9500 px."""
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-"""PIL modes of single-channel images whose values span 0..65535 (16-bit PNG and TIFF)."""
+"""PIL modes of single-channel images whose values span 0..65535 (16-bit PNG and TIFF).
+
+Mode "I" holds 32-bit integers: Pillow opens 16-bit grey PNG and PGM files in it (some
+versions), but also 32-bit TIFFs, which `decode_image` refuses (see `check_bit_depth`)."""
+
+CONVERT_HINT = "convert it to an 8-bit or 16-bit PNG or TIFF (values 0..255 or 0..65535)"
+"""What to do with an image whose values have no fixed 8- or 16-bit range."""
 
 
 @dataclass(frozen=True)
@@ -48,16 +54,72 @@ def pixel_limit(name: str, options: dict[str, Any]) -> PixelLimit:
     return PixelLimit(int(value), option)
 
 
+def scale_sixteen_bit(values: np.ndarray) -> np.ndarray:
+    """16-bit values (0..65535) as uint8, value * 255 / 65535 rounded: the one rule for
+    16-bit files and uint16 arrays alike."""
+    return np.clip(np.rint(np.asarray(values, dtype=np.float64) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+
+
 def sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
-    """A 16-bit single-channel image scaled to 8 bits (value * 255 / 65535, rounded), as RGB.
+    """A 16-bit single-channel image scaled to 8 bits (`scale_sixteen_bit`), as RGB.
 
     PIL's own conversion clips these values at 255, so all but the darkest greys would
     become white."""
     from PIL import Image
 
-    values = np.asarray(image, dtype=np.float64)
-    scaled = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-    return Image.fromarray(scaled, mode="L").convert("RGB")
+    return Image.fromarray(scale_sixteen_bit(np.asarray(image)), mode="L").convert("RGB")
+
+
+def bits_per_sample(image: Image.Image) -> int | None:
+    """The file's bits per sample where its header says (TIFF's BitsPerSample), else None."""
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = max(bits, default=None)
+    return int(bits) if isinstance(bits, int) else None
+
+
+def _depth(image: Image.Image) -> str:
+    bits = bits_per_sample(image)
+    return f"PIL mode {image.mode}" + (f", {bits} bits per sample" if bits else "")
+
+
+def check_bit_depth(image: Image.Image, path: object, suffix: str) -> None:
+    """Refuse, from the header, an image no 8-bit conversion would render faithfully.
+
+    PIL's convert("RGB") clips floating-point values (an image in 0..1 becomes black) and
+    32-bit integers at 255; scaling 32-bit values as 16-bit ones would darken them instead."""
+    if image.mode == "F":
+        raise DataFormatError(
+            f"{path}: a floating-point image ({_depth(image)}){suffix} has no fixed range of values to map to 0..255; {CONVERT_HINT}"
+        )
+    bits = bits_per_sample(image)
+    if image.mode == "I" and bits is not None and bits > 16:
+        raise DataFormatError(f"{path}: a {bits}-bit integer image ({_depth(image)}){suffix} is not read; {CONVERT_HINT}")
+
+
+def check_sixteen_bit_values(image: Image.Image, path: object, suffix: str) -> None:
+    """Mode "I" images whose file does not state a depth above 16 bits (PNG, PGM) are read
+    as 16-bit: values outside 0..65535 show they are not, and are refused, not clipped."""
+    if image.mode != "I":
+        return
+    values = np.asarray(image)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise DataFormatError(
+            f"{path}: an integer image ({_depth(image)}) with values {low}..{high}, outside the 16-bit range "
+            f"0..65535{suffix}; {CONVERT_HINT}"
+        )
+
+
+def image_to_rgb(image: Image.Image, path: object, suffix: str = "") -> Image.Image:
+    """A decoded image as RGB: 16-bit grey scaled (`sixteen_bit_to_rgb`), float and 32-bit
+    images refused (DataFormatError naming `path`), every other mode converted by PIL."""
+    check_bit_depth(image, path, suffix)
+    check_sixteen_bit_values(image, path, suffix)
+    if image.mode in SIXTEEN_BIT_MODES:
+        return sixteen_bit_to_rgb(image)
+    return image.convert("RGB")
 
 
 def decode_image(path: str | os.PathLike, where: str = "", limit: PixelLimit = PixelLimit()) -> Image.Image:
@@ -66,9 +128,11 @@ def decode_image(path: str | os.PathLike, where: str = "", limit: PixelLimit = P
 
     `where` says where the file is listed (e.g. "images.txt line 12") for the message.
     16-bit grey images are scaled to 8 bits; 16-bit colour images PIL reduces to their
-    high byte (within 1 of the scaled value). The harness applies `limit` itself, so
-    PIL's process-wide decompression-bomb check (which would refuse a limit raised past
-    it) is switched off."""
+    high byte (within 1 of the scaled value). Floating-point and 32-bit integer images
+    raise DataFormatError: no 8-bit rendering of them would be right. The EXIF
+    orientation is not applied, as in torchvision's loaders and DINO's evaluation. The
+    harness applies `limit` itself, so PIL's process-wide decompression-bomb check
+    (which would refuse a limit raised past it) is switched off."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None
@@ -81,10 +145,9 @@ def decode_image(path: str | os.PathLike, where: str = "", limit: PixelLimit = P
                     f"{path}: image is {width} x {height} = {width * height} pixels, more than the limit of "
                     f"{limit.max_pixels}{suffix}; raise {limit.option} if the dataset really holds images this large"
                 )
+            check_bit_depth(image, path, suffix)  # from the header, before decoding
             image.load()
-            if image.mode in SIXTEEN_BIT_MODES:
-                return sixteen_bit_to_rgb(image)
-            return image.convert("RGB")
+            return image_to_rgb(image, path, suffix)
     except FileNotFoundError:
         raise DataFormatError(f"{path}: image file not found{suffix}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from harness.datasets.images import PixelLimit, Preprocess, decode_image
+from harness.datasets.images import PixelLimit, Preprocess, decode_image, scale_sixteen_bit
 from harness.datasets.spec import default_workers
 from harness.datasets.splits import ImageFileSplit
 from harness.errors import DataFormatError, HarnessError
@@ -42,7 +42,10 @@ def decode_bytes(data: bytes, name: str, where: str = "", limit: PixelLimit = Pi
 
 def array_to_image(value: Any, name: str, limit: PixelLimit = PixelLimit()) -> Image.Image:
     """An image stored as numbers ([H, W], [H, W, C] or [C, H, W] with C in 1, 3, 4) as
-    RGB; floats in [0, 1] are scaled to 0..255. Anything else raises DataFormatError."""
+    RGB. uint16 values are scaled as 16-bit files are (`scale_sixteen_bit`); floats whose
+    maximum is at most 1 are scaled from 0..1 to 0..255; every other value is rounded and
+    must then lie in 0..255 (bool, uint8, other integers, floats in 0..255). Anything
+    else raises DataFormatError naming `name` rather than being clipped."""
     from PIL import Image
 
     try:
@@ -61,10 +64,37 @@ def array_to_image(value: Any, name: str, limit: PixelLimit = PixelLimit()) -> I
         raise DataFormatError(f"{name}: an image array must be [H, W], [H, W, C] or [C, H, W] (C = 1, 3 or 4), got shape {array.shape}")
     if array.shape[0] * array.shape[1] > limit.max_pixels:
         raise DataFormatError(f"{name}: image is {array.shape[1]} x {array.shape[0]} pixels, more than the limit of {limit.max_pixels}; raise {limit.option}")
-    if array.dtype.kind == "f" and float(np.nanmax(array)) <= 1.0:
-        array = array * 255.0
-    array = np.clip(np.rint(array.astype(np.float64)), 0, 255).astype(np.uint8)
-    return Image.fromarray(array).convert("RGB")
+    if array.dtype == np.uint16:
+        return Image.fromarray(scale_sixteen_bit(array)).convert("RGB")
+    return Image.fromarray(eight_bit_values(array, name)).convert("RGB")
+
+
+def eight_bit_values(array: np.ndarray, name: str) -> np.ndarray:
+    """A non-uint16 image array as uint8 (see `array_to_image`); values that would fall
+    outside 0..255 raise DataFormatError, as clipping them would change the image."""
+    values = array
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise DataFormatError(
+                f"{name}: the image array holds {int(array.size - finite.sum())} NaN or infinite value(s); "
+                "store finite floats in 0..1, or uint8 values 0..255"
+            )
+        if float(array.max()) <= 1.0:
+            values = array * 255.0
+    rounded = np.rint(values.astype(np.float64))
+    low, high = float(rounded.min()), float(rounded.max())
+    if low < 0 or high > 255:
+        if array.dtype.kind == "f":
+            raise DataFormatError(
+                f"{name}: float image values {float(array.min()):g}..{float(array.max()):g} are neither in 0..1 nor "
+                "in 0..255 (a normalised tensor?); store floats in 0..1, or uint8 values 0..255"
+            )
+        raise DataFormatError(
+            f"{name}: {array.dtype} image values {low:.0f}..{high:.0f} fall outside 0..255; store 8-bit images as uint8, "
+            "16-bit ones as uint16 arrays (scaled by 255 / 65535) or 16-bit PNGs"
+        )
+    return rounded.astype(np.uint8)
 
 
 class ItemSplit(ImageFileSplit):

@@ -189,7 +189,8 @@ def _missing_file_message(name: str, spec: DatasetSpec, root: Path, flag: str, s
         choices = " or ".join(f"options: {{size: {n}}}" for n in sorted(present))
         return (  # what to do first: the summary table shows only the start of the message
             f"dataset {name!r}: no {wanted} (size {size}); the root has sizes {sizes}: set {choices} "
-            f"under datasets.{name} in {spec.registry_file()}, or add {wanted} (root {root}, holding {files})"
+            f"under datasets.{name} in {spec.registry_file()}, as the whole entry (it replaces the installed one), "
+            f"e.g. `{spec.entry_with_options(name, size=max(present))}`; or add {wanted} (root {root}, holding {files})"
         )
     return (
         f"dataset {name!r}: {root / wanted} does not exist (looked for {wanted}); "

@@ -16,7 +16,8 @@ images and label maps are resized (as the released code did for that dataset):
 
 Label maps are integer class indices per pixel: COCO's category id (later annotations
 overwrite earlier ones, crowd regions included), VOC's palette index (255 = object
-boundary, `ignore_index`), ADE20k's class index (0 = "other"). A root that is absent
+boundary, `ignore_index`), ADE20k's class index (0 = "other"); an `ade20k`-layout mask
+is a palette, greyscale, 16-bit or 1-bit PNG (1-bit: classes 0 and 1). A root that is absent
 raises DatasetUnavailable (the cell is skipped, naming the registry key to set).
 """
 
@@ -173,11 +174,11 @@ class FileSplit(SegmentationSplit):
         path = self.masks[index]
         try:
             with Image.open(path) as mask:
-                if mask.mode not in ("P", "L", "I", "I;16"):
+                if mask.mode not in ("P", "L", "1", "I", "I;16"):
                     raise DataFormatError(
-                        f"{path}: a label map must be a palette or single-channel PNG of class indices, got mode {mask.mode}"
+                        f"{path}: a label map must be a palette, 1-bit or single-channel PNG of class indices, got mode {mask.mode}"
                     )
-                return np.asarray(mask).astype(np.int64)
+                return np.asarray(mask).astype(np.int64)  # mode "1" reads as False/True: classes 0 and 1
         except FileNotFoundError:
             raise DataFormatError(f"{path}: label map not found (for {self.images[index]})") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:

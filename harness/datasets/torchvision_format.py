@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.datasets.folders import IMAGE_OPTIONS, _preprocess
-from harness.datasets.images import PixelLimit, pixel_limit
+from harness.datasets.images import PixelLimit, image_to_rgb, pixel_limit
 from harness.datasets.items import ItemSplit, array_to_image
 from harness.datasets.spec import dataset_options
 from harness.datasets.splits import ClassificationData
@@ -145,7 +145,7 @@ def item_image(instance: Any, index: int, where: str, limit: PixelLimit) -> Imag
     if isinstance(image, Image.Image):
         if image.width * image.height > limit.max_pixels:
             raise DataFormatError(f"{name}: image is {image.width} x {image.height} pixels, more than the limit of {limit.max_pixels}; raise {limit.option}")
-        return image.convert("RGB")
+        return image_to_rgb(image, name)
     if hasattr(image, "numpy"):
         image = image.detach().cpu().numpy()
     return array_to_image(image, name, limit)

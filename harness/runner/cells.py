@@ -330,8 +330,9 @@ def run_cell(ctx: RunContext, cell: Cell, prepared: dict[str, BaseException | No
         if task.needs_patches and not encoder.supports_patches:
             raise DatasetUnavailable(f"encoder {encoder.name!r} has no patch features; task {task.name!r} needs them")
         spec = ctx.registry.config.datasets.get(cell.dataset)
-        if spec is not None and (spec.root or spec.env):
-            spec.resolved_root(cell.dataset)  # a missing root skips the cell before the encoder trains for it
+        registered = ctx.registry.plugins.formats.get(spec.format) if spec is not None else None
+        if spec is not None and registered is not None and (spec.root or spec.env):
+            registered.locate(cell.dataset, spec)  # a missing dataset skips the cell before the encoder trains for it
         if encoder.name not in prepared:
             try:
                 encoder.prepare(ctx)

@@ -106,7 +106,8 @@ def dataset_status(name: str, spec: DatasetSpec, formats: Mapping[str, Registere
     """Where dataset `name` is read from, or why it cannot be: its root, the package that
     ships it, or the hub revision in the local cache (nothing is fetched). A format
     among the registry's `formats` that lists the files a dataset reads (`files`) is
-    asked whether those are in the root (a MedMNIST root may hold other sizes only)."""
+    asked whether those are there (`RegisteredFormat.locate`: a MedMNIST root may hold
+    other sizes only, a webdataset root may be a pattern)."""
     if spec.format == "huggingface" and spec.options.get("hub"):
         return _hub_dataset_status(name, spec.options)
     if not (spec.root or spec.env):
@@ -114,10 +115,8 @@ def dataset_status(name: str, spec: DatasetSpec, formats: Mapping[str, Registere
 
         return f"bundled ({spec.format})" if spec.format in BUNDLED_PACKAGES else f"made by its reader ({spec.format}), no files"
     try:
-        root = spec.resolved_root(name)
         registered = formats.get(spec.format)
-        if registered is not None and registered.files is not None:
-            registered.files(name, spec)
+        root = registered.locate(name, spec) if registered is not None else spec.resolved_root(name)
         return f"present at {root}"
     except DatasetUnavailable as exc:
         return f"MISSING: {exc}"
