@@ -158,11 +158,13 @@ class ModuleEncoder(Encoder):
     under `torch.inference_mode`, and the module's training flag is restored afterwards.
     `patch_preprocess` (default: `preprocess`) is used for patch features, which align
     with label maps only when it keeps the whole image (resize, no crop). `group` is the
-    leaderboard group of its rows (default white-box); it is not part of the key.
+    leaderboard group of its rows (target, realistic, procedural or white-box; default
+    "unspecified", listed after those, since only its author knows what the module was
+    trained on); it is not part of the key.
     """
 
     plugin_name = "torch-module"
-    group = "white-box"
+    group = "unspecified"
 
     def __init__(
         self,

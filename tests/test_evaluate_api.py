@@ -49,6 +49,14 @@ def test_a_module_scores_what_scikit_learn_computes_on_its_embeddings(tmp_path):
     net = tiny_net()
     results = harness.evaluate(net, tasks=["knn-digits"], preprocess=scale, name="tiny-conv", out=tmp_path, device="cpu")
     assert {r.encoder for r in results} == {"tiny-conv"} and all(r.status == "ok" for r in results)
+    assert {r.encoder_group for r in results} == {"unspecified"}  # not white-box: only its author knows its training data
+    other = tiny_net()
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)  # other weights: a cell of its own
+    grouped = harness.evaluate(other, tasks=["knn-digits"], preprocess=scale, name="tiny-conv-real", out=tmp_path, device="cpu", group="realistic")
+    assert {r.encoder_group for r in grouped} == {"realistic"}
+    board = (tmp_path / "LEADERBOARD.md").read_text()
+    assert board.index("| realistic   | tiny-conv-real") < board.index("| unspecified | tiny-conv ")
 
     registry = active_registry()
     data = open_dataset("digits", registry.dataset("digits"), registry.plugins.readers())
@@ -150,6 +158,8 @@ def test_bad_models_and_names_are_refused_clearly(tmp_path):
         harness.evaluate(MeanColour("mean-colour"), tasks=["knn-digits"], preprocess=scale, out=tmp_path)
     with pytest.raises(HarnessError, match="'rgb': two different encoders"):
         harness.evaluate(tiny_net(), tasks=["knn-digits"], preprocess=scale, name="rgb", out=tmp_path)
+    with pytest.raises(HarnessError, match="group 'pretrained' is not one of target, realistic, procedural, white-box"):
+        harness.evaluate(tiny_net(), tasks=["knn-digits"], preprocess=scale, out=tmp_path, group="pretrained")
     with pytest.raises(HarnessError, match="encoder name 'my net'"):
         harness.evaluate(tiny_net(), tasks=["knn-digits"], preprocess=scale, name="my net", out=tmp_path)
     with pytest.raises(HarnessError, match="encoders: expected an instance name or a harness.Encoder"):

@@ -75,10 +75,20 @@ def test_limit_through_the_cli_is_in_the_keys_and_the_manifest(tmp_path: Path) -
     assert {r["n"] for r in first if r["metric"] == "top1"} == {100}  # 100 of the 540 test images
     manifest = json.loads(sorted((out / "runs").glob("*.json"))[-1].read_text())
     assert manifest["limit"] == 100 and manifest["seed"] == 0
+    assert {r["keys"]["limit"] for r in first} == {100}
+    board = (out / "LEADERBOARD.md").read_text()
+    assert " †" in board and "- †: computed with `--limit 100`, on a subset of each split" in board
     harness.run(encoders=["rgb"], tasks=["knn-digits"], out=out)
     keys = {r["cell_key"] for r in records(out)}
     assert len(keys) == 2, "the limited cell and the whole one are different cells"
     assert {r["n"] for r in records(out) if r["metric"] == "top1"} == {100, 540}
+    assert not any("limit" in r["keys"] for r in records(out) if r["n"] == 540)
+    again = cli("run", "--encoders", "rgb", "--tasks", "knn-digits", "--limit", "100", "--out", str(out))
+    assert again.returncode == 0 and len(records(out)) == 2 * len(first)  # reused: nothing appended
+    board = (out / "LEADERBOARD.md").read_text()  # the quick look, newer, does not replace the whole data's value
+    assert "†" not in board
+    whole = next(r for r in records(out) if r["headline"] and r["n"] == 540)
+    assert f"| {whole['value']:.2f} ±" in board
     fraction = harness.run(encoders=["rgb"], tasks=["knn-digits"], out=tmp_path / "fraction", limit=0.1)
     assert {r.n for r in fraction if r.metric == "top1"} == {54}
     assert cli("run", "--encoders", "rgb", "--tasks", "knn-digits", "--limit", "0", "--out", str(out)).returncode == 2

@@ -42,6 +42,10 @@ class _Cell:
     interval: tuple[float, float] | None = None
 
 
+SUBSET_MARK = "†"
+"""Marks a value computed on a `--limit` subset, which only a cell without a whole-data record shows."""
+
+
 def _with_interval(value: float | None, interval: tuple[float, float] | None) -> str:
     """`value ± h`, h (half the interval) to as many decimals as the value."""
     if value is None or interval is None:
@@ -76,7 +80,12 @@ def _cell(rows: pandas.DataFrame, notes: list[str]) -> _Cell:
     except ValueError as exc:
         notes.append(f"{row.encoder} / {row.dataset}: no interval: the record's outcomes are unusable: {exc}")
         interval = None
-    return _Cell(_with_interval(row.value, interval), row.value, interval)
+    text = _with_interval(row.value, interval)
+    limit = row["keys"].get("limit") if isinstance(row["keys"], dict) else None
+    if limit is not None:
+        notes.append(f"{SUBSET_MARK}: computed with `--limit {limit}`, on a subset of each split (no record of the whole data yet)")
+        text += f" {SUBSET_MARK}"
+    return _Cell(text, row.value, interval)
 
 
 def _seed_cell(cells: list[_Cell]) -> _Cell:
@@ -219,7 +228,8 @@ def render_leaderboard(out_dir: str | Path, registry: Registry | None = None) ->
                   f"(command, code revision, library versions, machine, thread counts, cells computed and reused).{stopped}", ""]
     lines += [
         "`group` is the encoder's training data: target (the benchmark's own domain), "
-        "realistic (other real images), procedural, white-box; tables without intervals list "
+        "realistic (other real images), procedural, white-box, or unspecified (a model given to "
+        "`harness.evaluate` without `group=`); tables without intervals list "
         "their rows by group. `paper` columns give the number "
         "the paper reports for the same row; `skipped` and `error` cells are explained below "
         "each table.",

@@ -146,6 +146,7 @@ class CellContext:
                 "code_version": __version__,
                 "seed": self.seed,
                 "device": self.device,
+                **({} if self.run.limit is None else {"limit": self.run.limit}),
             },
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
