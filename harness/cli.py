@@ -186,19 +186,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from harness.results.store import output_errors
     from harness.streaming import write_grid, write_imagefolder
 
+    if args.format is not None and not args.dataset:
+        raise HarnessError(f"--format {args.format} sets the files of the dataset --dataset writes; add --dataset (the grid is a PNG)")
     registry = use_registry(args.registry)
     generator = registry.create("generator", args.generator)
     out = Path(args.out)
+    grid = out / f"{args.generator}_grid.png"
+    staged = grid.with_name(f".new-{grid.name}")  # replaces the grid once the dataset, if any, is written
     try:
         with output_errors(out, kept="Images already written are kept"):
-            grid = write_grid(generator, out / f"{args.generator}_grid.png", n=min(args.n, 64), size=args.size, seed=args.seed)
-            print(f"grid: {grid}")
-            if args.dataset:
+            write_grid(generator, staged, n=min(args.n, 64), size=args.size, seed=args.seed)  # checks the generator's output first
+            if args.dataset:  # a folder of another generator, seed, size or format is refused with the grid left as it was
                 folder = write_imagefolder(
-                    generator, out / args.generator, n=args.n, size=args.size, seed=args.seed, image_format=args.format,
+                    generator, out / args.generator, n=args.n, size=args.size, seed=args.seed, image_format=args.format or "png",
                 )
                 print(f"dataset: {folder}")
+            staged.replace(grid)
+            print(f"grid: {grid}")
     finally:
+        with contextlib.suppress(OSError):  # absent, or --out is no folder
+            staged.unlink()
         generator.close()
     return 0
 
@@ -340,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="image i of a seed is the same at any --n (default: 0)")
     p.add_argument("--dataset", action="store_true", help="also write an ImageFolder of images 0..n-1 (resumable)")
     p.add_argument(
-        "--format", choices=["png", "jpeg"], default="png",
-        help="the dataset's files: png (lossless) or jpeg (quality 75, as the released research code stores them)",
+        "--format", choices=["png", "jpeg"],
+        help="with --dataset, its files: png (lossless, the default) or jpeg (quality 75, as the released research code stores them)",
     )
     p.set_defaults(func=cmd_generate)
 

@@ -139,7 +139,7 @@ def compare_encoders(registry: Registry, name_a: str, name_b: str, images: int =
         lines.append(f"  differs: {name} max |a - b| {difference:.3g}{note}")
     if len(weights.differing) > LISTED:
         lines.append(f"  ... and {len(weights.differing) - LISTED} more differing tensors")
-    lines.append(f"  bit-identical: {len(weights.identical)} of {compared + len(weights.only_a) + len(weights.only_b)}")
+    lines.append(f"  bit-identical: {len(weights.identical)} of the {compared} under both names")
 
     size = max(encoder.input_size for encoder in encoders)
     batch = seeded_images(images, size)

@@ -134,3 +134,17 @@ def test_generate_refuses_sizes_below_one_naming_the_option(tmp_path, option, va
     done = cli("generate", "dead-leaves", "--n", args["--n"], "--size", args["--size"], "--out", str(tmp_path))
     assert done.returncode == 2
     assert f"argument {option}:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_generate_refuses_another_dataset_before_replacing_the_grid_and_format_needs_dataset(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["generate", "dead-leaves", "--n", "4", "--size", "16", "--out", str(tmp_path), "--dataset", "--format", "jpeg"]) == 0
+    grid = tmp_path / "dead-leaves_grid.png"
+    written = grid.read_bytes()
+    assert main(["generate", "dead-leaves", "--n", "4", "--size", "24", "--out", str(tmp_path), "--dataset", "--format", "jpeg"]) == 2
+    assert "holds jpeg images" in capsys.readouterr().err
+    assert grid.read_bytes() == written  # the grid still shows the dataset's images
+    assert main(["generate", "dead-leaves", "--n", "4", "--size", "16", "--out", str(tmp_path / "other"), "--format", "jpeg"]) == 2
+    assert "--format jpeg sets the files of the dataset --dataset writes; add --dataset" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -75,11 +75,17 @@ def test_dry_run_prints_cells_datasets_and_cost(tmp_path, registry):
                  "--launcher", "slurm", "--embed-rate", "1000", "--out", str(out))
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert "3 cells" in text and "3 to run" in text
+    assert text.startswith("the encoders and tasks given: 3 cells, 0 already in") and "3 to run" in text
     assert "flowers102: MISSING" in text and "HARNESS_TEST_FLOWERS" in text
-    # flowers102 is 2040 images at 1000 images/s: 2.04 s = 0.00057 h; the fake datasets have no published size
+    # priced all the same (the cluster may hold the data): flowers102 is 2040 images at 1000 images/s: 2.04 s =
+    # 0.00057 h; the fake datasets have no published size
     assert "eval const-a / needs-flowers / flowers102" in text
     assert "expected GPU-hours: 0.0 (+ 2 jobs whose image count or throughput is unknown" in text
+    assert "of these, 1 cell read a dataset MISSING here (above): a run where it is missing too skips them" in text
+    (tmp_path / "flowers").mkdir()
+    present = cli("--registry", str(registry), "run", "--dry-run", "--encoders", "const-a", "--tasks", "needs-flowers,quick",
+                  "--launcher", "slurm", "--out", str(out), env={"HARNESS_TEST_FLOWERS": str(tmp_path / "flowers")})
+    assert "flowers102: present at" in present.stdout and "MISSING" not in present.stdout
     assert not (out / "results.jsonl").exists()
     unpriced = cli("--registry", str(registry), "run", "--dry-run", "--encoders", "const-a", "--tasks", "quick",
                    "--launcher", "slurm", "--out", str(out))

@@ -37,7 +37,7 @@ class Plan:
     made in Python (`harness.get_encoder(...)`, a user's `Encoder` subclass, a
     `ModuleEncoder`); generators are names."""
 
-    profile: str
+    profile: str | None  # the profile the selection starts from; None: encoders and tasks given without one
     encoders: list[str | Encoder]
     tasks: list[str | Task]
     generators: list[str]
@@ -183,7 +183,7 @@ class Runner:
             if not picked[kind]:  # no cell to run: say so, rather than finish having done nothing
                 source = f"{kind}s {given!r}" if given is not None else f"profile {name!r}"
                 raise HarnessError(f"{source} selects no {kind}, so there is nothing to run; name at least one {kind} (--{kind}s)")
-        return Plan(name, picked["encoder"], picked["task"], picked["generator"])
+        return Plan(name if chosen is not None else None, picked["encoder"], picked["task"], picked["generator"])
 
     def instance(self, kind: str, item: Any) -> Any:
         """The object a plan entry stands for: made by the registry from a name, or the

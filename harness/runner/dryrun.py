@@ -138,13 +138,18 @@ def describe_plan(
     todo, reused = runner.pending(plan)
     measured = _throughputs(report)
     done = len({r.cell_key for r in reused})
-    lines = [f"profile {plan.profile}: {len(todo) + done} cells, {done} already in {runner.store.path}, {len(todo)} to run", ""]
+    selection = f"profile {plan.profile}" if plan.profile is not None else "the encoders and tasks given"
+    lines = [f"{selection}: {len(todo) + done} cells, {done} already in {runner.store.path}, {len(todo)} to run"]
+    if plan.generators:
+        lines.append(f"generator grids: {', '.join(plan.generators)}")
+    lines.append("")
 
     datasets: dict[str, str] = {}
     for cell in todo:
         spec = registry.config.datasets.get(cell.dataset)
         datasets[cell.dataset] = "built by the task" if spec is None else dataset_status(cell.dataset, spec, registry.plugins.formats)
     lines += ["datasets:"] + [f"  {name}: {status}" for name, status in sorted(datasets.items())] + [""]
+    missing = [cell for cell in todo if datasets[cell.dataset].startswith("MISSING")]
 
     rows: list[list[Any]] = []
     gpu_hours = 0.0
@@ -185,6 +190,11 @@ def describe_plan(
     if unknown:
         total += f" (+ {unpriced})" if priced else f" ({unpriced})"
     lines += ["", ("expected hours here: " if local else "expected GPU-hours: ") + total]
+    if missing:  # priced all the same: the data may be where the jobs run (a cluster's disks), not here
+        lines.append(
+            f"of these, {len(missing)} cell{'s' if len(missing) != 1 else ''} read a dataset MISSING here (above): "
+            "a run where it is missing too skips them"
+        )
     return "\n".join(lines)
 
 
