@@ -97,6 +97,11 @@ def test_the_same_weights_reuse_their_cells_and_a_changed_weight_recomputes(tmp_
     other = harness.evaluate(net, tasks=["knn-digits"], preprocess=doubled, out=tmp_path, device="cpu")
     assert {r.cell_key for r in other}.isdisjoint({r.cell_key for r in changed})  # the preprocessing is in the key
 
+    renamed = harness.evaluate(copy.deepcopy(net), tasks=["knn-digits"], preprocess=doubled, name="tiny-renamed", out=tmp_path, device="cpu")
+    assert {r.encoder for r in renamed} == {"tiny-renamed"}  # records of its own, not another name's
+    assert [(r.metric, r.params, r.value) for r in renamed] == [(r.metric, r.params, r.value) for r in other]
+    assert {r.keys["encoder"] for r in renamed} == {r.keys["encoder"] for r in other}  # one encoder key: embeddings shared
+
 
 class MeanColour(Encoder):
     """A user's own encoder: the mean of each channel."""

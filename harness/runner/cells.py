@@ -219,8 +219,13 @@ class Runner:
         return kept
 
     def cell_key(self, encoder: Encoder, task: Task, dataset: str) -> str:
+        """What determines a cell's records: its encoder's and task's keys, its dataset,
+        any --limit, and the names the records are filed under, so that a copy of an
+        entry under another name (or a model evaluated under a new name) gets records of
+        its own; embeddings, keyed by the encoder's key alone, are shared."""
         subset = [] if self.ctx.limit is None else [{"limit": self.ctx.limit, "seed": self.ctx.seed}]
-        return stable_hash([encoder.key, task.key, dataset, self.ctx.dataset_description(dataset), *subset])
+        names = {"encoder": encoder.name, "task": task.name}
+        return stable_hash([encoder.key, task.key, dataset, self.ctx.dataset_description(dataset), *subset, names])
 
     def cells(self, plan: Plan) -> list[Cell]:
         """Every (encoder, task, dataset) of the plan, in its order, except that encoders
