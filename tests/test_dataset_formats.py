@@ -593,23 +593,32 @@ def test_a_table_without_its_split_column_points_at_test_fraction(tmp_path, digi
         open_dataset("t", spec("table", tmp_path, file="pool.txt", header=False, label_column=3))
 
 
-def test_a_whitespace_table_line_with_a_space_in_its_path_is_refused(tmp_path, digits):
+def test_a_whitespace_table_line_with_a_space_in_its_path_is_named(tmp_path, digits):
     """`sub dir/003.png 0 train` splits into four fields: its image would be `sub`, its class
-    `dir/003.png`. A line wider than the rest is named, pointing at CSV/TSV; the same
-    table as TSV reads the path whole."""
+    `dir/003.png`. The row's messages say so, pointing at CSV/TSV; extra fields after the
+    columns read (a note) are read as before; the same table as TSV reads the path whole."""
     write_folders(tmp_path, digits)
     listed = [(f"{path}.png", label, split) for path, label, split in folder_rows(digits)]
     (tmp_path / "sub dir").mkdir()
     (tmp_path / listed[3][0]).rename(tmp_path / "sub dir" / "003.png")
     listed[3] = ("sub dir/003.png", *listed[3][1:])
     (tmp_path / "list.txt").write_text("".join(f"{path} {label} {split}\n" for path, label, split in listed))
-    for options in ({}, {"test_fraction": 0.5, "split_column": None}):
-        with pytest.raises(DataFormatError, match=rf"list\.txt: line 4: 4 whitespace-separated fields where {len(listed) - 1} of its {len(listed)} lines have 3; .*use a CSV or TSV"):
-            open_dataset("t", spec("table", tmp_path, file="list.txt", header=False, **options))
+    hint = rf"list\.txt: line 4 \(4 whitespace-separated fields where most lines have 3: if a path or class holds a space, use a CSV or TSV table"
+    with pytest.raises(DataFormatError, match=hint + r".*: class 'dir/003\.png' is not among the classes"):
+        open_dataset("t", spec("table", tmp_path, file="list.txt", header=False))
+    for split in ("train", "test"):  # one table per split: `dir/003.png` becomes a class, `sub` an image
+        (tmp_path / f"{split}.txt").write_text("".join(f"{path} {label}\n" for path, label, of in listed if of == split))
+    with pytest.raises(DataFormatError, match=r"train\.txt: line 4 \(3 whitespace-separated fields where most lines have 2: .*\): image file .*/sub not found"):
+        open_dataset("t", spec("table", tmp_path, files={"train": "train.txt", "test": "test.txt"}, header=False))
     (tmp_path / "list.tsv").write_text("".join(f"{path}\t{label}\t{split}\n" for path, label, split in listed))
     data = open_dataset("t", spec("table", tmp_path, file="list.tsv", header=False))
     assert data.train.paths[3] == tmp_path / "sub dir" / "003.png"
     assert data.classes[data.train.labels[3]] == str(listed[3][1])
+    (tmp_path / "sub dir" / "003.png").rename(tmp_path / listed[2][0].replace("002", "003"))
+    noted = [f"{path} {label} {split}" for path, label, split in folder_rows(digits)]
+    noted[2] += "  # re-labelled by hand"
+    (tmp_path / "noted.txt").write_text("image label split\n" + "\n".join(noted) + "\n")
+    assert_digits(open_dataset("t", spec("table", tmp_path, file="noted.txt", suffix=".png")), digits)
 
 
 # ------------------------------------------------------------ registry and CLI

@@ -265,6 +265,8 @@ def test_medmnist_label_types(tmp_path):
     multi = open_dataset("chest", spec("medmnist", tmp_path / "chestmnist_28.npz"))
     assert multi.label_type == "multi-label, binary-class" and multi.num_classes == 4
     assert np.array_equal(multi.train.labels, arrays["train_labels"])
+    by_folder = open_dataset("chest", spec("medmnist", tmp_path, flag="chestmnist", size=28))  # `<flag>_28.npz` is 28 px too
+    assert np.array_equal(by_folder.train.labels, arrays["train_labels"])
 
 
 def test_medmnist_real_file(shared_data):

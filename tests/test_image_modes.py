@@ -36,6 +36,7 @@ def test_uint16_arrays_are_scaled_as_16_bit_files_and_8_bit_arrays_read_as_befor
     assert (grey(decode_image(tmp_path / "grey16.png")) == expected).all()
     assert (grey(decode_image(tmp_path / "grey16.tif")) == expected).all()
     assert (grey(array_to_image(LEVELS, "hf: row 0")) == expected).all()
+    assert (grey(array_to_image(LEVELS.astype(">u2"), "hf: row 0")) == expected).all()  # big-endian uint16 too
     colour = np.stack([LEVELS, LEVELS[:, ::-1], np.full_like(LEVELS, 40000)], axis=-1)
     for layout in (colour, colour.transpose(2, 0, 1)):  # [H, W, 3] and a tensor's [3, H, W]
         assert (np.asarray(array_to_image(layout, "tv: item 0")) == scaled_by_hand(colour)).all()

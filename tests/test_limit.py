@@ -92,3 +92,27 @@ def test_limit_through_the_cli_is_in_the_keys_and_the_manifest(tmp_path: Path) -
     fraction = harness.run(encoders=["rgb"], tasks=["knn-digits"], out=tmp_path / "fraction", limit=0.1)
     assert {r.n for r in fraction if r.metric == "top1"} == {54}
     assert cli("run", "--encoders", "rgb", "--tasks", "knn-digits", "--limit", "0", "--out", str(out)).returncode == 2
+
+
+def test_a_limit_value_shows_where_the_whole_data_has_none_and_seed_means_over_it_are_marked() -> None:
+    import pandas
+
+    from harness.results.leaderboard import task_table
+    from harness.results.store import Result, latest
+
+    def record(encoder: str, value: float | None, status: str = "ok", limit: int | None = None) -> Result:
+        keys = {"seed": 0} if limit is None else {"seed": 0, "limit": limit}
+        return Result(task="knn", dataset="d", encoder=encoder, metric="top1", value=value, status=status, headline=True, keys=keys)
+
+    for status in ("skipped", "error"):  # the whole data was not there, or failed: the quick look is the only value
+        shown = latest([record("s0", None, status), record("s0", 60.0, limit=100)])
+        assert [(r.status, r.value) for r in shown] == [("ok", 60.0)]
+    shown = latest([record("s0", 70.0), record("s0", 60.0, limit=100)])
+    assert [(r.value, "limit" in r.keys) for r in shown] == [(70.0, False)]
+    records = [record("s0", 70.0), record("s1", 60.0, limit=100), record("s2", 80.0)]
+    frame = pandas.DataFrame([r.model_dump() for r in latest(records)])
+    table, notes = task_table(frame, None, {"recipe": ["s0", "s1", "s2"]})
+    lines = {line.split("|")[2].strip(): line.split("|")[3].strip() for line in table.splitlines()[2:]}
+    assert lines == {"s0": "70.00", "s1": "60.00 †", "s2": "80.00", "recipe (mean of 3 seeds)": lines["recipe (mean of 3 seeds)"]}
+    assert lines["recipe (mean of 3 seeds)"].startswith("70.00 ± ") and lines["recipe (mean of 3 seeds)"].endswith(" †")
+    assert notes == ["†: computed with `--limit 100`, on a subset of each split (no record of the whole data yet)"]

@@ -162,6 +162,10 @@ def test_links_to_nothing_in_an_image_folder_are_named_not_dropped(tmp_path):
     with pytest.warns(UserWarning, match=r"batch2: not scanned for images: it links to .*not-mounted/batch2, which does not exist") as caught:
         data = open_dataset("pets", DatasetSpec(format="imagefolder", root=str(root)))
     assert len(caught) == 1 and list(data.train.labels) == [0] * 4 + [1] * 4
+    (root / "train" / "README").symlink_to(tmp_path / "not-mounted" / "notes.txt")  # a file's link at class level: ignored
+    (root / "train" / "x.jpg").symlink_to(tmp_path / "not-mounted" / "x.jpg")
+    with pytest.warns(UserWarning, match="batch2: not scanned"):  # batch2's warning again; none for these two
+        assert open_dataset("pets", DatasetSpec(format="imagefolder", root=str(root))).classes == ["cat", "dog"]
     (root / "train" / "eel").symlink_to(tmp_path / "not-mounted" / "eel", target_is_directory=True)
     with pytest.raises(DataFormatError, match=r"train/eel: a class directory's link to .*not-mounted/eel, which does not exist"):
         open_dataset("pets", DatasetSpec(format="imagefolder", root=str(root)))

@@ -96,8 +96,11 @@ def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
     if not folder.is_dir():
         raise DataFormatError(f"{folder}: directory not found (expected <split>/<class>/<image> files)")
     entries = list(os.scandir(folder))
-    for entry in entries:
-        if entry.is_symlink() and not entry.is_dir() and not os.path.exists(entry.path) and not entry.name.startswith("."):
+    for entry in entries:  # a link to nothing named like a folder (no suffix, nor its target) was a class: unmounted?
+        if (
+            entry.is_symlink() and not os.path.exists(entry.path) and not entry.name.startswith(".")
+            and not Path(entry.name).suffix and not Path(os.readlink(entry.path)).suffix
+        ):
             raise DataFormatError(
                 f"{entry.path}: a class directory's link to {os.readlink(entry.path)}, which does not exist "
                 "(an unmounted disk?): make its target reachable, or remove the link"

@@ -64,7 +64,7 @@ def array_to_image(value: Any, name: str, limit: PixelLimit = PixelLimit()) -> I
         raise DataFormatError(f"{name}: an image array must be [H, W], [H, W, C] or [C, H, W] (C = 1, 3 or 4), got shape {array.shape}")
     if array.shape[0] * array.shape[1] > limit.max_pixels:
         raise DataFormatError(f"{name}: image is {array.shape[1]} x {array.shape[0]} pixels, more than the limit of {limit.max_pixels}; raise {limit.option}")
-    if array.dtype == np.uint16:
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2:  # uint16 in either byte order
         return Image.fromarray(scale_sixteen_bit(array)).convert("RGB")
     return Image.fromarray(eight_bit_values(array, name)).convert("RGB")
 

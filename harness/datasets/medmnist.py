@@ -174,7 +174,7 @@ def _sizes_present(root: Path, flag: str) -> dict[int, str]:
         if stem == flag:
             found[28] = file_name
         elif stem.startswith(flag + "_") and stem[len(flag) + 1 :].isdigit():
-            found[int(stem[len(flag) + 1 :])] = file_name
+            found.setdefault(int(stem[len(flag) + 1 :]), file_name)  # `<flag>.npz` (sorted first) is 28 px's published name
     return found
 
 
@@ -214,10 +214,10 @@ def medmnist_files(name: str, spec: DatasetSpec) -> list[Path]:
     if not root.is_dir():
         return [root]
     flag = options["flag"] or name
-    path = root / medmnist_file(flag, size)
-    if not path.is_file():
+    present = _sizes_present(root, flag)  # `<flag>_28.npz` is read as 28 px too
+    if size not in present or not (root / present[size]).is_file():
         raise DatasetUnavailable(_missing_file_message(name, spec, root, flag, size))
-    return [path]
+    return [root / present[size]]
 
 
 def read_medmnist(name: str, spec: DatasetSpec) -> ClassificationData:

@@ -69,11 +69,12 @@ class TableRow(NamedTuple):
     image: str
     label: str
     split: str | None
+    note: str = ""  # why the row may be misread, shown with any message about it
 
     @property
     def where(self) -> str:
         """The file and line that list the row, for messages."""
-        return f"{self.table}: line {self.line}"
+        return f"{self.table}: line {self.line}{self.note}"
 
 
 def read_table(name: str, spec: DatasetSpec) -> ClassificationData:
@@ -133,9 +134,11 @@ def read_table(name: str, spec: DatasetSpec) -> ClassificationData:
                     raise DataFormatError(f"{row.where}: class {row.label!r} is not among the classes of the {options['train_split']!r} rows")
             targets = np.array([index[row.label] for row in listed], np.int64)
         origin = (lambda listed: lambda i: listed[i].where)(listed)
-        splits[split] = ImageFileSplit(
-            [_image_path(root, prefix, row, options["suffix"]) for row in listed], targets, preprocess, options["workers"], origin, limit
-        )
+        paths = [_image_path(root, prefix, row, options["suffix"]) for row in listed]
+        for row, path in zip(listed, paths):
+            if row.note and not os.path.isfile(path):  # a wide row whose image is not there: misread, not merely missing
+                raise DataFormatError(f"{row.where}: image file {path} not found")
+        splits[split] = ImageFileSplit(paths, targets, preprocess, options["workers"], origin, limit)
     return ClassificationData(
         name=name, train=splits[options["train_split"]], test=splits[options["test_split"]], classes=classes,
         description=f"image table: {options['train_split']} rows as memory, {options['test_split']} rows as queries", splits=splits,
@@ -274,8 +277,6 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
         except csv.Error as exc:
             raise DataFormatError(f"{path}: line {reader.line_num}: not a {delimiter!r}-separated table row: {exc}") from None
     records = [(number, fields) for number, fields in records if "".join(fields).strip()]
-    if delimiter is None:
-        _require_one_width(path, records)
     roles = [(role, column) for role, column in columns.items()] + [("label", column) for column in labels]
     if options["header"]:
         if not records:
@@ -297,6 +298,7 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
     image_at, split_at, first_label = list(columns).index("image"), list(columns).index("split") if "split" in columns else None, len(columns)
     label_of = _one_hot if options["label_columns"] and not options["multi_label"] else _label_bits if options["multi_label"] else None
     readings = {"-1": options["uncertain_as"], "": options["blank_as"]}
+    usual = Counter(len(fields) for _, fields in records).most_common(1)[0][0] if delimiter is None and records else None
     must_fill = first_label if options["blank_as"] is not None else len(roles)  # fields that may not be empty
     rows = []
     for number, fields in records:
@@ -311,21 +313,18 @@ def _read_rows(path: Path, options: dict[str, Any], columns: dict[str, str | int
             hint = " (set options.blank_as: 0 or 1 to read an empty label column as 0 or 1)" if role == "label" and label_of else ""
             raise DataFormatError(f"{path}: line {number}: empty {role} (column {column!r}){hint}")
         label = values[first_label] if label_of is None else label_of(f"{path}: line {number}", labels, values[first_label:], readings)
-        rows.append(TableRow(path, number, values[image_at], label, None if split_at is None else values[split_at]))
+        note = _space_hint(len(fields), usual) if usual is not None and len(fields) > usual else ""
+        rows.append(TableRow(path, number, values[image_at], label, None if split_at is None else values[split_at], note))
     return rows
 
 
-def _require_one_width(path: Path, records: list[tuple[int, list[str]]]) -> None:
-    """A whitespace-separated table has as many fields on every line: a line with one
-    more holds a path or class with a space, which would shift the columns after it."""
-    widths = Counter(len(fields) for _, fields in records)
-    if len(widths) < 2:
-        return
-    usual = widths.most_common(1)[0][0]
-    number, fields = next((number, fields) for number, fields in records if len(fields) != usual)
-    raise DataFormatError(
-        f"{path}: line {number}: {len(fields)} whitespace-separated fields where {widths[usual]} of its {len(records)} lines have {usual}; "
-        "a path or class holding a space splits in two there: use a CSV or TSV table (.csv, .tsv) or set options.delimiter"
+def _space_hint(fields: int, usual: int) -> str:
+    """For a whitespace-separated line wider than most: a path or class with a space
+    splits in two and shifts the columns after it. Said with any message about the row,
+    not refused: extra fields after the columns read (a note, a comment) are harmless."""
+    return (
+        f" ({fields} whitespace-separated fields where most lines have {usual}: if a path or class holds a space, "
+        "use a CSV or TSV table, or options.delimiter)"
     )
 
 

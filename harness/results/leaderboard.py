@@ -95,7 +95,8 @@ def _seed_cell(cells: list[_Cell]) -> _Cell:
         return _Cell()
     interval = seed_interval(values)
     mean = sum(values) / len(values)
-    return _Cell(_with_interval(mean, interval), mean, interval)
+    subset = any(cell.text.endswith(SUBSET_MARK) for cell in cells if cell.value is not None)  # a mean over a --limit value
+    return _Cell(_with_interval(mean, interval) + (f" {SUBSET_MARK}" if subset else ""), mean, interval)
 
 
 def _sort_value(cells: list[_Cell]) -> float | None:

@@ -313,10 +313,10 @@ def latest(records: list[Result]) -> list[Result]:
     """The newest record for each (task, dataset, encoder, metric, params), `records` in
     the order they were written. A cell whose newest record is an error shows that error
     alone; one whose newest record is not shows no error records (an older failure was
-    computed again since), as the runner decides what to reuse. A cell computed on the
-    whole data shows no record of a `--limit` subset, however new: a quick look does not
-    replace the number it approximates."""
-    whole = {(r.task, r.dataset, r.encoder) for r in records if "limit" not in r.keys}
+    computed again since), as the runner decides what to reuse. A cell with a value
+    computed on the whole data shows no record of a `--limit` subset, however new: a
+    quick look does not replace the number it approximates."""
+    whole = {(r.task, r.dataset, r.encoder) for r in records if "limit" not in r.keys and r.status == "ok"}
     records = [r for r in records if "limit" not in r.keys or (r.task, r.dataset, r.encoder) not in whole]
     failed = {(r.task, r.dataset, r.encoder): r.status == "error" for r in records}
     newest: dict[str, Result] = {}
