@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Cell:
-    """One table cell: its text, and for an ok value the number and its 95 % interval."""
+    """One table cell: its text, and for an ok value the number, its 95 % interval and
+    whether a `--limit` subset went into it."""
 
     text: str = ""
     value: float | None = None
     interval: tuple[float, float] | None = None
+    subset: bool = False
 
 
 SUBSET_MARK = "†"
@@ -80,12 +82,15 @@ def _cell(rows: pandas.DataFrame, notes: list[str]) -> _Cell:
     except ValueError as exc:
         notes.append(f"{row.encoder} / {row.dataset}: no interval: the record's outcomes are unusable: {exc}")
         interval = None
-    text = _with_interval(row.value, interval)
     limit = row["keys"].get("limit") if isinstance(row["keys"], dict) else None
     if limit is not None:
         notes.append(f"{SUBSET_MARK}: computed with `--limit {limit}`, on a subset of each split (no record of the whole data yet)")
-        text += f" {SUBSET_MARK}"
-    return _Cell(text, row.value, interval)
+    return _marked(_Cell(_with_interval(row.value, interval), row.value, interval, subset=limit is not None))
+
+
+def _marked(cell: _Cell) -> _Cell:
+    """`cell` with SUBSET_MARK after its text when a `--limit` value went into it."""
+    return _Cell(f"{cell.text} {SUBSET_MARK}", cell.value, cell.interval, cell.subset) if cell.subset else cell
 
 
 def _seed_cell(cells: list[_Cell]) -> _Cell:
@@ -95,8 +100,8 @@ def _seed_cell(cells: list[_Cell]) -> _Cell:
         return _Cell()
     interval = seed_interval(values)
     mean = sum(values) / len(values)
-    subset = any(cell.text.endswith(SUBSET_MARK) for cell in cells if cell.value is not None)  # a mean over a --limit value
-    return _Cell(_with_interval(mean, interval) + (f" {SUBSET_MARK}" if subset else ""), mean, interval)
+    subset = any(cell.subset for cell in cells if cell.value is not None)  # a mean over a --limit value
+    return _marked(_Cell(_with_interval(mean, interval), mean, interval, subset))
 
 
 def _sort_value(cells: list[_Cell]) -> float | None:
